@@ -1,0 +1,63 @@
+"""The ``lowbit`` command line.
+
+Each area of the toolkit registers its own sub-commands: a module listed in ``_COMMAND_MODULES``
+defines ``register(subparsers)`` which adds parsers whose ``func(args)`` does the work and
+returns an exit status (or None for 0). User errors are raised as :class:`lowbit.LowbitError`
+and reported as a single line with exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from lowbit import LowbitError, __version__
+
+# Modules that contribute sub-commands, in the order they appear in ``lowbit --help``.
+_COMMAND_MODULES = [
+    "lowbit.sw.cli",
+    "lowbit.hw.cli",
+    "lowbit.sim.cli",
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        print(f"lowbit: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lowbit", description="Low-bit NMT hardware/software co-design toolkit.")
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:  # an area not built yet
+            if e.name == name:
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status = args.func(args)
+    except LowbitError as e:
+        print(f"lowbit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+    return 0 if status is None else int(status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
