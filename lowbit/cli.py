@@ -1,7 +1,8 @@
 """The ``lowbit`` command line.
 
 Each area of the toolkit registers its own sub-commands: a module listed in ``_COMMAND_MODULES``
-defines ``register(subparsers)`` which adds parsers whose ``func(args)`` does the work and
+defines ``register(subparsers)`` (and optionally ``register_bench(subparsers)`` for
+``lowbit bench NAME`` benchmarks) which adds parsers whose ``func(args)`` does the work and
 returns an exit status (or None for 0). User errors are raised as :class:`lowbit.LowbitError`
 and reported as a single line with exit status 2, never a traceback.
 """
@@ -34,14 +35,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
+    modules = []
     for name in _COMMAND_MODULES:
         try:
-            module = importlib.import_module(name)
+            modules.append(importlib.import_module(name))
         except ModuleNotFoundError as e:  # an area not built yet
             if e.name == name:
                 continue
             raise
+    for module in modules:
         module.register(sub)
+    # `lowbit bench NAME`: benchmarks from every area, each module may add its own.
+    bench = sub.add_parser("bench", help="run a benchmark and print its table")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
+    bench_sub.required = True
+    for module in modules:
+        if hasattr(module, "register_bench"):
+            module.register_bench(bench_sub)
     return parser
 
 
