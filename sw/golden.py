@@ -1,0 +1,501 @@
+"""Bit-exact golden kernels: the integer arithmetic of docs/numerics.md, in PyTorch.
+
+This module and the RTL in hw/ are the only two implementations of the contract. Everything
+else (quantization-aware training, packers, decoding, co-simulation) calls these functions.
+
+Conventions
+-----------
+* Integer tensors are ``torch.int64`` on any device; values are checked against their declared
+  widths and a violation raises :class:`ValueError` naming the operand.
+* Weights use ``nn.Linear``'s layout ``[N, K]`` (output channel major); activations are
+  ``[..., M, K]``; results are ``[..., M, N]``. Per-output-channel vectors are ``[N]``.
+* Exact sums are computed as float64 matrix products. That is exact because every operand and
+  every partial sum is an integer of magnitude below 2**53 (checked by :func:`_exact_matmul`), so
+  the result does not depend on summation order: CPU and CUDA give identical integers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# ---------------------------------------------------------------------------------------------
+# Widths and limits (docs/numerics.md, "Common rules")
+
+MULT_BITS = 16          # requantization multiplier: unsigned, 0 .. 2**16 - 1
+SHIFT_MAX = 63          # requantization shift: 0 .. 63 (6 bits)
+ALPHA_BITS = 16         # binary-coding plane scale: unsigned, 0 .. 2**16 - 1
+WORD_BITS = 32          # packed bit-plane word (host packing; the RTL takes any lane width)
+LOG_MAX_DEPTH = 16      # log weights: at most 16 magnitudes 2**0 .. 2**-15 (see numerics.md)
+ACC_MAX_BITS = 47       # widest accumulator any unit may have (requantization input)
+DEFAULT_MAX_K = 32768   # largest K every unit accepts by default (INT8 accumulator fits int32)
+_EXACT_LIMIT = 2 ** 53  # float64 represents every integer below this exactly
+
+
+def int_range(bits: int) -> tuple[int, int]:
+    """Range of a ``bits``-wide two's complement integer: ``(-2**(bits-1), 2**(bits-1) - 1)``."""
+    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+
+def _check_bits(name: str, bits: int, lo: int, hi: int) -> None:
+    if not isinstance(bits, int) or isinstance(bits, bool) or not lo <= bits <= hi:
+        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {bits!r}")
+
+
+def _as_int(name: str, t: torch.Tensor) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, not {t.dtype}")
+    return t.to(torch.int64)
+
+
+def check_range(name: str, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Return ``t`` as int64 after checking ``lo <= t <= hi`` elementwise."""
+    t = _as_int(name, t)
+    if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
+        raise ValueError(f"{name} has values outside {lo}..{hi} "
+                         f"(min {int(t.min())}, max {int(t.max())})")
+    return t
+
+
+def check_signed(name: str, t: torch.Tensor, bits: int) -> torch.Tensor:
+    """Return ``t`` as int64 after checking it fits a ``bits``-wide signed integer."""
+    return check_range(name, t, *int_range(bits))
+
+
+def signed_width(magnitude: int) -> int:
+    """Smallest two's complement width that holds every integer in ``[-magnitude, magnitude]``."""
+    return max(int(magnitude).bit_length() + 1, 2)
+
+
+def accumulator_width(max_product: int, max_k: int) -> int:
+    """Accumulator width of a unit: holds ``sum of max_k products + bias`` without overflow.
+
+    The bias is bounded like the sum (``|bias| <= max_k * max_product``), so
+    ``|acc + bias| <= 2 * max_k * max_product`` and the width is that magnitude's signed width.
+    """
+    return signed_width(2 * max_k * max_product)
+
+
+def bias_bound(max_product: int, max_k: int) -> int:
+    """Largest ``|bias|`` a unit accepts: the same bound as the sum of products."""
+    return max_k * max_product
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact integer matrix product
+
+
+def _exact_matmul(a: torch.Tensor, w: torch.Tensor, bound: int) -> torch.Tensor:
+    """``a @ w.T`` for int64 ``a [..., M, K]`` and ``w [..., N, K]``, exact.
+
+    ``bound`` is a proven upper limit of ``sum_k |a_k * w_k|``; it must stay below 2**53 so the
+    float64 product is exact for every summation order.
+    """
+    if bound >= _EXACT_LIMIT:
+        raise ValueError(f"matmul bound {bound} is too wide for exact evaluation (>= 2**53)")
+    out = torch.matmul(a.to(torch.float64), w.to(torch.float64).transpose(-1, -2))
+    return out.to(torch.int64)
+
+
+def _check_shapes(a: torch.Tensor, w: torch.Tensor, max_k: int) -> int:
+    if a.dim() < 2 or w.dim() < 2:
+        raise ValueError(f"activations must be [..., M, K] and weights [..., N, K]; "
+                         f"got {tuple(a.shape)} and {tuple(w.shape)}")
+    k = a.shape[-1]
+    if w.shape[-1] != k:
+        raise ValueError(f"K mismatch: activations {tuple(a.shape)} vs weights {tuple(w.shape)} "
+                         f"(weights are [N, K])")
+    if k < 1 or k > max_k:
+        raise ValueError(f"K must be in 1..{max_k}, not {k}")
+    return k
+
+
+def _add_bias(acc: torch.Tensor, bias: torch.Tensor | None, bound: int) -> torch.Tensor:
+    if bias is None:
+        return acc
+    bias = check_range("bias", bias, -bound, bound)
+    if bias.dim() != 1 or bias.shape[0] != acc.shape[-1]:
+        raise ValueError(f"bias must be [N] with N={acc.shape[-1]}, not {tuple(bias.shape)}")
+    return acc + bias.to(acc.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# INT8 (and INT2..INT8) matmul
+
+
+def int_matmul(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
+               a_bits: int = 8, w_bits: int = 8, max_k: int = DEFAULT_MAX_K) -> torch.Tensor:
+    """Integer matmul of the INT unit: ``acc[m, n] = sum_k a[m, k] * w[n, k] + bias[n]``.
+
+    Parameters
+    ----------
+    a : int tensor [..., M, K], signed ``a_bits`` (2..8) values.
+    w : int tensor [..., N, K], signed ``w_bits`` (2..8) values.
+    bias : int tensor [N] or None, ``|bias| <= max_k * 2**(a_bits+w_bits-2)``.
+    max_k : the unit's largest K; the accumulator has ``int_acc_width(a_bits, w_bits, max_k)``
+        bits (32 for INT8 with the default ``max_k``) and cannot overflow.
+
+    Returns the exact accumulator (int64 tensor [..., M, N]).
+    """
+    _check_bits("a_bits", a_bits, 2, 8)
+    _check_bits("w_bits", w_bits, 2, 8)
+    a = check_signed("activations", a, a_bits)
+    w = check_signed("weights", w, w_bits)
+    k = _check_shapes(a, w, max_k)
+    pmax = int_max_product(a_bits, w_bits)
+    acc = _exact_matmul(a, w, k * pmax)
+    return _add_bias(acc, bias, bias_bound(pmax, max_k))
+
+
+def int_max_product(a_bits: int, w_bits: int) -> int:
+    """Largest ``|a * w|``: ``(-2**(a_bits-1)) * (-2**(w_bits-1))``."""
+    return 1 << (a_bits + w_bits - 2)
+
+
+def int_acc_width(a_bits: int = 8, w_bits: int = 8, max_k: int = DEFAULT_MAX_K) -> int:
+    return accumulator_width(int_max_product(a_bits, w_bits), max_k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Logarithmic (power-of-two) weights: sign + exponent index, the multiply is a shift
+
+
+def log_depth(bits: int, zero_code: bool = False) -> int:
+    """Number of distinct non-zero magnitudes of ``bits``-bit log codes.
+
+    Aji & Heafield: 1 sign bit + (bits-1) exponent bits, magnitudes ``2**0 .. 2**-(2**(bits-1)-1)``
+    relative to the scale, no zero. We cap the depth at 16 magnitudes (exponents down to 2**-15)
+    so the shifter and accumulator stay bounded; with ``zero_code`` the deepest exponent index
+    encodes an exact 0 instead of a magnitude.
+    """
+    _check_bits("bits", bits, 1, 8)
+    if zero_code and bits < 2:
+        raise ValueError("a zero code needs at least 2 bits (1-bit log codes are sign-only)")
+    depth = min(1 << (bits - 1), LOG_MAX_DEPTH)
+    return depth - 1 if zero_code else depth
+
+
+def log_code_fields(codes: torch.Tensor, bits: int, zero_code: bool = False):
+    """Split codes into ``(sign, exponent_index, is_zero)``; checks that every code is valid.
+
+    Layout: bit ``bits-1`` is the sign (1 = negative), bits ``bits-2..0`` the exponent index
+    ``e`` (0 = the largest magnitude). Valid ``e`` are ``0 .. log_depth-1`` plus, with
+    ``zero_code``, ``e == log_depth`` meaning zero (with either sign bit).
+    """
+    depth = log_depth(bits, zero_code)
+    codes = check_range("log codes", codes, 0, (1 << bits) - 1)
+    sign = codes >> (bits - 1)
+    e = codes & ((1 << (bits - 1)) - 1)
+    top = depth if zero_code else depth - 1
+    if e.numel() and int(e.max()) > top:
+        raise ValueError(f"log codes have exponent index {int(e.max())} > {top}, "
+                         f"invalid for {bits}-bit codes (zero_code={zero_code})")
+    is_zero = (e == depth) if zero_code else torch.zeros_like(e, dtype=torch.bool)
+    return sign, e, is_zero
+
+
+def log_weight_values(codes: torch.Tensor, bits: int, zero_code: bool = False) -> torch.Tensor:
+    """Integer weight of each code: ``(-1)**sign * 2**(depth-1-e)`` (0 for the zero code).
+
+    The real weight is ``scale * 2**-(depth-1) * value``, where ``scale`` is the tensor's
+    log scale ``S`` (the largest magnitude).
+    """
+    depth = log_depth(bits, zero_code)
+    sign, e, is_zero = log_code_fields(codes, bits, zero_code)
+    shift = (depth - 1 - e).clamp(min=0)
+    mag = torch.ones_like(e) << shift
+    val = torch.where(sign.bool(), -mag, mag)
+    return torch.where(is_zero, torch.zeros_like(val), val)
+
+
+def log_max_product(a_bits: int, bits: int, zero_code: bool = False) -> int:
+    return (1 << (a_bits - 1)) << (log_depth(bits, zero_code) - 1)
+
+
+def log_acc_width(bits: int, a_bits: int = 8, max_k: int = DEFAULT_MAX_K,
+                  zero_code: bool = False) -> int:
+    return accumulator_width(log_max_product(a_bits, bits, zero_code), max_k)
+
+
+def log_matmul(a: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None = None, *,
+               bits: int, a_bits: int = 8, zero_code: bool = False,
+               max_k: int = DEFAULT_MAX_K) -> torch.Tensor:
+    """Shift-based matmul: ``acc[m, n] = sum_k (+-a[m, k] << (depth-1-e[n, k])) + bias[n]``.
+
+    ``a`` is [..., M, K] signed ``a_bits``; ``codes`` is [N, K] ``bits``-bit log codes.
+    The product with a power of two is an arithmetic left shift, so the sum is exact.
+    """
+    _check_bits("a_bits", a_bits, 2, 8)
+    a = check_signed("activations", a, a_bits)
+    w = log_weight_values(codes, bits, zero_code)
+    k = _check_shapes(a, w, max_k)
+    pmax = log_max_product(a_bits, bits, zero_code)
+    acc = _exact_matmul(a, w, k * pmax)
+    return _add_bias(acc, bias, bias_bound(pmax, max_k))
+
+
+def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
+                 scale: float | None = None, refine_iters: int = 0):
+    """Aji & Heafield's logarithmic quantizer for one tensor.
+
+    ``S`` starts at ``max|w|`` (or ``scale``); ``r = clip(w, -S, S)``;
+    ``e = clip(floor(log2(|r| / S * 4/3)), -(depth-1), 0)`` (the 4/3 puts the rounding point
+    in linear space, halfway between neighbouring powers of two); ``q = sign(r) * S * 2**e``.
+    With ``zero_code``, values below half the smallest magnitude become exactly 0.
+    ``refine_iters`` rounds of ``S <- sum(a*w) / sum(a*a)`` with ``a = q / S``.
+
+    Returns ``(codes int64 like w, S float)``; dequantized ``S * 2**-(depth-1) * values``.
+    """
+    depth = log_depth(bits, zero_code)
+    w = w.detach().to(torch.float64)
+    s = float(w.abs().max()) if scale is None else float(scale)
+    if not math.isfinite(s):
+        raise ValueError("cannot log-quantize a tensor with non-finite values")
+    if s == 0.0:
+        s = 1.0
+    for it in range(refine_iters + 1):
+        r = w.clamp(-s, s)
+        mag = r.abs() / s
+        e = torch.floor(torch.log2(mag * (4.0 / 3.0))).clamp(-(depth - 1), 0)
+        e = torch.where(mag > 0, e, torch.full_like(e, -(depth - 1)))
+        idx = (-e).to(torch.int64)
+        neg = (r < 0).to(torch.int64)
+        if zero_code:
+            tiny = mag < 2.0 ** (-(depth - 1)) / 2
+            idx = torch.where(tiny, torch.full_like(idx, depth), idx)
+        codes = (neg << (bits - 1)) | idx
+        if it < refine_iters:
+            a = log_weight_values(codes, bits, zero_code).to(torch.float64) * 2.0 ** (1 - depth)
+            den = float((a * a).sum())
+            if den > 0:
+                s = float((a * w).sum()) / den
+    return codes, s
+
+
+# ---------------------------------------------------------------------------------------------
+# Binary coding and XNOR-popcount
+
+
+def pack_bits(signs: torch.Tensor) -> torch.Tensor:
+    """Pack a +-1 (or bool, True = +1) tensor ``[..., K]`` into 32-bit words ``[..., ceil(K/32)]``.
+
+    Element ``k`` goes to word ``k // 32``, bit ``k % 32`` (LSB first); +1 -> 1, -1 -> 0;
+    padding bits are 0. Words are returned as int64 holding the unsigned 32-bit value.
+    """
+    if signs.dtype == torch.bool:
+        bits = signs.to(torch.int64)
+    else:
+        s = _as_int("signs", signs)
+        if s.numel() and not bool(((s == 1) | (s == -1)).all()):
+            raise ValueError("signs must be +1 or -1")
+        bits = (s > 0).to(torch.int64)
+    k = bits.shape[-1]
+    nwords = (k + WORD_BITS - 1) // WORD_BITS
+    pad = nwords * WORD_BITS - k
+    if pad:
+        bits = torch.nn.functional.pad(bits, (0, pad))
+    bits = bits.reshape(*bits.shape[:-1], nwords, WORD_BITS)
+    weights = torch.ones(WORD_BITS, dtype=torch.int64, device=bits.device) << torch.arange(
+        WORD_BITS, device=bits.device)
+    return (bits * weights).sum(-1)
+
+
+def unpack_bits(words: torch.Tensor, k: int) -> torch.Tensor:
+    """Inverse of :func:`pack_bits`: ``[..., W]`` words -> ``[..., k]`` of +-1 (int64)."""
+    words = check_range("packed words", words, 0, (1 << WORD_BITS) - 1)
+    if k < 1 or k > words.shape[-1] * WORD_BITS:
+        raise ValueError(f"K={k} does not fit {words.shape[-1]} words of {WORD_BITS} bits")
+    shifts = torch.arange(WORD_BITS, device=words.device)
+    bits = (words.unsqueeze(-1) >> shifts) & 1
+    bits = bits.reshape(*words.shape[:-1], -1)[..., :k]
+    return bits * 2 - 1
+
+
+def popcount_dot(a_words: torch.Tensor, w_words: torch.Tensor, k: int) -> torch.Tensor:
+    """``2 * popcount(xnor(a, w) & mask_K) - K`` for packed vectors, computed bitwise.
+
+    ``a_words [..., W]`` and ``w_words [..., W]`` broadcast. This is the datapath identity the
+    RTL implements; :func:`xnor_matmul` evaluates the same sum as a +-1 matrix product.
+    """
+    nwords = (k + WORD_BITS - 1) // WORD_BITS
+    a_words = check_range("packed words", a_words, 0, (1 << WORD_BITS) - 1)[..., :nwords]
+    w_words = check_range("packed words", w_words, 0, (1 << WORD_BITS) - 1)[..., :nwords]
+    full = (1 << WORD_BITS) - 1
+    x = ~(a_words ^ w_words) & full
+    last = k - (nwords - 1) * WORD_BITS
+    mask = torch.full((nwords,), full, dtype=torch.int64, device=x.device)
+    mask[-1] = (1 << last) - 1
+    x = x & mask
+    shifts = torch.arange(WORD_BITS, device=x.device)
+    pop = ((x.unsqueeze(-1) >> shifts) & 1).sum((-1, -2))
+    return 2 * pop - k
+
+
+def xnor_max_product(a_planes: int, w_planes: int) -> int:
+    """Largest ``|a * w|`` per element: ``(2**Pa - 1) * Pw * (2**ALPHA_BITS - 1)``."""
+    return ((1 << a_planes) - 1) * w_planes * ((1 << ALPHA_BITS) - 1)
+
+
+def xnor_acc_width(a_planes: int = 1, w_planes: int = 1, max_k: int = DEFAULT_MAX_K) -> int:
+    return accumulator_width(xnor_max_product(a_planes, w_planes), max_k)
+
+
+def xnor_matmul(a_words: torch.Tensor, w_words: torch.Tensor, alpha: torch.Tensor, k: int,
+                bias: torch.Tensor | None = None, *,
+                max_k: int = DEFAULT_MAX_K) -> torch.Tensor:
+    """Bit-plane XNOR-popcount matmul.
+
+    ``acc[m, n] = sum_i sum_j alpha[i, n] * 2**j * dot(a_j[m], w_i[n]) + bias[n]`` where
+    ``dot = 2 * popcount(xnor) - K`` over the first ``K`` bits.
+
+    Parameters
+    ----------
+    a_words : [Pa, M, W] packed activation planes; plane ``j`` has weight ``2**j``, so the
+        activation is ``sum_j 2**j * s_j`` (an odd integer in ``[-(2**Pa-1), 2**Pa-1]``).
+    w_words : [Pw, N, W] packed weight planes (binary coding ``w = sum_i alpha_i * b_i``).
+    alpha : [Pw, N] unsigned ``ALPHA_BITS`` integer plane scales, per plane and output channel.
+    k : number of valid bits (K); padding bits are ignored.
+    """
+    if a_words.dim() != 3 or w_words.dim() != 3:
+        raise ValueError(f"packed planes must be [P, rows, words]; got {tuple(a_words.shape)} "
+                         f"and {tuple(w_words.shape)}")
+    pa, pw = a_words.shape[0], w_words.shape[0]
+    _check_bits("activation planes", pa, 1, 8)
+    _check_bits("weight planes", pw, 1, 8)
+    if not 1 <= k <= max_k:
+        raise ValueError(f"K must be in 1..{max_k}, not {k}")
+    alpha = check_range("alpha", alpha, 0, (1 << ALPHA_BITS) - 1)
+    if tuple(alpha.shape) != (pw, w_words.shape[1]):
+        raise ValueError(f"alpha must be [Pw, N] = {(pw, w_words.shape[1])}, "
+                         f"not {tuple(alpha.shape)}")
+    a_pm = unpack_bits(a_words, k)                      # [Pa, M, K] of +-1
+    w_pm = unpack_bits(w_words, k)                      # [Pw, N, K] of +-1
+    plane_w = (torch.ones(pa, dtype=torch.int64, device=a_pm.device)
+               << torch.arange(pa, device=a_pm.device))
+    a_int = (a_pm * plane_w.view(pa, 1, 1)).sum(0)      # [M, K] odd integers
+    w_int = (w_pm * alpha.to(w_pm.device).unsqueeze(-1)).sum(0)  # [N, K]
+    pmax = xnor_max_product(pa, pw)
+    acc = _exact_matmul(a_int, w_int, k * pmax)
+    return _add_bias(acc, bias, bias_bound(pmax, max_k))
+
+
+def activation_planes(a: torch.Tensor, planes: int) -> torch.Tensor:
+    """Split odd integer activations ``a = sum_j 2**j * s_j`` into +-1 planes ``[P, ..., K]``.
+
+    With ``u = (a + 2**P - 1) / 2`` (an unsigned P-bit integer), ``s_j = 2 * bit_j(u) - 1``.
+    """
+    _check_bits("activation planes", planes, 1, 8)
+    lim = (1 << planes) - 1
+    a = check_range("binary-coded activations", a, -lim, lim)
+    if a.numel() and bool(((a & 1) == 0).any()):
+        raise ValueError("binary-coded activations must be odd integers")
+    u = (a + lim) >> 1
+    return torch.stack([((u >> j) & 1) * 2 - 1 for j in range(planes)])
+
+
+def binary_code(w: torch.Tensor, planes: int):
+    """Greedy binary coding (Chung et al. 2020): ``w[n, :] ~ sum_i alpha[i, n] * b[i, n, :]``.
+
+    Each step takes ``b = sign(residual)`` (``sign(0) = +1``), ``alpha = mean|residual|`` per row,
+    and subtracts. Returns ``(b [P, N, K] +-1 int64, alpha [P, N] float64)``.
+    """
+    _check_bits("planes", planes, 1, 8)
+    r = w.detach().to(torch.float64)
+    bs, alphas = [], []
+    for _ in range(planes):
+        b = torch.where(r >= 0, 1.0, -1.0).to(torch.float64)
+        alpha = r.abs().mean(-1)
+        r = r - alpha.unsqueeze(-1) * b
+        bs.append(b.to(torch.int64))
+        alphas.append(alpha)
+    return torch.stack(bs), torch.stack(alphas)
+
+
+def quantize_alpha(alpha: torch.Tensor):
+    """Integer plane scales: ``alpha ~ alpha_int * scale[n]`` with ``alpha_int`` in ALPHA_BITS.
+
+    Per output channel, ``scale[n] = max_i alpha[i, n] / (2**ALPHA_BITS - 1)``.
+    Returns ``(alpha_int [P, N] int64, scale [N] float64)``.
+    """
+    alpha = alpha.to(torch.float64)
+    top = (1 << ALPHA_BITS) - 1
+    scale = alpha.max(0).values / top
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    alpha_int = torch.round(alpha / scale).clamp(0, top).to(torch.int64)
+    return alpha_int, scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Host-side quantization of activations and requantization
+
+
+def quantize_symmetric(x: torch.Tensor, scale, bits: int) -> torch.Tensor:
+    """Float -> signed ``bits`` integer: ``clamp(round_half_even(x / scale), -2**(b-1), 2**(b-1)-1)``.
+
+    ``scale`` is a positive float or a tensor broadcasting against ``x`` (e.g. per token).
+    Division and round-half-to-even are exactly rounded IEEE operations, identical on CPU/GPU.
+    """
+    _check_bits("bits", bits, 2, 16)
+    lo, hi = int_range(bits)
+    return torch.round(x / scale).clamp(lo, hi).to(torch.int64)
+
+
+def requant_params(scale: torch.Tensor):
+    """Integer multiplier and shift for each real scale: ``scale ~ mult * 2**-shift``.
+
+    ``mult`` is unsigned MULT_BITS (normalised into ``[2**15, 2**16)`` when the shift allows),
+    ``shift`` is 0..SHIFT_MAX. Scales must lie in ``(0, 2**16)``; scales too small for the
+    largest shift get the largest shift (and a smaller multiplier, possibly 0).
+    Returns ``(mult int64 [N], shift int64 [N])``.
+    """
+    scale = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)
+    if scale.numel() and (not bool(torch.isfinite(scale).all()) or float(scale.min()) <= 0):
+        raise ValueError("requantization scales must be finite and positive")
+    top = (1 << MULT_BITS) - 1
+    if scale.numel() and float(scale.max()) >= 1 << MULT_BITS:
+        raise ValueError(f"requantization scale {float(scale.max())} >= 2**{MULT_BITS}")
+    mults, shifts = [], []
+    for s in scale.tolist():
+        m, e = math.frexp(s)                    # s = m * 2**e, m in [0.5, 1)
+        shift = min(MULT_BITS - e, SHIFT_MAX)   # mult = s * 2**shift in [2**15, 2**16)
+        shift = max(shift, 0)
+        mult = round(s * 2.0 ** shift)
+        if mult > top:                          # rounding up to 2**16: one less shift
+            shift -= 1
+            mult = round(s * 2.0 ** shift)
+        mults.append(mult)
+        shifts.append(shift)
+    return torch.tensor(mults, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
+
+
+def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, *,
+               out_bits: int = 8, relu: bool = False) -> torch.Tensor:
+    """Per-output-channel requantization of accumulators ``acc [..., N]`` (bias already added).
+
+    ``p = acc * mult[n]``; ``r = (p + 2**(shift[n]-1)) >> shift[n]`` (round half up; ``r = p``
+    when ``shift = 0``); ``r = max(r, 0)`` if ``relu``; saturate to signed ``out_bits``.
+    Accumulators are at most ACC_MAX_BITS (47) bits wide; the product is exact.
+    """
+    _check_bits("out_bits", out_bits, 2, 32)
+    acc = _as_int("accumulator", acc)
+    mult = check_range("mult", mult, 0, (1 << MULT_BITS) - 1).to(acc.device)
+    shift = check_range("shift", shift, 0, SHIFT_MAX).to(acc.device)
+    n = acc.shape[-1]
+    if mult.shape != (n,) or shift.shape != (n,):
+        raise ValueError(f"mult and shift must be [N] with N={n}, "
+                         f"not {tuple(mult.shape)} and {tuple(shift.shape)}")
+    if acc.numel() and int(acc.abs().max()) >= 1 << (ACC_MAX_BITS - 1):
+        raise ValueError(f"accumulator exceeds {ACC_MAX_BITS} bits; requantization is defined "
+                         f"for |acc| < 2**{ACC_MAX_BITS - 1}")
+    # |acc| < 2**46 and mult < 2**16, so p and p + 2**(shift-1) (< 2**62 + 2**62) fit int64.
+    p = acc * mult
+    rnd = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0),
+                      torch.zeros_like(shift))
+    r = (p + rnd) >> shift
+    if relu:
+        r = r.clamp(min=0)
+    lo_s, hi_s = int_range(out_bits)
+    return r.clamp(lo_s, hi_s)
