@@ -251,15 +251,25 @@ def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
     """
     depth = log_depth(bits, zero_code)
     w = w.detach().to(torch.float64)
-    s = float(w.abs().max()) if scale is None else float(scale)
-    if not math.isfinite(s):
+    if w.numel() and not bool(torch.isfinite(w).all()):
         raise ValueError("cannot log-quantize a tensor with non-finite values")
-    if s == 0.0:
-        s = 1.0
+    if scale is None:
+        s = float(w.abs().max()) if w.numel() else 0.0
+        if s == 0.0:
+            s = 1.0
+    else:
+        s = float(scale)
+        if not (math.isfinite(s) and s > 0):
+            raise ValueError(f"log-quantization scale must be finite and positive, not {scale!r}")
     for it in range(refine_iters + 1):
         r = w.clamp(-s, s)
         mag = r.abs() / s
-        e = torch.floor(torch.log2(mag * (4.0 / 3.0))).clamp(-(depth - 1), 0)
+        # floor(log2(x)) read off the binary exponent (x = m * 2**ex, m in [0.5, 1)) rather
+        # than from log2, whose rounding turns values just below a power of two into that
+        # power (then 2**-4 - ulp would quantize like the midpoint itself). x = mag * 4/3 is
+        # one correctly rounded product, so it lies below 2**e exactly when mag < 3/4 * 2**e.
+        _, ex = torch.frexp(mag * (4.0 / 3.0))
+        e = (ex.to(torch.float64) - 1).clamp(-(depth - 1), 0)
         e = torch.where(mag > 0, e, torch.full_like(e, -(depth - 1)))
         idx = (-e).to(torch.int64)
         neg = (r < 0).to(torch.int64)
@@ -321,8 +331,12 @@ def popcount_dot(a_words: torch.Tensor, w_words: torch.Tensor, k: int) -> torch.
     RTL implements; :func:`xnor_matmul` evaluates the same sum as a +-1 matrix product.
     """
     nwords = (k + WORD_BITS - 1) // WORD_BITS
-    a_words = check_range("packed words", a_words, 0, (1 << WORD_BITS) - 1)[..., :nwords]
-    w_words = check_range("packed words", w_words, 0, (1 << WORD_BITS) - 1)[..., :nwords]
+    a_words = check_range("packed words", a_words, 0, (1 << WORD_BITS) - 1)
+    w_words = check_range("packed words", w_words, 0, (1 << WORD_BITS) - 1)
+    have = min(a_words.shape[-1], w_words.shape[-1])
+    if k < 1 or k > have * WORD_BITS:
+        raise ValueError(f"K={k} does not fit {have} words of {WORD_BITS} bits")
+    a_words, w_words = a_words[..., :nwords], w_words[..., :nwords]
     full = (1 << WORD_BITS) - 1
     x = ~(a_words ^ w_words) & full
     last = k - (nwords - 1) * WORD_BITS
@@ -447,7 +461,8 @@ def requant_params(scale: torch.Tensor):
     """Integer multiplier and shift for each real scale: ``scale ~ mult * 2**-shift``.
 
     ``mult`` is unsigned MULT_BITS (normalised into ``[2**15, 2**16)`` when the shift allows),
-    ``shift`` is 0..SHIFT_MAX. Scales must lie in ``(0, 2**16)``; scales too small for the
+    ``shift`` is 0..SHIFT_MAX. Scales must lie in ``(0, 2**16 - 1/2)`` (at shift 0 the
+    multiplier is ``round(scale)``, which must stay below 2**16); scales too small for the
     largest shift get the largest shift (and a smaller multiplier, possibly 0).
     Returns ``(mult int64 [N], shift int64 [N])``.
     """
@@ -455,8 +470,10 @@ def requant_params(scale: torch.Tensor):
     if scale.numel() and (not bool(torch.isfinite(scale).all()) or float(scale.min()) <= 0):
         raise ValueError("requantization scales must be finite and positive")
     top = (1 << MULT_BITS) - 1
-    if scale.numel() and float(scale.max()) >= 1 << MULT_BITS:
-        raise ValueError(f"requantization scale {float(scale.max())} >= 2**{MULT_BITS}")
+    if scale.numel() and float(scale.max()) >= top + 0.5:
+        # round(scale) would need a 17-bit multiplier at shift 0.
+        raise ValueError(f"requantization scale {float(scale.max())} is too large: scales must "
+                         f"be below {top + 0.5} (multiplier {top} at shift 0)")
     mults, shifts = [], []
     for s in scale.tolist():
         m, e = math.frexp(s)                    # s = m * 2**e, m in [0.5, 1)
