@@ -245,7 +245,8 @@ def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
     ``e = clip(floor(log2(|r| / S * 4/3)), -(depth-1), 0)`` (the 4/3 puts the rounding point
     in linear space, halfway between neighbouring powers of two); ``q = sign(r) * S * 2**e``.
     With ``zero_code``, values below half the smallest magnitude become exactly 0.
-    ``refine_iters`` rounds of ``S <- sum(a*w) / sum(a*a)`` with ``a = q / S``.
+    ``refine_iters`` rounds of ``S <- sum(a*w) / sum(a*a)`` with ``a = q / S`` (sums correctly
+    rounded with :func:`math.fsum`, so ``S`` is the same on every device).
 
     Returns ``(codes int64 like w, S float)``; dequantized ``S * 2**-(depth-1) * values``.
     """
@@ -279,9 +280,11 @@ def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
         codes = (neg << (bits - 1)) | idx
         if it < refine_iters:
             a = log_weight_values(codes, bits, zero_code).to(torch.float64) * 2.0 ** (1 - depth)
-            den = float((a * a).sum())
+            # math.fsum is correctly rounded, so the refined scale does not depend on the
+            # device or on a parallel reduction's summation order (CPU and CUDA agree).
+            den = math.fsum((a * a).cpu().tolist())
             if den > 0:
-                s = float((a * w).sum()) / den
+                s = math.fsum((a * w).cpu().tolist()) / den
     return codes, s
 
 
