@@ -1,0 +1,170 @@
+"""Model checkpoints: one directory, one loader.
+
+A checkpoint directory holds
+
+* ``config.json``        -- :class:`~lowbit.sw.model.TransformerConfig` fields,
+* ``model.safetensors``  -- the state dict under Marian names (a tied ``lm_head.weight`` is not
+  stored twice); float16/bfloat16 tensors are loaded as float32,
+* the tokenizer          -- ``spm.model`` (joint vocabulary) or Marian's ``source.spm`` +
+  ``target.spm`` + ``vocab.json``,
+* ``meta.json``          -- optional free-form metadata (how it was trained, scores).
+
+:func:`load_model` is the single dispatch point from a model *spec* (a shipped name listed by
+``lowbit models`` or a path) to ``(model, tokenizer, meta)``; other model formats are recognised
+there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lowbit import LowbitError
+
+from .model import Transformer, TransformerConfig
+from .tokenizer import Tokenizer
+
+DEFAULT_MODEL = "multi30k-en-de"
+
+
+def _models_dir() -> Path:
+    # Installed package: lowbit/models next to lowbit/__init__.py; editable: the repo's folder.
+    import lowbit
+
+    return Path(lowbit.__file__).resolve().parent / "models"
+
+
+def shipped_models() -> dict[str, Path]:
+    """Name -> directory of every model shipped in ``lowbit/models``."""
+    root = _models_dir()
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+
+
+def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
+    """A model spec (shipped name, path, or None for the default) -> its directory."""
+    spec = DEFAULT_MODEL if spec is None else spec
+    shipped = shipped_models()
+    if str(spec) in shipped:
+        return shipped[str(spec)]
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise LowbitError(f"model {spec}: a model is a checkpoint directory, not a file")
+    names = ", ".join(shipped) or "none"
+    raise LowbitError(f"model {spec!r} is neither a shipped model ({names}) nor a directory")
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def state_dict_for_saving(model: Transformer, dtype: torch.dtype = torch.float32) -> dict:
+    """The model's persistent tensors, contiguous, in ``dtype`` (a tied lm_head is left out)."""
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: str | os.PathLike,
+                    meta: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` + ``tokenizer`` (+ ``meta``) as a checkpoint directory; files are replaced
+    atomically. ``dtype`` float16 halves the size (the loader converts back to float32)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / "model.safetensors.tmp"
+    save_file(state_dict_for_saving(model, dtype), str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, directory / "model.safetensors")
+    _atomic_write_text(directory / "config.json", model.config.to_json())
+    tokenizer.save(directory)
+    if meta is not None:
+        _atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return directory
+
+
+def read_config(directory: Path) -> TransformerConfig:
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise LowbitError(f"{directory} is not a model checkpoint: config.json is missing")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LowbitError(f"cannot read {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise LowbitError(f"{path} must hold a JSON object")
+    return TransformerConfig.from_dict(data)
+
+
+def load_state(model: Transformer, path: Path) -> None:
+    """Load ``model.safetensors`` into ``model``, checking names and shapes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise LowbitError(f"{path.parent} is not a model checkpoint: {path.name} is missing")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LowbitError(f"cannot read {path}: {e}") from None
+    expected = model.state_dict()
+    if model.config.tie_word_embeddings:
+        expected.pop("lm_head.weight", None)
+        state.pop("lm_head.weight", None)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}")
+        raise LowbitError(f"{path} does not match its config.json: {'; '.join(parts)}")
+    for name, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise LowbitError(f"{path}: {name} has shape {tuple(tensor.shape)}, config.json implies "
+                              f"{tuple(expected[name].shape)}")
+    with torch.no_grad():
+        for name, tensor in state.items():
+            expected[name].copy_(tensor.to(expected[name].dtype))
+
+
+def load_model(spec: str | os.PathLike | None = None, device: str | torch.device = "cpu"):
+    """Load a model from a spec: a shipped name, a checkpoint directory, or None (the default).
+
+    Returns
+    -------
+    (model, tokenizer, meta): the :class:`Transformer` in eval mode on ``device`` (float32), its
+    :class:`Tokenizer`, and the ``meta.json`` dict (empty when absent, plus ``"path"``).
+
+    Raises
+    ------
+    LowbitError
+        When the spec names nothing, or the directory lacks or has malformed files.
+    """
+    directory = resolve_model_dir(spec)
+    cfg = read_config(directory)
+    tokenizer = Tokenizer.from_dir(directory)
+    if len(tokenizer) > cfg.vocab_size:
+        raise LowbitError(f"{directory}: tokenizer has {len(tokenizer)} ids but the model's vocab_size "
+                          f"is {cfg.vocab_size}")
+    model = Transformer(cfg)
+    load_state(model, directory / "model.safetensors")
+    meta = {}
+    if (directory / "meta.json").is_file():
+        try:
+            meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LowbitError(f"cannot read {directory / 'meta.json'}: {e}") from None
+    meta["path"] = str(directory)
+    model.eval()
+    return model.to(device), tokenizer, meta

@@ -1,0 +1,285 @@
+"""``lowbit`` sub-commands of the NMT stack: train, translate, eval, models, import-hf, export-hf,
+demo, and the ``bench decode`` benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from lowbit import LowbitError
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    if name in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise LowbitError(f"--device {name}: no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise LowbitError(f"--device must be cpu, cuda[:N] or auto, not {name!r}")
+    return name
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def _add_decode_args(p: argparse.ArgumentParser, beam_default: int) -> None:
+    p.add_argument("--beam", type=_positive_int, default=beam_default,
+                   help=f"beam size, 1 = greedy (default {beam_default})")
+    p.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam score = log-probability / length ** this (default 1.0)")
+    p.add_argument("--max-len-a", type=float, default=1.5, help="output length limit a*src+b: a (1.5)")
+    p.add_argument("--max-len-b", type=int, default=10, help="output length limit a*src+b: b (10)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="sentences per batch (64)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+
+
+def _decode_options(args):
+    from .decode import DecodeOptions
+
+    return DecodeOptions(beam=args.beam, length_penalty=args.length_penalty, max_len_a=args.max_len_a,
+                         max_len_b=args.max_len_b, batch_size=args.batch_size,
+                         max_input_tokens=getattr(args, "max_input_tokens", 256))
+
+
+def register(sub) -> None:
+    from .checkpoint import DEFAULT_MODEL
+
+    p = sub.add_parser("train", help="train a translation model on Multi30k-style data",
+                       description="Train an English->German Transformer. Writes a checkpoint "
+                                   "directory usable with --model.")
+    p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz (default: $LOWBIT_DATA_DIR or "
+                                      "../shared/data/multi30k)")
+    p.add_argument("--out", required=True, help="output checkpoint directory")
+    p.add_argument("--config", help="preset (tiny, small, deep-enc, wide), JSON file or inline JSON "
+                                    "with TransformerConfig fields (default: small)")
+    p.add_argument("--init", metavar="MODEL", help="start from this model's weights and tokenizer")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    from .train import TrainOptions
+
+    defaults = TrainOptions()
+    for name, kind in (("epochs", int), ("max_tokens", int), ("lr", float), ("warmup", int),
+                       ("label_smoothing", float), ("weight_decay", float), ("clip_norm", float),
+                       ("seed", int), ("avg_last", int), ("vocab_size", int), ("eval_every", int),
+                       ("max_train_tokens", int), ("limit", int), ("max_minutes", float)):
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
+                       help=f"(default {getattr(defaults, name)})")
+    p.add_argument("--spm-type", choices=("unigram", "bpe"), default=defaults.spm_type)
+    p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=defaults.save_dtype,
+                   help="dtype of the saved weights (float16 halves the size; loaded as float32)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
+    _add_decode_args(p, beam_default=5)
+    p.add_argument("--max-input-tokens", type=_positive_int, default=256,
+                   help="longer input lines are truncated with a warning (256)")
+    p.set_defaults(func=_cmd_translate)
+
+    p = sub.add_parser("eval", help="translate a split and print its sacreBLEU score")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
+    p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz")
+    p.add_argument("--split", default="test_2016_flickr", help="split name (test_2016_flickr)")
+    p.add_argument("--limit", type=_positive_int, help="only the first N sentences")
+    p.add_argument("--output", help="also write the translations to this file")
+    _add_decode_args(p, beam_default=5)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("models", help="list the shipped models")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("import-hf", help="convert a Hugging Face MarianMT directory to a lowbit checkpoint")
+    p.add_argument("dir", help="MarianMT directory (config.json, model.safetensors or pytorch_model.bin, "
+                               "source.spm, target.spm, vocab.json)")
+    p.add_argument("-o", "--out", required=True, help="output checkpoint directory")
+    p.set_defaults(func=_cmd_import_hf)
+
+    p = sub.add_parser("export-hf", help="write a model as a Hugging Face MarianMT directory")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
+    p.add_argument("-o", "--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_export_hf)
+
+    p = sub.add_parser("demo", help="translate a few sentences with the shipped model and score it")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz")
+    p.add_argument("--split", default="test_2016_flickr")
+    p.add_argument("--limit", type=_positive_int, default=1000, help="sentences scored (1000 = all)")
+    p.add_argument("--beam", type=_positive_int, default=1, help="beam size for the score (1)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def register_bench(bench_sub) -> None:
+    p = bench_sub.add_parser("decode", help="decoding speed, greedy vs beam (sentences/s)")
+    p.add_argument("--model", default=None, help="shipped name or directory (default model)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test_2016_flickr")
+    p.add_argument("--sentences", type=_positive_int, default=200, help="sentences per measurement (200)")
+    p.add_argument("--beams", default="1,5", help="comma-separated beam sizes (1,5)")
+    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--devices", default="auto", help="comma-separated: cpu,cuda; auto = cpu (+cuda if any)")
+    p.set_defaults(func=_cmd_bench_decode)
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def _cmd_train(args):
+    from .data import resolve_data_dir
+    from .train import TrainOptions, train
+
+    data_dir = resolve_data_dir(args.data_dir)
+    opts = TrainOptions(epochs=args.epochs, max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup,
+                        label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
+                        clip_norm=args.clip_norm, seed=args.seed, avg_last=args.avg_last,
+                        vocab_size=args.vocab_size, spm_type=args.spm_type, eval_every=args.eval_every,
+                        max_train_tokens=args.max_train_tokens, limit=args.limit,
+                        save_dtype=args.save_dtype, max_minutes=args.max_minutes)
+    train(data_dir, Path(args.out), args.config, opts, init=args.init, resume=args.resume,
+          device=_device(args.device), log=lambda m: print(m, flush=True))
+
+
+def _cmd_translate(args):
+    from .checkpoint import load_model
+    from .decode import translate
+
+    opts = _decode_options(args)
+    model, tokenizer, _ = load_model(args.model, _device(args.device))
+    lines = [line.rstrip("\r\n") for line in sys.stdin]
+    for out in translate(model, tokenizer, lines, opts):
+        sys.stdout.write(out + "\n")
+    sys.stdout.flush()
+
+
+def _cmd_eval(args):
+    from .checkpoint import load_model
+    from .data import read_parallel, resolve_data_dir
+    from .decode import corpus_bleu, translate
+
+    opts = _decode_options(args)
+    data_dir = resolve_data_dir(args.data_dir)
+    src, ref = read_parallel(data_dir, args.split, limit=args.limit)
+    model, tokenizer, meta = load_model(args.model, _device(args.device))
+    t0 = time.time()
+    hyps = translate(model, tokenizer, src, opts, progress=True)
+    seconds = time.time() - t0
+    if args.output:
+        import os
+
+        tmp = args.output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(h + "\n" for h in hyps)
+        os.replace(tmp, args.output)
+    score, signature = corpus_bleu(hyps, ref)
+    print(f"model: {meta['path']}  split: {args.split} ({len(src)} sentences)  beam: {opts.beam}  "
+          f"time: {seconds:.1f} s ({len(src) / max(seconds, 1e-9):.1f} sentences/s)")
+    print(f"sacreBLEU signature: {signature}")
+    print(score)
+
+
+def _cmd_models(args):
+    import json
+
+    from .checkpoint import DEFAULT_MODEL, shipped_models
+
+    models = shipped_models()
+    if not models:
+        print("no shipped models")
+        return
+    for name, path in models.items():
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2 ** 20
+        note = ""
+        meta = path / "meta.json"
+        if meta.is_file():
+            info = json.loads(meta.read_text(encoding="utf-8"))
+            if "description" in info:
+                note = info["description"]
+        default = " (default)" if name == DEFAULT_MODEL else ""
+        print(f"{name}{default}  {size:.1f} MiB  {note}".rstrip())
+
+
+def _cmd_import_hf(args):
+    from .hf import import_hf
+
+    out = import_hf(Path(args.dir), Path(args.out))
+    print(f"wrote {out}")
+
+
+def _cmd_export_hf(args):
+    from .checkpoint import load_model
+    from .hf import export_hf
+
+    model, tokenizer, _ = load_model(args.model)
+    out = export_hf(model, tokenizer, Path(args.out))
+    print(f"wrote {out}")
+
+
+def _cmd_demo(args):
+    from .checkpoint import load_model
+    from .data import read_parallel, resolve_data_dir
+    from .decode import DecodeOptions, corpus_bleu, translate
+
+    model, tokenizer, meta = load_model(args.model)
+    examples = ["A man in an orange hat starring at something.",
+                "Two dogs are playing in the snow.",
+                "A little girl is climbing the stairs to her wooden playhouse.",
+                "A group of people are standing in front of a large building."]
+    print(f"model: {meta['path']}")
+    for src, hyp in zip(examples, translate(model, tokenizer, examples, DecodeOptions(beam=5))):
+        print(f"  EN: {src}\n  DE: {hyp}")
+    data_dir = resolve_data_dir(args.data_dir)
+    src, ref = read_parallel(data_dir, args.split, limit=args.limit)
+    t0 = time.time()
+    hyps = translate(model, tokenizer, src, DecodeOptions(beam=args.beam), progress=True)
+    score, signature = corpus_bleu(hyps, ref)
+    kind = "greedy" if args.beam == 1 else f"beam {args.beam}"
+    print(f"{args.split}: {len(src)} sentences, {kind}, {time.time() - t0:.1f} s")
+    print(f"sacreBLEU signature: {signature}")
+    print(score)
+
+
+def _cmd_bench_decode(args):
+    import torch
+
+    from .checkpoint import load_model
+    from .data import read_parallel, resolve_data_dir
+    from .decode import DecodeOptions, translate
+
+    try:
+        beams = [int(b) for b in args.beams.split(",")]
+    except ValueError:
+        raise LowbitError(f"--beams must be comma-separated integers, not {args.beams!r}") from None
+    if args.devices == "auto":
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [_device(d) for d in args.devices.split(",")]
+    src, _ = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.sentences)
+    rows = []
+    for device in devices:
+        model, tokenizer, meta = load_model(args.model, device)
+        translate(model, tokenizer, src[:8], DecodeOptions(beam=1), device=device)  # warm-up
+        for beam in beams:
+            opts = DecodeOptions(beam=beam, batch_size=args.batch_size)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            translate(model, tokenizer, src, opts, device=device)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - t0
+            rows.append((device, "greedy" if beam == 1 else f"beam {beam}", len(src), seconds))
+    threads = torch.get_num_threads()
+    print(f"model: {meta['path']}  split: {args.split}  batch size: {args.batch_size}  "
+          f"CPU threads: {threads}")
+    print(f"{'device':<8} {'search':<8} {'sentences':>9} {'seconds':>8} {'sent/s':>8}")
+    for device, search, n, seconds in rows:
+        print(f"{device:<8} {search:<8} {n:>9} {seconds:>8.2f} {n / seconds:>8.1f}")

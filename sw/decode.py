@@ -1,0 +1,204 @@
+"""Batched greedy and beam-search decoding, and sentence-level translation helpers.
+
+Decoding only calls the model's own methods (``encode``, ``decode_step``, ``reorder_cache``),
+which only call its modules: a model whose Linear/MatMul modules were swapped for quantized ones
+decodes with them, unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from lowbit import LowbitError
+
+
+@dataclass
+class DecodeOptions:
+    beam: int = 1                # 1: greedy
+    length_penalty: float = 1.0  # beam score = sum log p / length ** length_penalty
+    max_len_a: float = 1.5       # longest output = max_len_a * source length + max_len_b
+    max_len_b: int = 10
+    batch_size: int = 64         # sentences per batch
+    max_input_tokens: int = 256  # longer inputs are truncated (with a warning)
+
+    def __post_init__(self):
+        if not isinstance(self.beam, int) or self.beam < 1:
+            raise LowbitError(f"beam size must be a positive integer, not {self.beam!r}")
+        if self.batch_size < 1:
+            raise LowbitError(f"batch size must be a positive integer, not {self.batch_size!r}")
+        if self.max_len_a < 0 or self.max_len_b < 1:
+            raise LowbitError("max length must allow at least one output token")
+
+
+def pad_batch(seqs: list[list[int]], pad: int, device=None) -> torch.Tensor:
+    """Right-pad id lists to a (B, L) long tensor."""
+    width = max(len(s) for s in seqs)
+    out = torch.full((len(seqs), width), pad, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        out[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+    return out.to(device)
+
+
+def _max_lengths(src: torch.Tensor, pad: int, opts: DecodeOptions, limit: int) -> torch.Tensor:
+    src_len = (src != pad).sum(1)
+    return (src_len.float() * opts.max_len_a + opts.max_len_b).long().clamp(1, limit)
+
+
+@torch.no_grad()
+def greedy_search(model, src: torch.Tensor, opts: DecodeOptions | None = None) -> list[list[int]]:
+    """Greedy decoding of a batch: src (B, S) -> B id lists (without the final EOS)."""
+    opts = opts or DecodeOptions()
+    cfg = model.config
+    b = src.shape[0]
+    max_len = _max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)
+    memory, src_mask = model.encode(src), model.src_mask(src)
+    cache = model.new_cache()
+    tokens = torch.full((b,), cfg.decoder_start_token_id, dtype=torch.long, device=src.device)
+    out = torch.full((b, int(max_len.max())), cfg.pad_token_id, dtype=torch.long, device=src.device)
+    done = torch.zeros(b, dtype=torch.bool, device=src.device)
+    for step in range(int(max_len.max())):
+        logits = model.decode_step(tokens, memory, src_mask, cache, step)      # (B, V)
+        tokens = logits.argmax(-1)
+        tokens = torch.where(done, torch.full_like(tokens, cfg.pad_token_id), tokens)
+        out[:, step] = tokens
+        done |= (tokens == cfg.eos_token_id) | (step + 1 >= max_len)
+        if bool(done.all()):
+            break
+    result = []
+    for row in out.tolist():
+        ids = []
+        for t in row:
+            if t in (cfg.eos_token_id, cfg.pad_token_id):
+                break
+            ids.append(t)
+        result.append(ids)
+    return result
+
+
+@torch.no_grad()
+def beam_search(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]]:
+    """Beam search over a batch: src (B, S) -> B id lists (best hypothesis, without EOS).
+
+    K = ``opts.beam`` hypotheses per sentence; at each step the 2K best continuations are
+    ranked, those ending in EOS among the best K are finished (score / length ** length_penalty,
+    length counting the EOS) and the best K others continue. A sentence is done when it has K
+    finished hypotheses or reaches its maximum length (then its live beams are finished).
+    """
+    k = opts.beam
+    cfg = model.config
+    b, device = src.shape[0], src.device
+    max_len = _max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings).tolist()
+    memory, src_mask = model.encode(src), model.src_mask(src)
+    rows = torch.arange(b, device=device).repeat_interleave(k)                 # (B*K,)
+    memory, src_mask = memory.index_select(0, rows), src_mask.index_select(0, rows)
+    cache = model.new_cache()
+    tokens = torch.full((b * k,), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    scores = torch.full((b, k), float("-inf"), device=device)
+    scores[:, 0] = 0.0                      # all beams start identical: keep one alive
+    history = torch.zeros(b, k, 0, dtype=torch.long, device=device)
+    finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
+    done = [False] * b
+    base = (torch.arange(b, device=device) * k)[:, None]                       # (B, 1)
+    for step in range(max(max_len)):
+        logits = model.decode_step(tokens, memory, src_mask, cache, step)      # (B*K, V)
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        vocab = logp.shape[-1]
+        cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)  # (B, K*V)
+        top_scores, top_idx = cand.topk(2 * k, dim=1)                          # (B, 2K)
+        top_beam, top_tok = top_idx // vocab, top_idx % vocab
+        is_eos = top_tok == cfg.eos_token_id
+        # Finish EOS candidates ranked among the best K (and everything at the length limit).
+        eos_rows, eos_cols = torch.nonzero(is_eos[:, :k] & torch.isfinite(top_scores[:, :k]), as_tuple=True)
+        for i, j in zip(eos_rows.tolist(), eos_cols.tolist()):
+            if not done[i] and len(finished[i]) < k:
+                hyp = history[i, top_beam[i, j]].tolist()
+                finished[i].append((top_scores[i, j].item() / (len(hyp) + 1) ** opts.length_penalty, hyp))
+        # Continue with the K best non-EOS candidates.
+        live = top_scores.masked_fill(is_eos, float("-inf"))
+        keep_scores, keep = live.topk(k, dim=1)                                # (B, K)
+        beam_of = top_beam.gather(1, keep)
+        tokens_of = top_tok.gather(1, keep)
+        history = torch.cat([history.gather(1, beam_of[:, :, None].expand(-1, -1, history.shape[2])),
+                             tokens_of[:, :, None]], dim=2)
+        scores = keep_scores
+        for i in range(b):
+            if done[i]:
+                continue
+            if step + 1 >= max_len[i]:  # out of length: the live beams are finished as they are
+                for j in range(k):
+                    if math.isfinite(scores[i, j].item()) and len(finished[i]) < k:
+                        hyp = history[i, j].tolist()
+                        finished[i].append((scores[i, j].item() / (len(hyp) + 1) ** opts.length_penalty, hyp))
+            if len(finished[i]) >= k or step + 1 >= max_len[i]:
+                done[i] = True
+        if all(done):
+            break
+        scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], float("-inf"))
+        model.reorder_cache(cache, (base + beam_of).view(-1))
+        tokens = tokens_of.view(-1)
+    result = []
+    for i in range(b):
+        if finished[i]:
+            result.append(max(finished[i], key=lambda s: s[0])[1])
+        else:  # cannot happen (every sentence finishes at its length limit); be safe
+            result.append(history[i, 0].tolist())
+    return result
+
+
+def decode_batch(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]]:
+    """Greedy when ``opts.beam == 1``, beam search otherwise."""
+    return greedy_search(model, src, opts) if opts.beam == 1 else beam_search(model, src, opts)
+
+
+def translate(model, tokenizer, sentences: list[str], opts: DecodeOptions | None = None,
+              device=None, progress: bool = False, warn=None) -> list[str]:
+    """Translate a list of sentences; the output list is aligned with the input.
+
+    Empty (or whitespace-only) lines give empty translations without running the model. Inputs
+    longer than ``opts.max_input_tokens`` (or what the model's positions allow) are truncated and
+    ``warn(message)`` is called (default: print to stderr). Sentences are batched by length.
+    """
+    opts = opts or DecodeOptions()
+    if warn is None:
+        warn = lambda msg: print(f"lowbit: warning: {msg}", file=sys.stderr)  # noqa: E731
+    device = device or next(model.parameters()).device
+    limit = min(opts.max_input_tokens, model.config.max_position_embeddings)
+    encoded = {}
+    for i, s in enumerate(sentences):
+        if not s.strip():
+            continue
+        ids = tokenizer.encode(s, "source")
+        if len(ids) > limit:
+            warn(f"line {i + 1}: input of {len(ids)} tokens truncated to {limit}")
+            ids = ids[:limit - 1] + [tokenizer.eos_id]
+        encoded[i] = ids
+    out = [""] * len(sentences)
+    order = sorted(encoded, key=lambda i: len(encoded[i]))
+    batches = [order[j:j + opts.batch_size] for j in range(0, len(order), opts.batch_size)]
+    was_training = model.training
+    model.eval()
+    try:
+        iterator = batches
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(batches, desc="translating", unit="batch", file=sys.stderr)
+        for batch in iterator:
+            src = pad_batch([encoded[i] for i in batch], tokenizer.pad_id, device)
+            for i, ids in zip(batch, decode_batch(model, src, opts)):
+                out[i] = tokenizer.decode(ids, "target")
+    finally:
+        model.train(was_training)
+    return out
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]):
+    """sacreBLEU corpus score (13a tokenisation, cased, detokenised text) and its signature."""
+    import sacrebleu
+
+    bleu = sacrebleu.BLEU()
+    score = bleu.corpus_score(hypotheses, [references])
+    return score, bleu.get_signature()

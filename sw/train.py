@@ -1,0 +1,385 @@
+"""Training a translation model on Multi30k-style data.
+
+:func:`train` is the whole loop as one function: joint SentencePiece training (or the tokenizer of
+an ``init`` model), length-bucketed token batches, Adam with inverse-square-root warmup, label-
+smoothed cross-entropy, bfloat16 autocast on CUDA, a resumable training state after every epoch,
+and averaging of the last epochs' weights at the end. Two hooks serve quantization-aware training:
+
+* ``transform_model(model) -> model`` runs once before training (after ``init`` weights are
+  loaded, before a resumed state is restored): swap modules for quantized ones here;
+* ``after_step(model, step)`` runs after every optimizer step (error feedback, re-quantization).
+
+And ``finalize(model, tokenizer, directory, meta)`` replaces the default writer of the finished
+checkpoint (default: :func:`lowbit.sw.checkpoint.save_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from lowbit import LowbitError
+
+from .checkpoint import load_model, save_checkpoint
+from .data import read_parallel
+from .decode import DecodeOptions, corpus_bleu, pad_batch, translate
+from .model import Transformer, TransformerConfig
+from .tokenizer import Tokenizer, train_sentencepiece
+
+# Named model shapes for --config; any TransformerConfig field can be set by a JSON file instead.
+PRESETS = {
+    # a few seconds on a CPU: for tests and smoke runs
+    "tiny": dict(d_model=64, encoder_layers=1, decoder_layers=1, attention_heads=2, ffn_dim=128,
+                 dropout=0.1, max_position_embeddings=256),
+    # 7.6M parameters with an 8k vocabulary: Multi30k-sized
+    "small": dict(d_model=256, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=1024,
+                  dropout=0.3),
+    # 9.9M parameters: a deeper encoder
+    "deep-enc": dict(d_model=256, encoder_layers=6, decoder_layers=3, attention_heads=4, ffn_dim=1024,
+                     dropout=0.3),
+    "wide": dict(d_model=320, encoder_layers=3, decoder_layers=3, attention_heads=4, ffn_dim=1280,
+                 dropout=0.3),
+}
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 60
+    max_tokens: int = 4096       # per batch, counting padding, the larger of source and target
+    lr: float = 1e-3             # peak learning rate, reached after `warmup` steps
+    warmup: int = 2000           # linear warmup steps, then lr ~ 1/sqrt(step)
+    label_smoothing: float = 0.1
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    seed: int = 1
+    avg_last: int = 5            # average the weights of the last N epochs (1: keep the last)
+    vocab_size: int = 8000
+    spm_type: str = "unigram"
+    eval_every: int = 5          # greedy val BLEU every N epochs (and at the end)
+    max_train_tokens: int = 128  # drop training pairs longer than this (either side)
+    limit: int | None = None     # use only the first N training pairs (smoke tests)
+    save_dtype: str = "float32"  # dtype of the final model.safetensors: float32 | float16
+    max_minutes: float | None = None  # safety stop: finish early (averaging, saving) after this
+
+    def __post_init__(self):
+        for name in ("epochs", "max_tokens", "warmup", "avg_last", "vocab_size", "eval_every",
+                     "max_train_tokens"):
+            if getattr(self, name) < 1:
+                raise LowbitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        if self.save_dtype not in ("float32", "float16", "bfloat16"):
+            raise LowbitError(f"save dtype must be float32, float16 or bfloat16, not {self.save_dtype!r}")
+
+
+def resolve_config(spec: str | None, vocab_size: int) -> TransformerConfig:
+    """A preset name, a JSON file or an inline JSON object -> config (vocab_size filled in)."""
+    spec = spec or "small"
+    if spec in PRESETS:
+        fields = dict(PRESETS[spec])
+    elif spec.lstrip().startswith("{"):
+        try:
+            fields = json.loads(spec)
+        except ValueError as e:
+            raise LowbitError(f"--config is not valid JSON: {e}") from None
+    elif Path(spec).is_file():
+        try:
+            fields = json.loads(Path(spec).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LowbitError(f"cannot read config {spec}: {e}") from None
+    else:
+        raise LowbitError(f"--config {spec!r} is neither a preset ({', '.join(PRESETS)}), a JSON file "
+                          f"nor a JSON object")
+    if not isinstance(fields, dict):
+        raise LowbitError("--config must describe a JSON object")
+    fields.setdefault("vocab_size", vocab_size)
+    return TransformerConfig.from_dict(fields)
+
+
+def make_batches(lengths: list[int], max_tokens: int, rng: random.Random) -> list[list[int]]:
+    """Group example indices into batches of similar length with at most ``max_tokens`` padded
+    tokens each, in random order. ``lengths[i]`` is the longer side of example i."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)                      # ties in length end up in random order
+    order.sort(key=lambda i: lengths[i])    # stable sort
+    batches, current, longest = [], [], 0
+    for i in order:
+        new_longest = max(longest, lengths[i])
+        if current and new_longest * (len(current) + 1) > max_tokens:
+            batches.append(current)
+            current, new_longest = [], lengths[i]
+        current.append(i)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    rng.shuffle(batches)
+    return batches
+
+
+def make_tensors(examples, batch: list[int], pad: int, start: int):
+    """(src, tgt_in, labels) long tensors of a batch; tgt_in = [start] + target, labels = target + [eos]."""
+    src = pad_batch([examples[i][0] for i in batch], pad)
+    tgt = pad_batch([examples[i][1] for i in batch], pad)   # target ids end with EOS
+    tgt_in = torch.cat([torch.full((len(batch), 1), start, dtype=torch.long), tgt[:, :-1]], dim=1)
+    tgt_in = tgt_in.masked_fill(tgt_in == pad, pad)
+    return src, tgt_in, tgt
+
+
+def inverse_sqrt(step: int, warmup: int) -> float:
+    """Learning-rate factor: step/warmup during warmup, then sqrt(warmup/step)."""
+    step = max(step, 1)
+    return min(step / warmup, math.sqrt(warmup / step))
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _torch_save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def average_states(paths: list[Path]) -> dict:
+    """Element-wise mean of the floating-point tensors of several saved state dicts."""
+    total = None
+    for p in paths:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        if total is None:
+            total = {k: v.double() if v.is_floating_point() else v.clone() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                if v.is_floating_point():
+                    total[k] += v.double()
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
+@torch.no_grad()
+def evaluate_loss(model, examples, pad: int, start: int, max_tokens: int, device, amp: bool) -> float:
+    """Mean per-token cross-entropy (no smoothing) of ``examples`` under teacher forcing."""
+    model.eval()
+    batches = make_batches([max(len(s), len(t)) for s, t in examples], max_tokens, random.Random(0))
+    total, count = 0.0, 0
+    for batch in batches:
+        src, tgt_in, labels = (t.to(device) for t in make_tensors(examples, batch, pad, start))
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(src, tgt_in)
+        total += F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=pad,
+                                 reduction="sum").item()
+        count += int((labels != pad).sum())
+    model.train()
+    return total / max(count, 1)
+
+
+def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None = None,
+          opts: TrainOptions | None = None, *, init: str | None = None, resume: bool = False,
+          device: str | None = None, transform_model=None, after_step=None, finalize=None,
+          log=print) -> dict:
+    """Train a model on ``data_dir``'s train split and write a checkpoint directory ``out_dir``.
+
+    Parameters
+    ----------
+    data_dir : directory with train.{en,de}(.gz) and val.{en,de}(.gz).
+    out_dir : receives ``spm.model``, ``train_state.pt`` (resumable state, after every epoch),
+        ``snapshots/`` (last epochs' weights), ``train_log.jsonl`` and, at the end, the
+        checkpoint (``config.json``, ``model.safetensors``, ``meta.json``).
+    config : preset name, JSON file or inline JSON (see :data:`PRESETS`), or a config object.
+        Ignored with ``init`` (the init model's config and tokenizer are used).
+    init : model spec whose weights start training (fine-tuning, QAT).
+    resume : continue from ``out_dir/train_state.pt``; the options must match the saved ones.
+    transform_model, after_step, finalize : hooks, see the module docstring.
+
+    Returns
+    -------
+    dict with the final metrics (``val_bleu_greedy``, ``val_loss``, epochs, steps, seconds).
+    """
+    opts = opts or TrainOptions()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    amp = dev.type == "cuda"
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(opts.seed)
+    state_path = out_dir / "train_state.pt"
+    if resume and not state_path.is_file():
+        raise LowbitError(f"cannot resume: {state_path} does not exist")
+    saved = torch.load(state_path, map_location="cpu", weights_only=False) if resume else None
+    if saved is not None:
+        old = saved["options"]
+        for key in ("max_tokens", "lr", "warmup", "seed", "vocab_size"):
+            if old[key] != getattr(opts, key):
+                raise LowbitError(f"cannot resume: --{key.replace('_', '-')} was {old[key]} in the saved "
+                                  f"run, now {getattr(opts, key)}")
+
+    src_train, tgt_train = read_parallel(data_dir, "train", limit=opts.limit)
+    src_val, tgt_val = read_parallel(data_dir, "val")
+
+    # Tokenizer and model.
+    if init is not None:
+        model, tokenizer, _ = load_model(init)
+        cfg = model.config
+        tokenizer.save(out_dir)
+        tokenizer = Tokenizer.from_dir(out_dir)
+    else:
+        spm_path = out_dir / "spm.model"
+        if not (resume and spm_path.is_file()):
+            log(f"training SentencePiece ({opts.spm_type}, {opts.vocab_size} pieces) on "
+                f"{len(src_train)} + {len(tgt_train)} sentences")
+            train_sentencepiece(src_train + tgt_train, spm_path, opts.vocab_size, opts.spm_type)
+        tokenizer = Tokenizer(spm_path)
+        if saved is not None:
+            cfg = TransformerConfig.from_dict(saved["config"])
+        elif isinstance(config, TransformerConfig):
+            cfg = config
+        else:
+            cfg = resolve_config(config, len(tokenizer))
+        if cfg.vocab_size < len(tokenizer):
+            raise LowbitError(f"config vocab_size {cfg.vocab_size} is smaller than the tokenizer's "
+                              f"{len(tokenizer)}")
+        for name, tid in (("pad", tokenizer.pad_id), ("eos", tokenizer.eos_id), ("unk", tokenizer.unk_id)):
+            if getattr(cfg, f"{name}_token_id") != tid:
+                raise LowbitError(f"config {name}_token_id {getattr(cfg, f'{name}_token_id')} differs from "
+                                  f"the tokenizer's {tid}")
+        model = Transformer(cfg)
+    if transform_model is not None:
+        model = transform_model(model)
+    model.to(dev)
+    model.train()
+    pad, start = cfg.pad_token_id, cfg.decoder_start_token_id
+
+    def encode_pairs(srcs, tgts, max_len):
+        out = []
+        for s, t in zip(srcs, tgts):
+            si, ti = tokenizer.encode(s, "source"), tokenizer.encode(t, "target")
+            if max_len is None or (len(si) <= max_len and len(ti) <= max_len):
+                out.append((si, ti))
+        return out
+
+    train_ex = encode_pairs(src_train, tgt_train, min(opts.max_train_tokens, cfg.max_position_embeddings))
+    val_ex = encode_pairs(src_val, tgt_val, cfg.max_position_embeddings)
+    lengths = [max(len(s), len(t)) for s, t in train_ex]
+    log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {json.dumps(cfg.to_dict())}")
+    log(f"data: {len(train_ex)} training pairs ({len(src_train) - len(train_ex)} dropped as too long), "
+        f"{len(val_ex)} validation pairs; device {dev}{' (bf16 autocast)' if amp else ''}")
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (decay if p.dim() >= 2 and "shared" not in name else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=opts.lr, betas=(0.9, 0.98), eps=1e-8)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: inverse_sqrt(s + 1, opts.warmup))
+    step, first_epoch = 0, 1
+    snapshots_dir = out_dir / "snapshots"
+    snapshots_dir.mkdir(exist_ok=True)
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        step, first_epoch = saved["step"], saved["epoch"] + 1
+        torch.set_rng_state(saved["rng_cpu"])
+        if dev.type == "cuda" and saved.get("rng_cuda") is not None:
+            torch.cuda.set_rng_state(saved["rng_cuda"])
+        log(f"resumed after epoch {saved['epoch']} (step {step})")
+    t0 = time.time()
+    log_path = out_dir / "train_log.jsonl"
+    val_bleu = None
+    stopped_early = False
+    last_epoch = first_epoch - 1
+    from tqdm import tqdm
+
+    for epoch in range(first_epoch, opts.epochs + 1):
+        rng = random.Random(opts.seed * 100003 + epoch)  # the epoch's batches do not depend on resuming
+        batches = make_batches(lengths, opts.max_tokens, rng)
+        total_loss, total_tokens = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch}/{opts.epochs}", unit="batch", disable=None,
+                   file=sys.stderr, leave=False)
+        for batch in bar:
+            tensors = make_tensors(train_ex, batch, pad, start)
+            ntok = int((tensors[2] != pad).sum())  # counted on the CPU: no GPU sync per step
+            src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in tensors)
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(src, tgt_in)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=pad,
+                                   label_smoothing=opts.label_smoothing, reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            (loss / ntok).backward()
+            if opts.clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if after_step is not None:
+                after_step(model, step)
+            total_loss += loss.detach()
+            total_tokens += ntok
+        last_epoch = epoch
+        record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
+                  "train_loss": float(total_loss) / max(total_tokens, 1),
+                  "val_loss": evaluate_loss(model, val_ex, pad, start, opts.max_tokens, dev, amp),
+                  "seconds": round(time.time() - t0, 1)}
+        if epoch % opts.eval_every == 0:
+            record["val_bleu_greedy"] = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        # Snapshot for averaging, and the resumable state.
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   snapshots_dir / f"epoch{epoch:04d}.pt")
+        for old in sorted(snapshots_dir.glob("epoch*.pt"))[:-opts.avg_last]:
+            old.unlink()
+        _torch_save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+                            "config": cfg.to_dict(), "options": dataclasses.asdict(opts),
+                            "rng_cpu": torch.get_rng_state(),
+                            "rng_cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None},
+                           state_path)
+        if opts.max_minutes is not None and time.time() - t0 > 60 * opts.max_minutes and epoch < opts.epochs:
+            log(f"stopping after epoch {epoch}: --max-minutes {opts.max_minutes} reached")
+            stopped_early = True
+            break
+
+    # Average the last snapshots; keep the average only if it is not worse on validation.
+    snaps = sorted(snapshots_dir.glob("epoch*.pt"))[-opts.avg_last:]
+    last_bleu = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
+    chosen, val_bleu = "last", last_bleu
+    if len(snaps) > 1:
+        last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(average_states(snaps))
+        avg_bleu = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
+        log(f"val greedy BLEU: last epoch {last_bleu:.2f}, average of {len(snaps)} epochs {avg_bleu:.2f}")
+        if avg_bleu >= last_bleu:
+            chosen, val_bleu = f"average of epochs {snaps[0].stem[5:]}..{snaps[-1].stem[5:]}", avg_bleu
+        else:
+            model.load_state_dict(last_state)
+    val_loss = evaluate_loss(model, val_ex, pad, start, opts.max_tokens, dev, amp)
+    summary = {"epochs": last_epoch, "steps": step, "seconds": round(time.time() - t0, 1),
+               "weights": chosen, "val_bleu_greedy": round(val_bleu, 2), "val_loss": round(val_loss, 4),
+               "stopped_early": stopped_early}
+    meta = {"trained_with": {"options": dataclasses.asdict(opts), "init": init, "device": str(dev)},
+            "train_summary": summary}
+    model.eval()
+    if finalize is not None:
+        finalize(model, tokenizer, out_dir, meta)
+    else:
+        save_checkpoint(model.cpu(), tokenizer, out_dir, meta, dtype=getattr(torch, opts.save_dtype))
+    log(f"done: {json.dumps(summary)}; checkpoint in {out_dir}")
+    return summary
+
+
+def _val_bleu(model, tokenizer, src_val, tgt_val, dev) -> float:
+    hyps = translate(model, tokenizer, src_val, DecodeOptions(beam=1, batch_size=256), device=dev)
+    return corpus_bleu(hyps, tgt_val)[0].score
