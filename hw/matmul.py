@@ -1,0 +1,539 @@
+"""One matmul scaffold with three processing-element kinds: INT, log-shift and XNOR-popcount.
+
+The scaffold (:class:`MatmulUnit`) is an output-stationary array of ``rows x cols`` processing
+elements (PEs). Each beat of the ``x`` stream carries one K-step (INT, log) or one K-chunk of one
+bit-plane pair (XNOR) for ``rows`` activations and ``cols`` weights; every PE adds its product to
+its accumulator. The beat marked ``last`` closes the tile: the finished sums move to an output
+bank in the same cycle (so the next tile accumulates at once) and are drained one output row per
+beat on ``y``, after bias, requantization (``mult``, ``shift``, round half up, optional ReLU,
+saturation) or unchanged in raw mode, configured per tile by one ``cfg`` beat.
+
+The arithmetic is the contract of docs/numerics.md; the accumulator widths come from the
+contract's helpers in :mod:`lowbit.sw.golden`. The interface is specified in docs/hardware.md.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from lowbit.sw.golden import (
+    ACC_MAX_BITS, ALPHA_BITS, DEFAULT_MAX_K, MULT_BITS, SHIFT_MAX,
+    int_acc_width, int_max_product, log_acc_width, log_depth, log_max_product, signed_width,
+    xnor_acc_width,
+)
+
+__all__ = ["MatmulUnit", "IntMatmul", "LogMatmul", "XnorMatmul", "UNITS", "make_unit"]
+
+MAX_ARRAY = 64      # largest rows / cols of the PE array
+MAX_LANES = 256     # largest XNOR lane count (bits of K per beat)
+PLANE_BITS = 3      # XNOR activation plane index field: planes 0..7
+SHIFT_BITS = (SHIFT_MAX).bit_length()
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter validation: one place for the exact messages (the CLI reuses them with flag names)
+
+
+def check_int(name: str, value, lo: int, hi: int | None = None) -> int:
+    """Return ``value`` if it is an int in ``lo..hi`` (``hi=None``: no upper limit).
+
+    Raises :class:`TypeError` for a non-integer and :class:`ValueError` for an integer out of
+    range, with messages such as ``"Rows must be a positive integer, not 0"`` or
+    ``"A bits must be an integer in 2..8, not 9"``; ``name`` starts the message.
+    """
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if hi is None:
+        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
+        if not is_int:
+            raise TypeError(f"{name} must be {what}, not {value!r}")
+        if value < lo:
+            raise ValueError(f"{name} must be {what}, not {value!r}")
+        return value
+    what = f"an integer in {lo}..{hi}"
+    if not is_int:
+        raise TypeError(f"{name} must be {what}, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be {what}, not {value!r}")
+    return value
+
+
+def check_size(name: str, value, hi: int) -> int:
+    """A positive integer up to ``hi``: ``"Rows must be a positive integer, not 0"``,
+    ``"Rows must be at most 64, not 65"``."""
+    check_int(name, value, 1)
+    if value > hi:
+        raise ValueError(f"{name} must be at most {hi}, not {value!r}")
+    return value
+
+
+def check_acc_width(width: int, max_k: int) -> int:
+    if width > ACC_MAX_BITS:
+        raise ValueError(f"Max K {max_k} needs a {width}-bit accumulator; at most "
+                         f"{ACC_MAX_BITS} bits are allowed")
+    return width
+
+
+def _popcount(bits: list):
+    """Balanced adder tree over single bits (depth log2(n), not an n-long carry chain)."""
+    level = list(bits)
+    if not level:
+        return C(0, 1)
+    while len(level) > 1:
+        nxt = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Processing-element kinds. A kind declares the per-row and per-column operand shapes, any extra
+# per-beat fields, the product's width, and builds the product pipeline (``latency`` register
+# stages, all enabled by the scaffold's advance signal ``en``).
+
+
+class _IntPE:
+    """``a * w``: signed ``a_bits`` x signed ``w_bits``, one registered multiply (DSP-shaped)."""
+    latency = 1
+
+    def __init__(self, a_bits: int, w_bits: int):
+        self.a_bits, self.w_bits = a_bits, w_bits
+        self.product_shape = signed(signed_width(int_max_product(a_bits, w_bits)))
+
+    def beat_fields(self, rows, cols):
+        return {"a": data.ArrayLayout(signed(self.a_bits), rows),
+                "w": data.ArrayLayout(signed(self.w_bits), cols)}
+
+    def elaborate(self, m, en, beat, rows, cols):
+        prods = []
+        for r in range(rows):
+            row = []
+            for c in range(cols):
+                p = Signal(self.product_shape, name=f"prod_{r}_{c}")
+                with m.If(en):
+                    m.d.sync += p.eq(beat.a[r] * beat.w[c])
+                row.append(p)
+            prods.append(row)
+        return prods
+
+
+class _LogPE:
+    """``+-(a << (D-1-e))``: an arithmetic left shift and a conditional negate.
+
+    Codes: bit ``bits-1`` is the sign, the rest the exponent index ``e``. ``e >= D`` (the zero
+    code, or an invalid index the golden kernel rejects) gives 0. Each column's code is decoded
+    once (sign, shift amount, zero) and shared by the ``rows`` PEs of that column.
+    """
+    latency = 1
+
+    def __init__(self, a_bits: int, bits: int, zero_code: bool):
+        self.a_bits, self.bits, self.zero_code = a_bits, bits, zero_code
+        self.depth = log_depth(bits, zero_code)
+        self.product_shape = signed(signed_width(log_max_product(a_bits, bits, zero_code)))
+
+    def beat_fields(self, rows, cols):
+        return {"a": data.ArrayLayout(signed(self.a_bits), rows),
+                "w": data.ArrayLayout(unsigned(self.bits), cols)}
+
+    def elaborate(self, m, en, beat, rows, cols):
+        d = self.depth
+        decoded = []
+        for c in range(cols):
+            code = beat.w[c]
+            neg = code[self.bits - 1]
+            amount = Signal(range(d), name=f"shamt_{c}")
+            zero = Signal(name=f"zero_{c}")
+            if self.bits > 1:
+                e = code[:self.bits - 1]
+                m.d.comb += [amount.eq(d - 1 - e), zero.eq(e >= d)]
+            else:
+                m.d.comb += [amount.eq(0), zero.eq(0)]
+            decoded.append((neg, amount, zero))
+        prods = []
+        for r in range(rows):
+            row = []
+            for c, (neg, amount, zero) in enumerate(decoded):
+                mag = Signal(self.product_shape, name=f"mag_{r}_{c}")
+                m.d.comb += mag.eq(beat.a[r] << amount)
+                p = Signal(self.product_shape, name=f"prod_{r}_{c}")
+                with m.If(en):
+                    m.d.sync += p.eq(Mux(zero, 0, Mux(neg, -mag, mag)))
+                row.append(p)
+            prods.append(row)
+        return prods
+
+
+class _XnorPE:
+    """``alpha[c] * 2^plane * (2 * popcount(~(a ^ w) & mask) - count)``.
+
+    Stage 1 registers the masked popcount dot (``mask`` = lanes below ``count``, decoded once
+    per beat); stage 2 registers its product with the column's 16-bit ``alpha``, shifted left by
+    the activation plane index.
+    """
+    latency = 2
+
+    def __init__(self, lanes: int, a_planes: int, w_planes: int):
+        self.lanes, self.a_planes, self.w_planes = lanes, a_planes, w_planes
+        self.count_bits = lanes.bit_length()
+        self.dot_shape = signed(signed_width(lanes))
+        top = lanes * ((1 << ALPHA_BITS) - 1) << (a_planes - 1)
+        self.product_shape = signed(signed_width(top))
+
+    def beat_fields(self, rows, cols):
+        return {"a": data.ArrayLayout(unsigned(self.lanes), rows),
+                "w": data.ArrayLayout(unsigned(self.lanes), cols),
+                "alpha": data.ArrayLayout(unsigned(ALPHA_BITS), cols),
+                "plane": unsigned(PLANE_BITS),
+                "count": unsigned(self.count_bits)}
+
+    def elaborate(self, m, en, beat, rows, cols):
+        mask = Signal(self.lanes, name="lane_mask")
+        m.d.comb += mask.eq(Cat(beat.count > lane for lane in range(self.lanes)))
+        count = Signal(self.dot_shape, name="count_s")  # zero-extended into a signed width
+        m.d.comb += count.eq(beat.count)
+        # Per-beat operands that stage 2 still needs travel with the stage-1 registers.
+        alpha = [Signal(ALPHA_BITS, name=f"alpha_{c}") for c in range(cols)]
+        plane = Signal(PLANE_BITS, name="plane_s1")
+        with m.If(en):
+            m.d.sync += [alpha[c].eq(beat.alpha[c]) for c in range(cols)]
+            m.d.sync += plane.eq(beat.plane)
+        prods = []
+        for r in range(rows):
+            row = []
+            for c in range(cols):
+                agree = Signal(self.lanes, name=f"agree_{r}_{c}")
+                m.d.comb += agree.eq(~(beat.a[r] ^ beat.w[c]) & mask)
+                pop = Signal(self.dot_shape, name=f"pop_{r}_{c}")
+                m.d.comb += pop.eq(_popcount([agree[i] for i in range(self.lanes)]))
+                dot = Signal(self.dot_shape, name=f"dot_{r}_{c}")
+                p = Signal(self.product_shape, name=f"prod_{r}_{c}")
+                with m.If(en):
+                    m.d.sync += dot.eq(pop * 2 - count)
+                    m.d.sync += p.eq((dot * alpha[c]) << plane)
+                row.append(p)
+            prods.append(row)
+        return prods
+
+
+# ---------------------------------------------------------------------------------------------
+# The scaffold
+
+
+class MatmulUnit(wiring.Component):
+    """Output-stationary ``rows x cols`` matmul array with streaming tiles and requantization.
+
+    Use one of the concrete units (:class:`IntMatmul`, :class:`LogMatmul`,
+    :class:`XnorMatmul`); this class holds what they share. docs/hardware.md is the full
+    interface specification.
+
+    Parameters
+    ----------
+    pe : processing-element kind (internal).
+    rows, cols : int
+        Array size, 1..64: output rows (M) and columns (N) of one tile.
+    acc_width : int
+        Accumulator width from the contract (``*_acc_width`` in :mod:`lowbit.sw.golden`).
+    out_bits : int
+        Width of requantized outputs, 2..32.
+    max_k : int
+        Largest K (elements summed per output) the accumulator is sized for.
+
+    Attributes
+    ----------
+    x : In(stream.Signature(x_layout))
+        Data beats; the field ``last`` closes a tile.
+    cfg : In(stream.Signature(cfg_layout))
+        One beat per tile: ``bias``, ``mult``, ``shift`` per column, ``relu``, ``raw``.
+    y : Out(stream.Signature(y_layout))
+        ``rows`` beats per tile: output row ``r`` (``data`` per column, ``last`` on the final row).
+
+    Contract
+    --------
+    For each tile, ``t[r][c] = sum of the PE products over the tile's beats + bias[c]``; the
+    output is ``t`` (``raw``) or ``requantize(t, mult, shift, out_bits, relu)`` of
+    docs/numerics.md, bit for bit. Sums stay exact while a tile holds at most ``max_k``
+    elements of K and ``|bias| <= max_k * Pmax``.
+    """
+
+    def __init__(self, *, pe, rows: int, cols: int, acc_width: int, out_bits: int, max_k: int):
+        self.pe = pe
+        self.rows, self.cols = rows, cols
+        self.acc_width, self.out_bits, self.max_k = acc_width, out_bits, max_k
+        self.y_width = max(acc_width, out_bits)
+        self.x_layout = data.StructLayout({**pe.beat_fields(rows, cols), "last": unsigned(1)})
+        self.cfg_layout = data.StructLayout({
+            "bias": data.ArrayLayout(signed(acc_width), cols),
+            "mult": data.ArrayLayout(unsigned(MULT_BITS), cols),
+            "shift": data.ArrayLayout(unsigned(SHIFT_BITS), cols),
+            "relu": unsigned(1),
+            "raw": unsigned(1),
+        })
+        self.y_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(self.y_width), cols),
+            "last": unsigned(1),
+        })
+        super().__init__({
+            "x": In(stream.Signature(self.x_layout)),
+            "cfg": In(stream.Signature(self.cfg_layout)),
+            "y": Out(stream.Signature(self.y_layout)),
+        })
+
+    # Register stages between the x handshake and the accumulators: input register + PE.
+    @property
+    def accumulate_latency(self) -> int:
+        return 1 + self.pe.latency
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols, aw = self.rows, self.cols, self.acc_width
+
+        # --- accumulation pipeline ----------------------------------------------------------
+        # One global advance signal: every stage moves together. The only stall is a finished
+        # tile whose sums cannot enter the output bank because the previous tile still drains.
+        advance = Signal()
+        beat = Signal(self.x_layout)
+        beat_valid = Signal()
+        m.d.comb += self.x.ready.eq(advance)
+        with m.If(advance):
+            m.d.sync += [beat.eq(self.x.payload), beat_valid.eq(self.x.valid)]
+
+        prods = self.pe.elaborate(m, advance, beat, rows, cols)
+        p_valid, p_last = beat_valid, beat.last
+        for stage in range(self.pe.latency):
+            v, l = Signal(name=f"pe_valid_{stage}"), Signal(name=f"pe_last_{stage}")
+            with m.If(advance):
+                m.d.sync += [v.eq(p_valid), l.eq(p_last)]
+            p_valid, p_last = v, l
+
+        acc = [[Signal(signed(aw), name=f"acc_{r}_{c}") for c in range(cols)]
+               for r in range(rows)]
+        bank = [[Signal(signed(aw), name=f"bank_{r}_{c}") for c in range(cols)]
+                for r in range(rows)]
+        bank_full = Signal()
+        m.d.comb += advance.eq(~(p_valid & p_last & bank_full))
+
+        do_accumulate = advance & p_valid
+        with m.If(do_accumulate):
+            for r in range(rows):
+                for c in range(cols):
+                    total = acc[r][c] + prods[r][c]
+                    with m.If(p_last):
+                        # Close the tile: sums to the bank, accumulators cleared for the next.
+                        m.d.sync += [bank[r][c].eq(total), acc[r][c].eq(0)]
+                    with m.Else():
+                        m.d.sync += acc[r][c].eq(total)
+
+        # --- configuration buffer -----------------------------------------------------------
+        # One cfg beat is held ahead; it is released when its tile's last row leaves the bank.
+        cfg = Signal(self.cfg_layout)
+        cfg_valid = Signal()
+        m.d.comb += self.cfg.ready.eq(~cfg_valid)
+        with m.If(self.cfg.valid & self.cfg.ready):
+            m.d.sync += [cfg.eq(self.cfg.payload), cfg_valid.eq(1)]
+
+        # --- drain and requantization pipeline ----------------------------------------------
+        # Stages: D1 t = bank row + bias; D2 p = t * mult; D3 p + 2^(shift-1); y register:
+        # >> shift, ReLU, saturation (or raw t). All advance together when y can take a beat.
+        drain_advance = Signal()
+        m.d.comb += drain_advance.eq(~self.y.valid | self.y.ready)
+        draining = bank_full & cfg_valid
+        row = Signal(range(rows), name="drain_row")
+        last_row = row == rows - 1
+        do_emit = drain_advance & draining
+
+        with m.If(do_accumulate & p_last):
+            m.d.sync += bank_full.eq(1)
+        with m.If(do_emit):
+            # The bank is a shift register: row 0 always leaves next (no rows:1 multiplexer).
+            for r in range(rows - 1):
+                m.d.sync += [bank[r][c].eq(bank[r + 1][c]) for c in range(cols)]
+            m.d.sync += row.eq(Mux(last_row, 0, row + 1))
+            with m.If(last_row):
+                m.d.sync += [bank_full.eq(0), cfg_valid.eq(0)]
+
+        pw = aw + MULT_BITS  # |t * mult| < 2^(aw-1) * 2^16
+        s1 = _DrainStage(m, "d1", cols, aw)
+        s2 = _DrainStage(m, "d2", cols, pw + 1)
+        s3 = _DrainStage(m, "d3", cols, pw + 1)
+        with m.If(drain_advance):
+            m.d.sync += s1.take(do_emit, last_row, cfg)
+            m.d.sync += [s1.value[c].eq(bank[0][c] + cfg.bias[c]) for c in range(cols)]
+            m.d.sync += s2.follow(s1)
+            m.d.sync += [s2.value[c].eq(s1.value[c] * s1.mult[c]) for c in range(cols)]
+            m.d.sync += [s2.raw_t[c].eq(s1.value[c]) for c in range(cols)]
+            m.d.sync += s3.follow(s2)
+            m.d.sync += [s3.raw_t[c].eq(s2.raw_t[c]) for c in range(cols)]
+            for c in range(cols):
+                # |p| < 2^(pw-1), so for every shift >= pw the rounded result is 0, the same as
+                # at shift = pw: clamping keeps 2^(shift-1) and p + 2^(shift-1) in pw + 1 bits.
+                shift = Signal(range(pw + 1), name=f"shift_clamped_{c}")
+                m.d.comb += shift.eq(Mux(s2.shift[c] > pw, pw, s2.shift[c]))
+                rounding = Signal(unsigned(pw), name=f"round_{c}")
+                m.d.comb += rounding.eq((C(1, pw + 1) << shift) >> 1)
+                m.d.sync += [s3.value[c].eq(s2.value[c] + rounding), s3.shift[c].eq(shift)]
+
+            lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
+            m.d.sync += [self.y.valid.eq(s3.valid), self.y.payload.last.eq(s3.last)]
+            for c in range(cols):
+                shifted = Signal(signed(pw + 1), name=f"shifted_{c}")
+                m.d.comb += shifted.eq(s3.value[c] >> s3.shift[c])
+                rectified = Signal(signed(pw + 1), name=f"rectified_{c}")
+                m.d.comb += rectified.eq(Mux(s3.relu & (shifted < 0), 0, shifted))
+                saturated = Mux(rectified < lo, lo, Mux(rectified > hi, hi, rectified))
+                m.d.sync += self.y.payload.data[c].eq(Mux(s3.raw, s3.raw_t[c], saturated))
+        return m
+
+
+class _DrainStage:
+    """Registers of one drain stage: a value per column plus the tile's settings it still needs.
+
+    The settings travel with each row so the next tile's ``cfg`` may replace the buffer while
+    earlier rows are still in flight.
+    """
+
+    def __init__(self, m, name, cols, width):
+        self.valid = Signal(name=f"{name}_valid")
+        self.last = Signal(name=f"{name}_last")
+        self.value = [Signal(signed(width), name=f"{name}_value_{c}") for c in range(cols)]
+        self.raw_t = [Signal(signed(width), name=f"{name}_raw_{c}") for c in range(cols)]
+        self.mult = [Signal(MULT_BITS, name=f"{name}_mult_{c}") for c in range(cols)]
+        self.shift = [Signal(SHIFT_BITS, name=f"{name}_shift_{c}") for c in range(cols)]
+        self.relu = Signal(name=f"{name}_relu")
+        self.raw = Signal(name=f"{name}_raw")
+        self.cols = cols
+
+    def take(self, valid, last, cfg):
+        cols = range(self.cols)
+        return [self.valid.eq(valid), self.last.eq(last), self.relu.eq(cfg.relu),
+                self.raw.eq(cfg.raw),
+                *[self.mult[c].eq(cfg.mult[c]) for c in cols],
+                *[self.shift[c].eq(cfg.shift[c]) for c in cols]]
+
+    def follow(self, prev):
+        cols = range(self.cols)
+        return [self.valid.eq(prev.valid), self.last.eq(prev.last), self.relu.eq(prev.relu),
+                self.raw.eq(prev.raw),
+                *[self.mult[c].eq(prev.mult[c]) for c in cols],
+                *[self.shift[c].eq(prev.shift[c]) for c in cols]]
+
+
+# ---------------------------------------------------------------------------------------------
+# The three units
+
+
+def _check_common(rows, cols, out_bits, max_k):
+    check_size("Rows", rows, MAX_ARRAY)
+    check_size("Cols", cols, MAX_ARRAY)
+    check_int("Out bits", out_bits, 2, 32)
+    check_int("Max K", max_k, 1)
+
+
+class IntMatmul(MatmulUnit):
+    """INT matmul unit (INT8, also INT2..INT8): ``acc += a * w``, signed x signed.
+
+    Parameters
+    ----------
+    rows, cols : int, 1..64, default 4
+        PE array size (tile of the output).
+    a_bits, w_bits : int, 2..8, default 8
+        Activation and weight widths (signed).
+    max_k : int, default 32768
+        Largest K; the accumulator is ``int_acc_width(a_bits, w_bits, max_k)`` bits (<= 47).
+    out_bits : int, 2..32, default 8
+        Requantized output width.
+
+    The golden kernel is :func:`lowbit.sw.golden.int_matmul`; see docs/hardware.md for ports.
+    """
+    unit = "int8"
+
+    def __init__(self, *, rows=4, cols=4, a_bits=8, w_bits=8, max_k=DEFAULT_MAX_K, out_bits=8):
+        _check_common(rows, cols, out_bits, max_k)
+        check_int("A bits", a_bits, 2, 8)
+        check_int("W bits", w_bits, 2, 8)
+        self.a_bits, self.w_bits = a_bits, w_bits
+        self.params = dict(rows=rows, cols=cols, a_bits=a_bits, w_bits=w_bits, max_k=max_k,
+                           out_bits=out_bits)
+        width = check_acc_width(int_acc_width(a_bits, w_bits, max_k), max_k)
+        super().__init__(pe=_IntPE(a_bits, w_bits), rows=rows, cols=cols, acc_width=width,
+                         out_bits=out_bits, max_k=max_k)
+
+
+class LogMatmul(MatmulUnit):
+    """Log-shift matmul unit: power-of-two weights, the multiply is a shift and a negate.
+
+    Parameters
+    ----------
+    rows, cols : int, 1..64, default 4
+    bits : int, 1..8, default 4
+        Log code width (sign + ``bits-1`` exponent-index bits, Aji & Heafield).
+    a_bits : int, 2..8, default 8
+        Activation width (signed).
+    zero_code : bool, default False
+        Exponent index ``D`` means an exact zero (needs ``bits >= 2``).
+    max_k : int, default 32768
+        Largest K; accumulator ``log_acc_width(bits, a_bits, max_k, zero_code)`` bits.
+    out_bits : int, 2..32, default 8
+
+    The golden kernel is :func:`lowbit.sw.golden.log_matmul`.
+    """
+    unit = "log"
+
+    def __init__(self, *, rows=4, cols=4, bits=4, a_bits=8, zero_code=False,
+                 max_k=DEFAULT_MAX_K, out_bits=8):
+        _check_common(rows, cols, out_bits, max_k)
+        check_int("Bits", bits, 1, 8)
+        check_int("A bits", a_bits, 2, 8)
+        if not isinstance(zero_code, bool):
+            raise TypeError(f"Zero code must be a bool, not {zero_code!r}")
+        if zero_code and bits < 2:
+            raise ValueError(f"Zero code needs at least 2 bits, not {bits}")
+        self.bits, self.a_bits, self.zero_code = bits, a_bits, zero_code
+        self.params = dict(rows=rows, cols=cols, bits=bits, a_bits=a_bits, zero_code=zero_code,
+                           max_k=max_k, out_bits=out_bits)
+        width = check_acc_width(log_acc_width(bits, a_bits, max_k, zero_code), max_k)
+        super().__init__(pe=_LogPE(a_bits, bits, zero_code), rows=rows, cols=cols,
+                         acc_width=width, out_bits=out_bits, max_k=max_k)
+
+
+class XnorMatmul(MatmulUnit):
+    """XNOR-popcount matmul unit over bit planes with integer plane scales.
+
+    Parameters
+    ----------
+    rows, cols : int, 1..64, default 4
+    a_planes, w_planes : int, 1..8, default 1
+        Activation planes (weights ``2^j``) and binary-coded weight planes (``alpha``).
+    lanes : int, 1..256, default 32
+        Bits of K per beat (the popcount width).
+    max_k : int, default 32768
+        Largest K; accumulator ``xnor_acc_width(a_planes, w_planes, max_k)`` bits.
+    out_bits : int, 2..32, default 8
+
+    The golden kernel is :func:`lowbit.sw.golden.xnor_matmul`.
+    """
+    unit = "xnor"
+
+    def __init__(self, *, rows=4, cols=4, a_planes=1, w_planes=1, lanes=32,
+                 max_k=DEFAULT_MAX_K, out_bits=8):
+        _check_common(rows, cols, out_bits, max_k)
+        check_int("A planes", a_planes, 1, 8)
+        check_int("W planes", w_planes, 1, 8)
+        check_int("Lanes", lanes, 1, MAX_LANES)
+        self.a_planes, self.w_planes, self.lanes = a_planes, w_planes, lanes
+        self.params = dict(rows=rows, cols=cols, a_planes=a_planes, w_planes=w_planes,
+                           lanes=lanes, max_k=max_k, out_bits=out_bits)
+        width = check_acc_width(xnor_acc_width(a_planes, w_planes, max_k), max_k)
+        super().__init__(pe=_XnorPE(lanes, a_planes, w_planes), rows=rows, cols=cols,
+                         acc_width=width, out_bits=out_bits, max_k=max_k)
+
+
+UNITS = {"int8": IntMatmul, "log": LogMatmul, "xnor": XnorMatmul}
+
+
+def make_unit(unit: str, **params) -> MatmulUnit:
+    """Build the unit named ``unit`` (``int8``, ``log`` or ``xnor``) from keyword parameters."""
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r} (choose from {', '.join(UNITS)})")
+    return UNITS[unit](**params)
