@@ -282,9 +282,9 @@ def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
             a = log_weight_values(codes, bits, zero_code).to(torch.float64) * 2.0 ** (1 - depth)
             # math.fsum is correctly rounded, so the refined scale does not depend on the
             # device or on a parallel reduction's summation order (CPU and CUDA agree).
-            den = math.fsum((a * a).cpu().tolist())
+            den = math.fsum((a * a).flatten().cpu().tolist())
             if den > 0:
-                s = math.fsum((a * w).cpu().tolist()) / den
+                s = math.fsum((a * w).flatten().cpu().tolist()) / den
     return codes, s
 
 
