@@ -1,0 +1,123 @@
+"""Where quantized matmuls meet the golden kernels -- and where another implementation plugs in.
+
+Every integer matmul of a quantized model (in integer mode) goes through :func:`call`, which
+
+* looks up the kernel by name (``"int_matmul"``, ``"log_matmul"``, ``"xnor_matmul"``): the golden
+  kernel of :mod:`lowbit.sw.golden` unless :func:`use_kernels` substituted another callable with
+  the same signature (co-simulation runs the Verilated unit there and compares with the golden
+  result);
+* makes the calling site visible through :func:`current_site` while the kernel runs (the site
+  names the module, the unit and its parameters, so a mismatch can be reported as "layer, shape,
+  element");
+* tells the observers registered with :func:`observe` (matmul counting, statistics).
+
+Example (a co-simulation hook)::
+
+    from lowbit.sw.quant import kernels
+
+    def rtl_int_matmul(a, w, bias=None, **params):
+        site = kernels.current_site()          # MatmulSite(name, unit, params)
+        ...                                    # run the RTL, compare with golden.int_matmul
+        return acc
+
+    with kernels.use_kernels(int_matmul=rtl_int_matmul):
+        translate(model, tokenizer, sentences)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter
+from dataclasses import dataclass, field
+
+from lowbit.sw import golden
+
+KERNELS = ("int_matmul", "log_matmul", "xnor_matmul")
+UNIT_KERNEL = {"int": "int_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
+
+_overrides: dict = {}
+_site_stack: list = []
+_observers: list = []
+
+
+@dataclass(frozen=True)
+class MatmulSite:
+    """One quantized matmul of a model.
+
+    Attributes
+    ----------
+    name : module path in the model, e.g. ``model.decoder.layers.0.self_attn.qk``.
+    unit : ``"int"`` | ``"log"`` | ``"xnor"`` -- the hardware unit (and golden kernel) it needs.
+    params : the unit's parameters for this matmul (``a_bits``/``w_bits`` for int, ``bits``/
+        ``a_bits`` for log, ``a_planes``/``w_planes`` for xnor), as keyword arguments of the
+        golden kernel where they are ones.
+    """
+
+    name: str
+    unit: str
+    params: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def kernel(self) -> str:
+        return UNIT_KERNEL[self.unit]
+
+
+def kernel(name: str):
+    """The callable currently used for kernel ``name`` (golden unless overridden)."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; kernels are {', '.join(KERNELS)}")
+    return _overrides.get(name) or getattr(golden, name)
+
+
+def call(name: str, site: MatmulSite, *args, **kwargs):
+    """Run kernel ``name`` for ``site``: ``kernel(name)(*args, **kwargs)``, observed."""
+    fn = kernel(name)
+    _site_stack.append(site)
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        _site_stack.pop()
+    for obs in _observers:
+        obs(site, result)
+    return result
+
+
+def current_site() -> MatmulSite | None:
+    """The site whose kernel call is running (None outside a call)."""
+    return _site_stack[-1] if _site_stack else None
+
+
+@contextlib.contextmanager
+def use_kernels(**fns):
+    """Substitute kernels inside a ``with`` block: ``use_kernels(int_matmul=f, ...)``.
+
+    Each substitute takes the golden kernel's arguments and must return its result.
+    """
+    unknown = sorted(set(fns) - set(KERNELS))
+    if unknown:
+        raise ValueError(f"unknown kernel(s) {', '.join(unknown)}; kernels are {', '.join(KERNELS)}")
+    saved = dict(_overrides)
+    _overrides.update({k: v for k, v in fns.items() if v is not None})
+    try:
+        yield
+    finally:
+        _overrides.clear()
+        _overrides.update(saved)
+
+
+@contextlib.contextmanager
+def observe(fn):
+    """Call ``fn(site, result)`` after every kernel call inside the ``with`` block."""
+    _observers.append(fn)
+    try:
+        yield
+    finally:
+        _observers.remove(fn)
+
+
+@contextlib.contextmanager
+def count_calls():
+    """Count kernel calls per site name inside the block; yields the :class:`Counter`."""
+    counts: Counter = Counter()
+    with observe(lambda site, _result: counts.update([site.name])):
+        yield counts

@@ -1,0 +1,348 @@
+"""Quantized replacements for the model's ``nn.Linear``, ``MatMul`` and tied ``nn.Embedding``.
+
+Each module has two modes:
+
+* **fake** (training, QAT): weights and inputs are replaced by their quantized values (computed
+  by the golden quantizers) with a straight-through estimator, and the product is an ordinary
+  float matmul. Its forward value is what the integer mode computes, up to float rounding of
+  the dequantization.
+* **int** (deployment): the module holds integer weights (from :mod:`.weights` or a packed
+  model), quantizes its input on the host with ``golden.quantize_symmetric`` (or the sign, for
+  1-bit activations), runs the golden kernel through :func:`lowbit.sw.quant.kernels.call` and
+  dequantizes the accumulator on the host: ``y = acc * s_a * s_w[n]`` (docs/numerics.md, raw
+  output). Nothing else in the model changes.
+
+Activation scales (:class:`ActQuant`)
+-------------------------------------
+``tensor``  per tensor, ``s = amax / (2**(b-1) - 1)`` with ``amax`` an exponential moving average
+            of the batch maximum of ``|x|``, updated in training (Wu et al.'s ranges, calibrated)
+``fixed``   per tensor with a given ``amax`` (attention probabilities: ``amax = 1``)
+``token``   per row (token), ``s = max|x_row| / (2**(b-1) - 1)``, computed on the fly
+``sign``    1 bit per row (BMT): ``x -> +-max|x_row| / 2`` (zero maps to +)
+
+Biases
+------
+For the INT and log units (per-tensor activation scale) the bias joins the accumulator as an
+integer at the accumulator's scale, ``bias_int[n] = round_half_even(b[n] / (s_a * s_w[n]))``,
+computed when the module enters integer mode (the packed model stores the float bias). The fake
+mode rounds the bias the same way. For the XNOR unit the activation scale is per token, so the
+float bias is added by the host after dequantization, and the unit's bias port carries the
+integer offset correction of the 8-plane activation code (see :meth:`QuantLinear._xnor`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lowbit.sw import golden
+
+from . import kernels
+from .kernels import MatmulSite
+from .weights import BinaryWeights, IntWeights, LogWeights, RowGroups
+
+
+def ste(x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """Straight-through estimator: forward ``value``, gradient of the identity to ``x``."""
+    return x + (value.to(x.dtype) - x).detach()
+
+
+class ActQuant(nn.Module):
+    """Quantizer of one activation operand (see the module docstring for the kinds)."""
+
+    KINDS = ("tensor", "fixed", "token", "sign")
+
+    def __init__(self, kind: str, bits: int, momentum: float = 0.9, fixed_max: float = 1.0):
+        super().__init__()
+        if kind not in self.KINDS:
+            raise ValueError(f"activation quantizer kind must be one of {self.KINDS}, not {kind!r}")
+        if kind == "sign" and bits != 1:
+            raise ValueError("sign activations have 1 bit")
+        self.kind, self.bits, self.momentum = kind, bits, momentum
+        self.qmax = (1 << (bits - 1)) - 1 if kind != "sign" else 1
+        # amax: the calibrated range (per-tensor kinds); persistent so checkpoints keep it.
+        self.register_buffer("amax", torch.tensor(float(fixed_max) if kind == "fixed" else 0.0))
+        self.calibrating = False  # observe even in eval mode (post-training calibration)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, bits={self.bits}"
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.kind in ("tensor", "fixed")
+
+    def observe(self, x: torch.Tensor) -> None:
+        """EMA of the batch max of ``|x|`` (no host sync: the first batch is taken as it is)."""
+        if self.kind != "tensor" or not (self.training or self.calibrating):
+            return
+        m = x.detach().abs().max().to(self.amax.dtype)
+        ema = self.momentum * self.amax + (1 - self.momentum) * m
+        self.amax.copy_(torch.where(self.amax > 0, ema, m))
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """The scale of ``x`` [..., K]: a 0-dim tensor (per tensor) or [..., 1] (per token)."""
+        if self.per_tensor:
+            s = self.amax.to(x.dtype) / self.qmax
+            return torch.where(s > 0, s, torch.ones_like(s))
+        m = x.detach().abs().amax(-1, keepdim=True)
+        if self.kind == "sign":
+            return m / 2  # BMT: +-B/2 with B = max|x| (B = 0 gives 0, which is exact)
+        s = m / self.qmax
+        return torch.where(s > 0, s, torch.ones_like(s))
+
+    def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integers and scale of ``x`` (host side of the integer path): ``x ~ q * s``."""
+        s = self.scale(x)
+        if self.kind == "sign":
+            return torch.where(x >= 0, 1, -1).to(torch.int64), s
+        return golden.quantize_symmetric(x, s, self.bits), s
+
+    def fake(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ste(x, q * s), s)`` after updating the range."""
+        self.observe(x)
+        q, s = self.quantize(x.detach())
+        return ste(x, q.to(x.dtype) * s), s
+
+
+def _no_autocast(x: torch.Tensor):
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+class QuantLinear(nn.Module):
+    """``nn.Linear`` with quantized weights and inputs.
+
+    Parameters
+    ----------
+    linear : the module replaced; its ``weight`` and ``bias`` parameters are taken over (a tied
+        weight stays tied), so state dict names do not change.
+    spec : :class:`lowbit.sw.quant.schemes.LinearSpec` (unit, weight quantizer, input quantizer).
+    name : the module's path in the model (names its :class:`MatmulSite`).
+    """
+
+    def __init__(self, linear: nn.Linear, spec, name: str):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = linear.weight
+        self.bias = linear.bias
+        self.spec = spec
+        self.site = MatmulSite(name, spec.unit, spec.site_params())
+        self.act = ActQuant(spec.act, spec.a_bits)
+        if spec.weights == "rows":  # per-row plane counts (Chung's per-word bits), set by QAT
+            self.register_buffer("row_planes", torch.zeros(self.out_features, dtype=torch.int64))
+        if spec.weights == "log":   # the tensor's log scale S (0: not fitted yet)
+            self.register_buffer("log_scale", torch.zeros((), dtype=torch.float64))
+        self.enabled = True      # phases of QAT switch quantization on block by block
+        self.mode = "fake"
+        self._cache = None
+        self.ints = nn.Module()  # integer-mode tensors, as non-persistent buffers
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_features}, out={self.out_features}, unit={self.spec.unit}, "
+                f"weights={self.spec.weights}{self.spec.w_bits}, mode={self.mode}")
+
+    # -- weights ------------------------------------------------------------------------------
+    def quantized_weight(self):
+        """The integer representation of the current weight (cached until the weight changes).
+
+        Log weights keep their scale ``S`` in the ``log_scale`` buffer: the first quantization
+        fits it from ``max|w|`` (``spec.refine_iters`` refinements); in training it is refined
+        once more every ``LOG_REFRESH`` new weight versions, warm-started from the last value
+        (refining every step would cost more than the step); in eval it is used as it is.
+        """
+        w = self.weight
+        key = (w.data_ptr(), w._version, w.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._quantize(w.detach()))
+        return self._cache[1]
+
+    LOG_REFRESH = 100
+
+    def _quantize(self, w: torch.Tensor):
+        if self.spec.weights != "log":
+            return self.spec.quantize(w, getattr(self, "row_planes", None))
+        s = float(self.log_scale)
+        if s <= 0:
+            qw = self.spec.quantize(w)
+        else:
+            self._versions = getattr(self, "_versions", 0) + 1
+            refresh = self.training and self._versions % self.LOG_REFRESH == 0
+            qw = self.spec.quantize(w, log_scale=s, refine=1 if refresh else 0)
+        self.log_scale.fill_(qw.log_scale)
+        return qw
+
+    # -- integer mode -------------------------------------------------------------------------
+    def set_integer(self, qw, act_amax: float | torch.Tensor | None = None) -> None:
+        """Enter integer mode with weights ``qw`` (IntWeights/LogWeights/BinaryWeights/RowGroups).
+
+        ``act_amax`` overrides the calibrated input range (packed models store it).
+        """
+        if qw.shape != (self.out_features, self.in_features):
+            raise ValueError(f"{self.site.name}: weights {qw.shape} do not fit "
+                             f"({self.out_features}, {self.in_features})")
+        if act_amax is not None:
+            self.act.amax.copy_(torch.as_tensor(act_amax, dtype=self.act.amax.dtype))
+        if self.act.per_tensor and float(self.act.amax) <= 0:
+            raise ValueError(f"{self.site.name}: input range was never calibrated")
+        self.ints = nn.Module()
+        reg = self.ints.register_buffer
+        bias = None if self.bias is None else self.bias.detach().to(torch.float64).cpu()
+        if isinstance(qw, (IntWeights, LogWeights)):
+            reg("w", (qw.values if isinstance(qw, IntWeights) else qw.codes).cpu())
+            s_a = self.act.amax.double().cpu() / self.act.qmax
+            acc_scale = s_a * qw.channel_scale().cpu()
+            reg("acc_scale", acc_scale)
+            if bias is not None:
+                pmax = (golden.int_max_product(self.spec.a_bits, qw.bits) if qw.unit == "int"
+                        else golden.log_max_product(self.spec.a_bits, qw.bits))
+                bound = golden.bias_bound(pmax, golden.DEFAULT_MAX_K)
+                reg("bias_int", torch.round(bias / acc_scale).clamp(-bound, bound).to(torch.int64))
+        else:
+            parts = qw.groups if isinstance(qw, RowGroups) else [(None, qw)]
+            for j, (rows, part) in enumerate(parts):
+                if rows is not None:
+                    reg(f"rows{j}", rows.cpu())
+                reg(f"words{j}", golden.pack_bits(part.signs.cpu()))
+                reg(f"alpha{j}", part.alpha.cpu())
+                reg(f"scale{j}", part.scale.cpu().to(torch.float64))
+                # 8-plane activations are coded as 2q+1: the unit's bias port removes the +1.
+                reg(f"corr{j}", -part.integer_weights().cpu().sum(1))
+            self.n_groups = len(parts)
+            self.grouped = isinstance(qw, RowGroups)
+            if bias is not None:
+                reg("bias_f", bias)
+        self.qweight = qw
+        self.mode = "int"
+        self.to(self.weight.device)
+
+    def _int_unit(self, x2: torch.Tensor) -> torch.Tensor:
+        a, _ = self.act.quantize(x2)
+        bias = getattr(self.ints, "bias_int", None)
+        if self.spec.unit == "int":
+            acc = kernels.call("int_matmul", self.site, a, self.ints.w, bias,
+                               a_bits=self.spec.a_bits, w_bits=self.spec.w_bits)
+        else:
+            acc = kernels.call("log_matmul", self.site, a, self.ints.w, bias,
+                               bits=self.spec.w_bits, a_bits=self.spec.a_bits)
+        return acc.to(x2.dtype) * self.ints.acc_scale.to(x2.dtype)
+
+    def _xnor(self, x2: torch.Tensor) -> torch.Tensor:
+        """XNOR unit. 1-bit inputs: one plane of signs, ``y = acc * (B/2) * s_w``. 8-bit inputs
+        ``q`` (per token): the unit takes the odd integers ``2q+1`` as 8 planes, and the bias port
+        adds ``-sum_k w_int[n, k]``, so ``acc = 2 * sum_k q w_int`` exactly and
+        ``y = acc * (s/2) * s_w``."""
+        q, s = self.act.quantize(x2)                                   # [M, K], [M, 1]
+        k = x2.shape[-1]
+        if self.act.kind == "sign":
+            a_words, s_eff = golden.pack_bits(q)[None], s              # [1, M, W]
+        else:
+            a_words = golden.pack_bits(golden.activation_planes(2 * q + 1, self.act.bits))
+            s_eff = s / 2
+        y = x2.new_zeros(x2.shape[0], self.out_features)
+        for j in range(self.n_groups):
+            corr = None if self.act.kind == "sign" else getattr(self.ints, f"corr{j}")
+            acc = kernels.call("xnor_matmul", self.site, a_words, getattr(self.ints, f"words{j}"),
+                               getattr(self.ints, f"alpha{j}"), k, corr)
+            part = acc.to(x2.dtype) * s_eff * getattr(self.ints, f"scale{j}").to(x2.dtype)
+            if self.grouped:
+                y[:, getattr(self.ints, f"rows{j}")] = part
+            else:
+                y = part
+        if hasattr(self.ints, "bias_f"):
+            y = y + self.ints.bias_f.to(x2.dtype)
+        return y
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "int":
+            x2 = x.reshape(-1, self.in_features)
+            y = self._xnor(x2) if self.spec.unit == "xnor" else self._int_unit(x2)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        if not self.enabled:
+            return F.linear(x, self.weight, self.bias)
+        with _no_autocast(x):
+            dtype = torch.promote_types(x.dtype, torch.float32)
+            x = x.to(dtype)
+            qw = self.quantized_weight()
+            w = ste(self.weight, qw.dequantize().to(dtype))
+            xq, s_a = self.act.fake(x)
+            bias = self.bias
+            if bias is not None and self.spec.unit in ("int", "log"):
+                acc_scale = s_a.to(dtype) * qw.channel_scale().to(dtype)
+                bias = ste(bias, torch.round(bias.detach().to(dtype) / acc_scale) * acc_scale)
+            return F.linear(xq, w.to(dtype), None if bias is None else bias.to(dtype))
+
+
+class QuantMatMul(nn.Module):
+    """Activation-by-activation product ``a @ b`` (Q.K^T, attention.V) on the INT unit.
+
+    ``a`` [..., M, K] is quantized per tensor (``fixed`` range 1 for attention probabilities),
+    ``b`` [..., K, N] per tensor; the golden kernel takes ``b`` transposed as its [..., N, K]
+    "weights" operand (batch dimensions broadcast).
+    """
+
+    def __init__(self, spec, name: str, probs: bool):
+        super().__init__()
+        self.spec = spec
+        self.site = MatmulSite(name, "int", {"a_bits": spec.bits, "w_bits": spec.bits})
+        self.a_act = ActQuant("fixed" if probs else "tensor", spec.bits)
+        self.b_act = ActQuant("tensor", spec.bits)
+        self.enabled = True
+        self.mode = "fake"
+
+    def extra_repr(self) -> str:
+        return f"unit=int, bits={self.spec.bits}, mode={self.mode}"
+
+    def set_integer(self, a_amax=None, b_amax=None) -> None:
+        for act, amax in ((self.a_act, a_amax), (self.b_act, b_amax)):
+            if amax is not None:
+                act.amax.copy_(torch.as_tensor(amax, dtype=act.amax.dtype))
+            if float(act.amax) <= 0:
+                raise ValueError(f"{self.site.name}: input range was never calibrated")
+        self.mode = "int"
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.mode == "int":
+            qa, sa = self.a_act.quantize(a)
+            qb, sb = self.b_act.quantize(b.transpose(-1, -2))
+            acc = kernels.call("int_matmul", self.site, qa, qb, None,
+                               a_bits=self.spec.bits, w_bits=self.spec.bits)
+            return acc.to(a.dtype) * (sa * sb).to(a.dtype)
+        if not self.enabled:
+            return a @ b
+        with _no_autocast(a):
+            dtype = torch.promote_types(a.dtype, torch.float32)
+            aq, _ = self.a_act.fake(a.to(dtype))
+            bq, _ = self.b_act.fake(b.to(dtype))
+            return aq @ bq
+
+
+class QuantEmbedding(nn.Module):
+    """The token embedding tied to a quantized ``lm_head``: looks up the quantized table.
+
+    Fake mode: rows of the owner's dequantized weight (straight-through). Int mode: rows of the
+    dequantized integer table (``table``), i.e. host-side lookup plus dequantization.
+    """
+
+    def __init__(self, emb: nn.Embedding, owner: QuantLinear):
+        super().__init__()
+        if owner.weight is not emb.weight:
+            raise ValueError("QuantEmbedding needs the embedding tied to the quantized lm_head")
+        self.weight = emb.weight
+        self.padding_idx = emb.padding_idx
+        self.num_embeddings, self.embedding_dim = emb.num_embeddings, emb.embedding_dim
+        object.__setattr__(self, "owner", owner)  # not a submodule: no second state-dict entry
+        self.mode = "fake"
+
+    def set_integer(self) -> None:
+        self.register_buffer("table", self.owner.qweight.dequantize().to(self.weight.device),
+                             persistent=False)
+        self.mode = "int"
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.mode == "int":
+            return F.embedding(ids, self.table, self.padding_idx)
+        if not self.owner.enabled:
+            return F.embedding(ids, self.weight, self.padding_idx)
+        w = ste(self.weight, self.owner.quantized_weight().dequantize().to(self.weight.dtype))
+        return F.embedding(ids, w, self.padding_idx)

@@ -1,0 +1,236 @@
+"""Turning a float model into a quantized one, and the hooks of quantization-aware training.
+
+* :func:`prepare_model` swaps a :class:`~lowbit.sw.model.Transformer`'s ``nn.Linear``/``MatMul``
+  modules (and the tied embedding) for the quantized modules of a scheme, in fake-quant mode.
+  BMT schemes first rebuild the model with BMT's extra LayerNorms (new norms start at identity
+  affine parameters; everything else is copied).
+* :class:`QATHooks` gives ``lowbit train`` its ``transform_model`` and ``after_step`` callbacks:
+  QAT phases (Chung et al.: embedding, then decoder, then encoder; BMT: float with the new
+  norms, then binarized) and Aji & Heafield's error feedback for log weights.
+* :func:`calibrate` sets activation ranges from training batches (post-training quantization).
+* :func:`to_integer` switches every quantized module to integer mode (golden kernels).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from lowbit import LowbitError
+
+from .modules import ActQuant, QuantEmbedding, QuantLinear, QuantMatMul
+from .schemes import Scheme, block_of, get_scheme, group_of, word_cluster_planes
+
+
+def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+def quant_modules(model: nn.Module):
+    """``(name, module)`` of every quantized module, in model order."""
+    return [(n, m) for n, m in model.named_modules()
+            if isinstance(m, (QuantLinear, QuantMatMul, QuantEmbedding))]
+
+
+def scheme_of(model: nn.Module) -> Scheme | None:
+    """The scheme a prepared model was built for (from ``config.extra['qat']``)."""
+    info = model.config.extra.get("qat")
+    return None if not info else get_scheme(info["scheme"])
+
+
+def prepare_model(model, scheme: Scheme | str):
+    """Return ``model`` with the scheme's quantized modules (fake-quant mode).
+
+    The model's config records the scheme in ``extra['qat']`` so a saved checkpoint is rebuilt
+    the same way by :func:`lowbit.sw.checkpoint.load_model`. BMT schemes return a new model
+    object (with ``bmt_norms``), the others modify ``model`` in place.
+    """
+    from lowbit.sw.model import MatMul, Transformer
+
+    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
+    cfg = model.config
+    old = cfg.extra.get("qat")
+    if old:
+        if old["scheme"] != scheme.name:
+            raise LowbitError(f"the model is already quantized with scheme {old['scheme']!r}, "
+                              f"not {scheme.name!r}")
+        if quant_modules(model):
+            return model
+    if scheme.bmt_norms and not cfg.bmt_norms:
+        cfg.bmt_norms = True  # mutate in place: the caller's config object stays the model's
+        new = Transformer(cfg)
+        missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
+        if unexpected or any("norm" not in k for k in missing):
+            raise LowbitError(f"cannot add BMT norms: missing {missing}, unexpected {unexpected}")
+        model = new
+    if scheme.quantizes_output and not cfg.tie_word_embeddings:
+        raise LowbitError(f"scheme {scheme.name} quantizes the tied embedding/output matrix; "
+                          f"this model's embeddings are not tied")
+    for name, module in list(model.named_modules()):
+        block = block_of(name)
+        if isinstance(module, nn.Linear):
+            spec = scheme.linear_spec(block)
+            if spec is not None:
+                _set_module(model, name, QuantLinear(module, spec, name))
+        elif isinstance(module, MatMul) and scheme.attention is not None and block is not None:
+            _set_module(model, name, QuantMatMul(scheme.attention, name, probs=name.endswith(".av")))
+    if scheme.quantizes_output:
+        model.model.shared = QuantEmbedding(model.model.shared, model.lm_head)
+    cfg.extra = dict(cfg.extra, qat={"scheme": scheme.name, **scheme.options})
+    return model
+
+
+def set_phase(model, scheme: Scheme, phase: int) -> None:
+    """Switch fake quantization on for the groups of phases ``0..phase``, off for the rest."""
+    on = set()
+    for groups in scheme.phases[:phase + 1]:
+        on.update(groups)
+    for name, m in quant_modules(model):
+        if isinstance(m, (QuantLinear, QuantMatMul)):
+            m.enabled = group_of(name) in on
+
+
+def assign_word_planes(model, counts) -> torch.Tensor:
+    """Chung et al.'s per-word planes for the tied output matrix from token ``counts`` [V]."""
+    scheme = scheme_of(model)
+    head = model.lm_head
+    if not isinstance(head, QuantLinear) or not hasattr(head, "row_planes"):
+        raise LowbitError("per-word bit widths need the mixed scheme's lm_head")
+    opts = model.config.extra["qat"]
+    planes = word_cluster_planes(counts, opts.get("ratio", scheme.options["ratio"]),
+                                 tuple(opts.get("word_planes", scheme.options["word_planes"])))
+    head.row_planes.copy_(planes.to(head.row_planes.device))
+    head._cache = None
+    return planes
+
+
+def token_counts(tokenizer, sentences_src, sentences_tgt, vocab_size: int) -> torch.Tensor:
+    """How often each id occurs in the (tokenized) training text, both sides (shared vocab)."""
+    counts = torch.zeros(vocab_size, dtype=torch.float64)
+    for side, sents in (("source", sentences_src), ("target", sentences_tgt)):
+        for s in sents:
+            ids = torch.tensor(tokenizer.encode(s, side), dtype=torch.int64)
+            counts += torch.bincount(ids, minlength=vocab_size)[:vocab_size].double()
+    return counts
+
+
+def log_weight_params(model):
+    """The distinct weight parameters quantized with log codes (error feedback targets)."""
+    seen, out = set(), []
+    for _, m in quant_modules(model):
+        if isinstance(m, QuantLinear) and m.spec.weights == "log" and id(m.weight) not in seen:
+            seen.add(id(m.weight))
+            out.append((m, m.weight))
+    return out
+
+
+class QATHooks:
+    """Callbacks for :func:`lowbit.sw.train.train` that run quantization-aware training.
+
+    Parameters
+    ----------
+    scheme : scheme name.
+    phase_steps : optimizer steps per QAT phase before the next phase starts (schemes with
+        several phases: mixed, bmt*).
+    counts : token counts [V] for the mixed scheme's per-word bit widths (None otherwise).
+    log : progress messages.
+    """
+
+    def __init__(self, scheme: str, phase_steps: int = 1000, counts=None, log=print):
+        self.scheme = get_scheme(scheme)
+        if phase_steps < 1:
+            raise LowbitError(f"--qat-phase-steps must be at least 1, not {phase_steps}")
+        self.phase_steps = phase_steps
+        self.counts = counts
+        self.log = log
+        self.phase = None
+        self.errors: dict = {}
+
+    def transform(self, model):
+        model = prepare_model(model, self.scheme)
+        if self.scheme.name == "mixed":
+            if self.counts is None:
+                raise LowbitError("the mixed scheme needs token counts for per-word bit widths")
+            planes = assign_word_planes(model, self.counts)
+            bits = float(planes.double().mean())
+            hist = {int(p): int((planes == p).sum()) for p in planes.unique()}
+            self.log(f"qat: words per plane count {hist} "
+                     f"(average {bits:.2f} bits per embedding weight)")
+        self._enter_phase(model, 0)
+        return model
+
+    def _enter_phase(self, model, phase: int) -> None:
+        phase = min(phase, len(self.scheme.phases) - 1)
+        if phase != self.phase:
+            set_phase(model, self.scheme, phase)
+            self.phase = phase
+            groups = sorted(set().union(*self.scheme.phases[:phase + 1]))
+            self.log(f"qat {self.scheme.name}: phase {phase + 1}/{len(self.scheme.phases)}, "
+                     f"quantized: {', '.join(groups) or 'nothing (float warm-up)'}")
+
+    def after_step(self, model, step: int) -> None:
+        self._enter_phase(model, step // self.phase_steps)
+        if self.scheme.error_feedback:
+            self.error_feedback(model)
+
+    @torch.no_grad()
+    def error_feedback(self, model) -> None:
+        """Aji & Heafield: ``v = w + e``; ``w <- Q(v)``; ``e <- v - Q(v)`` for every log weight."""
+        for m, p in log_weight_params(model):
+            if not m.enabled:
+                continue
+            e = self.errors.get(id(p))
+            v = p.detach().double() if e is None else p.detach().double() + e
+            q = m.spec.quantize(v, log_scale=float(m.log_scale), refine=0).dequantize()
+            self.errors[id(p)] = v - q
+            p.copy_(q.to(p.dtype))
+
+
+@torch.no_grad()
+def calibrate(model, batches, device=None) -> None:
+    """Set per-tensor activation ranges by running teacher-forced ``batches`` of
+    ``(src, tgt_in)`` through the fake-quant model in eval mode (no dropout)."""
+    acts = [m for m in model.modules() if isinstance(m, ActQuant)]
+    was_training = model.training
+    model.eval()
+    for a in acts:
+        a.calibrating = True
+    try:
+        for src, tgt_in in batches:
+            model(src.to(device), tgt_in.to(device))
+    finally:
+        for a in acts:
+            a.calibrating = False
+        model.train(was_training)
+
+
+def to_integer(model):
+    """Switch every quantized module to integer mode (weights quantized now) and the host
+    computation to float64 (see docs/quantization.md, "CPU and GPU give the same tokens")."""
+    for name, m in quant_modules(model):
+        if isinstance(m, QuantLinear):
+            m.enabled = True
+            m.set_integer(m.quantized_weight())
+        elif isinstance(m, QuantMatMul):
+            m.set_integer()
+    for _, m in quant_modules(model):
+        if isinstance(m, QuantEmbedding):
+            m.set_integer()
+    model.eval()
+    return model.double()
+
+
+def matmul_inventory(model) -> list[dict]:
+    """Every matmul of the model: ``{"name", "block", "unit", "params"}`` (unit ``float`` for
+    matmuls left in float). Wu et al.'s count is the number of entries with an integer unit."""
+    from lowbit.sw.model import MatMul
+
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, (QuantLinear, QuantMatMul)):
+            out.append({"name": name, "block": block_of(name), "unit": m.site.unit,
+                        "params": dict(m.site.params)})
+        elif isinstance(m, (nn.Linear, MatMul)):
+            out.append({"name": name, "block": block_of(name), "unit": "float", "params": {}})
+    return out
