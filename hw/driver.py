@@ -120,8 +120,10 @@ class Protocol:
 
     @classmethod
     def for_unit(cls, unit: str, **params) -> "Protocol":
-        """Protocol of ``make_unit(unit, **params)``."""
-        return cls(make_unit(unit, **params))
+        """Protocol of ``make_unit(unit, **params)`` (a unit used only for its layouts)."""
+        top = make_unit(unit, **params)
+        top._MustUse__silence = True    # a description, never elaborated: not a forgotten unit
+        return cls(top)
 
     # --- inputs ---------------------------------------------------------------------------
 

@@ -143,13 +143,15 @@ class _LogPE:
         for c in range(cols):
             code = beat.w[c]
             neg = code[self.bits - 1]
-            amount = Signal(range(d), name=f"shamt_{c}")
-            zero = Signal(name=f"zero_{c}")
-            if self.bits > 1:
+            if d > 1:
                 e = code[:self.bits - 1]
+                amount = Signal(range(d), name=f"shamt_{c}")
+                zero = Signal(name=f"zero_{c}")
                 m.d.comb += [amount.eq(d - 1 - e), zero.eq(e >= d)]
-            else:
-                m.d.comb += [amount.eq(0), zero.eq(0)]
+            elif self.bits > 1:     # zero code with one magnitude: e = 0 is +-a, e = 1 is 0
+                amount, zero = C(0, 1), code[:self.bits - 1] != 0
+            else:                   # 1-bit codes: sign only
+                amount, zero = C(0, 1), C(0, 1)
             decoded.append((neg, amount, zero))
         prods = []
         for r in range(rows):
@@ -258,6 +260,7 @@ class MatmulUnit(wiring.Component):
     """
 
     def __init__(self, *, pe, rows: int, cols: int, acc_width: int, out_bits: int, max_k: int):
+        self._MustUse__silence = False
         self.pe = pe
         self.rows, self.cols = rows, cols
         self.acc_width, self.out_bits, self.max_k = acc_width, out_bits, max_k
@@ -339,7 +342,7 @@ class MatmulUnit(wiring.Component):
         drain_advance = Signal()
         m.d.comb += drain_advance.eq(~self.y.valid | self.y.ready)
         draining = bank_full & cfg_valid
-        row = Signal(range(rows), name="drain_row")
+        row = Signal(range(max(rows, 2)), name="drain_row")  # >= 1 bit: no [-1:0] vectors
         last_row = row == rows - 1
         do_emit = drain_advance & draining
 
@@ -423,7 +426,10 @@ class _DrainStage:
 # The three units
 
 
-def _check_common(rows, cols, out_bits, max_k):
+def _check_common(unit, rows, cols, out_bits, max_k):
+    # A constructor that raises leaves an object Amaranth would report as "created but never
+    # used"; silence that until construction succeeds (the error is the report).
+    unit._MustUse__silence = True
     check_size("Rows", rows, MAX_ARRAY)
     check_size("Cols", cols, MAX_ARRAY)
     check_int("Out bits", out_bits, 2, 32)
@@ -449,7 +455,7 @@ class IntMatmul(MatmulUnit):
     unit = "int8"
 
     def __init__(self, *, rows=4, cols=4, a_bits=8, w_bits=8, max_k=DEFAULT_MAX_K, out_bits=8):
-        _check_common(rows, cols, out_bits, max_k)
+        _check_common(self, rows, cols, out_bits, max_k)
         check_int("A bits", a_bits, 2, 8)
         check_int("W bits", w_bits, 2, 8)
         self.a_bits, self.w_bits = a_bits, w_bits
@@ -482,7 +488,7 @@ class LogMatmul(MatmulUnit):
 
     def __init__(self, *, rows=4, cols=4, bits=4, a_bits=8, zero_code=False,
                  max_k=DEFAULT_MAX_K, out_bits=8):
-        _check_common(rows, cols, out_bits, max_k)
+        _check_common(self, rows, cols, out_bits, max_k)
         check_int("Bits", bits, 1, 8)
         check_int("A bits", a_bits, 2, 8)
         if not isinstance(zero_code, bool):
@@ -517,7 +523,7 @@ class XnorMatmul(MatmulUnit):
 
     def __init__(self, *, rows=4, cols=4, a_planes=1, w_planes=1, lanes=32,
                  max_k=DEFAULT_MAX_K, out_bits=8):
-        _check_common(rows, cols, out_bits, max_k)
+        _check_common(self, rows, cols, out_bits, max_k)
         check_int("A planes", a_planes, 1, 8)
         check_int("W planes", w_planes, 1, 8)
         check_int("Lanes", lanes, 1, MAX_LANES)

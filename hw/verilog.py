@@ -1,0 +1,63 @@
+"""Verilog out of the matmul units, and a Verilator lint of it.
+
+:func:`generate_verilog` is what ``lowbit hw verilog`` and the cocotb testbenches call.
+:func:`lint_verilog` runs ``verilator --lint-only -Wall`` with the waivers of docs/hardware.md.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+
+from amaranth.back import verilog as amaranth_verilog
+
+from lowbit import LowbitError
+from lowbit.toolenv import verilator_env
+
+from .matmul import make_unit
+
+__all__ = ["MODULE_NAMES", "LINT_WAIVERS", "generate_verilog", "lint_verilog"]
+
+MODULE_NAMES = {"int8": "int8_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
+
+# Why each warning is waived (docs/hardware.md): Amaranth's netlist relies on Verilog's implicit
+# zero/sign extension of narrower operands (WIDTHEXPAND); it keeps unused slices of payload
+# vectors as named wires (UNUSEDSIGNAL); it initialises regs in their declarations and again at
+# the top of always @* blocks (PROCASSINIT). Nothing else is waived.
+LINT_WAIVERS = ("-Wno-WIDTHEXPAND", "-Wno-UNUSEDSIGNAL", "-Wno-PROCASSINIT")
+
+
+def generate_verilog(unit: str, *, name: str | None = None, **params) -> str:
+    """Verilog source of the unit ``unit`` (``int8``, ``log``, ``xnor``) built from ``params``.
+
+    ``name`` is the top module name (default ``int8_matmul`` / ``log_matmul`` /
+    ``xnor_matmul``). Ports: ``clk``, ``rst``, ``x__payload/valid/ready``,
+    ``cfg__payload/valid/ready``, ``y__payload/valid/ready`` (docs/hardware.md).
+    Bad parameters raise TypeError/ValueError with the unit's validation message.
+    """
+    top = make_unit(unit, **params)
+    if name is None:
+        name = MODULE_NAMES[unit]
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
+    return amaranth_verilog.convert(top, name=name, emit_src=False)
+
+
+def lint_verilog(source: str, top: str, *, timeout: float = 300) -> str:
+    """Run ``verilator --lint-only -Wall`` (plus :data:`LINT_WAIVERS`) on ``source``.
+
+    Returns Verilator's output (empty when clean); raises :class:`lowbit.LowbitError` with the
+    warnings when the lint fails.
+    """
+    with tempfile.TemporaryDirectory(prefix="lowbit-lint-") as tmp:
+        path = os.path.join(tmp, f"{top}.v")
+        with open(path, "w") as f:
+            f.write(source)
+        cmd = ["verilator", "--lint-only", "-Wall", *LINT_WAIVERS, "--top-module", top, path]
+        proc = subprocess.run(cmd, env=verilator_env(), capture_output=True, text=True,
+                              timeout=timeout)
+    out = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        raise LowbitError(f"verilator lint of {top} failed:\n{out}")
+    return out
