@@ -18,6 +18,7 @@ from lowbit import LowbitError, __version__
 # Modules that contribute sub-commands, in the order they appear in ``lowbit --help``.
 _COMMAND_MODULES = [
     "lowbit.sw.cli",
+    "lowbit.sw.quant.cli",
     "lowbit.hw.cli",
     "lowbit.sim.cli",
 ]

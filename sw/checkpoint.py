@@ -42,7 +42,8 @@ def shipped_models() -> dict[str, Path]:
     root = _models_dir()
     if not root.is_dir():
         return {}
-    return {p.name: p for p in sorted(root.iterdir()) if (p / "config.json").is_file()}
+    return {p.name: p for p in sorted(root.iterdir())
+            if (p / "config.json").is_file() or (p / "manifest.json").is_file()}
 
 
 def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
@@ -152,12 +153,20 @@ def load_model(spec: str | os.PathLike | None = None, device: str | torch.device
         When the spec names nothing, or the directory lacks or has malformed files.
     """
     directory = resolve_model_dir(spec)
+    if (directory / "manifest.json").is_file():  # a packed (integer) model: lowbit.sw.quant
+        from .quant.packed import load_packed
+
+        return load_packed(directory, device)
     cfg = read_config(directory)
     tokenizer = Tokenizer.from_dir(directory)
     if len(tokenizer) > cfg.vocab_size:
         raise LowbitError(f"{directory}: tokenizer has {len(tokenizer)} ids but the model's vocab_size "
                           f"is {cfg.vocab_size}")
     model = Transformer(cfg)
+    if cfg.extra.get("qat"):  # trained with --qat: rebuild its quantized (fake-quant) modules
+        from .quant.qat import prepare_model
+
+        model = prepare_model(model, cfg.extra["qat"]["scheme"])
     load_state(model, directory / "model.safetensors")
     meta = {}
     if (directory / "meta.json").is_file():

@@ -78,6 +78,12 @@ def register(sub) -> None:
     p.add_argument("--spm-type", choices=("unigram", "bpe"), default=defaults.spm_type)
     p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=defaults.save_dtype,
                    help="dtype of the saved weights (float16 halves the size; loaded as float32)")
+    p.add_argument("--qat", metavar="SCHEME",
+                   help="quantization-aware training with this scheme (int8, int6, log1..log8, bmt1, "
+                        "bmt1a1, mixed); needs --init (see docs/quantization.md)")
+    p.add_argument("--qat-phase-steps", type=int, default=1000,
+                   help="steps per QAT phase for phased schemes (mixed: embedding, decoder, encoder; "
+                        "bmt: float with BMT norms, then binarized) (1000)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
@@ -93,6 +99,8 @@ def register(sub) -> None:
     p.add_argument("--split", default="test_2016_flickr", help="split name (test_2016_flickr)")
     p.add_argument("--limit", type=_positive_int, help="only the first N sentences")
     p.add_argument("--output", help="also write the translations to this file")
+    p.add_argument("--json", metavar="FILE", help="append the result as a record to this JSON list "
+                                                   "(read by `lowbit report`)")
     _add_decode_args(p, beam_default=5)
     p.set_defaults(func=_cmd_eval)
 
@@ -144,8 +152,15 @@ def _cmd_train(args):
                         vocab_size=args.vocab_size, spm_type=args.spm_type, eval_every=args.eval_every,
                         max_train_tokens=args.max_train_tokens, limit=args.limit,
                         save_dtype=args.save_dtype, max_minutes=args.max_minutes)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    hooks = {}
+    if args.qat:
+        from .quant.cli import qat_hooks
+
+        hooks["transform_model"], hooks["after_step"] = qat_hooks(args.qat, args.init, data_dir,
+                                                                  args.qat_phase_steps, log)
     train(data_dir, Path(args.out), args.config, opts, init=args.init, resume=args.resume,
-          device=_device(args.device), log=lambda m: print(m, flush=True))
+          device=_device(args.device), log=log, **hooks)
 
 
 def _cmd_translate(args):
@@ -183,6 +198,11 @@ def _cmd_eval(args):
     print(f"model: {meta['path']}  split: {args.split} ({len(src)} sentences)  beam: {opts.beam}  "
           f"time: {seconds:.1f} s ({len(src) / max(seconds, 1e-9):.1f} sentences/s)")
     print(f"sacreBLEU signature: {signature}")
+    if args.json:
+        from .quant.report import append_result, eval_record
+
+        append_result(args.json, eval_record(meta, args.split, opts.beam, score, signature, len(src),
+                                             seconds, _device(args.device)))
     print(score)
 
 

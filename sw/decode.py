@@ -105,7 +105,7 @@ def beam_search(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]
     base = (torch.arange(b, device=device) * k)[:, None]                       # (B, 1)
     for step in range(max(max_len)):
         logits = model.decode_step(tokens, memory, src_mask, cache, step)      # (B*K, V)
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         vocab = logp.shape[-1]
         cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)  # (B, K*V)
         top_scores, top_idx = cand.topk(2 * k, dim=1)                          # (B, 2K)

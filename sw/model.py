@@ -181,7 +181,9 @@ class MultiHeadAttention(nn.Module):
         scores = self.qk(q, k.transpose(-1, -2)) * self.scaling   # (B, H, Tq, Tk)
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
-        probs = F.softmax(scores.float(), dim=-1).to(q.dtype)
+        # at least float32 (bf16 under autocast), float64 kept (integer-mode models decode in
+        # float64 so CPU and GPU round activations identically)
+        probs = F.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
         probs = F.dropout(probs, p=self.dropout, training=self.training)
         ctx = self.av(probs, v)                              # (B, H, Tq, Dh)
         b, _, tq, _ = ctx.shape

@@ -185,7 +185,9 @@ class QuantLinear(nn.Module):
         if self.act.per_tensor and float(self.act.amax) <= 0:
             raise ValueError(f"{self.site.name}: input range was never calibrated")
         self.ints = nn.Module()
-        reg = self.ints.register_buffer
+
+        def reg(name, t):  # not part of the state dict: the packed format stores its own tensors
+            self.ints.register_buffer(name, t, persistent=False)
         bias = None if self.bias is None else self.bias.detach().to(torch.float64).cpu()
         if isinstance(qw, (IntWeights, LogWeights)):
             reg("w", (qw.values if isinstance(qw, IntWeights) else qw.codes).cpu())

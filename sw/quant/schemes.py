@@ -161,6 +161,8 @@ def get_scheme(name: str) -> Scheme:
         return Scheme(name, f"{b}-bit log weights, int8 activations (Aji & Heafield 2019)",
                       _all_blocks(LinearSpec("log", "log", b, "tensor", 8)), MatMulSpec(8),
                       error_feedback=True)
+    if name == "fp32":
+        return Scheme(name, "float32 reference (nothing quantized)", {}, None)
     if name in ("bmt1", "bmt1a1"):
         act, a_bits = ("sign", 1) if name == "bmt1a1" else ("token", 8)
         spec = LinearSpec("xnor", "bmt", 1, act, a_bits)
@@ -176,7 +178,7 @@ def get_scheme(name: str) -> Scheme:
                       phases=(("embedding",), ("decoder",), ("encoder",)),
                       options={"word_planes": list(MIXED_WORD_PLANES), "ratio": MIXED_RATIO})
     raise LowbitError(f"unknown quantization scheme {name!r}; schemes: int2..int8, log1..log8, "
-                      f"bmt1, bmt1a1, mixed")
+                      f"bmt1, bmt1a1, mixed, fp32")
 
 
 def word_cluster_planes(counts, ratio: float = MIXED_RATIO, planes=MIXED_WORD_PLANES):

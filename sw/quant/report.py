@@ -1,0 +1,237 @@
+"""docs/results.md: quality, bits and size of every scheme, regenerated from measured runs.
+
+``lowbit eval --json FILE`` appends one record per run to ``FILE`` (a JSON list); ``lowbit report``
+reads it (default ``docs/results.json``) and writes ``docs/results.md`` plus the plots
+``docs/results_bleu_bits.png`` and ``docs/results_size_bleu.png``. Nothing in the report is typed
+by hand: every number comes from a record, and each record names the command's model, split,
+beam, device and date.
+
+Other areas add sections: a module of :data:`lowbit.cli._COMMAND_MODULES` that defines
+``report_section(docs_dir) -> str`` (Markdown) has it appended to the report.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import os
+from pathlib import Path
+
+from lowbit import LowbitError
+
+SPLITS = ("test_2016_flickr", "test_2017_flickr")
+ORDER = ("fp32", "int8", "int6", "log8", "log7", "log6", "log5", "log4", "log3", "log2", "log1",
+         "bmt1", "bmt1a1", "mixed")
+
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    if isinstance(data, str):
+        tmp.write_text(data, encoding="utf-8")
+    else:
+        tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def read_results(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise LowbitError(f"cannot read results file {path}: {e}") from None
+    if not isinstance(data, list):
+        raise LowbitError(f"results file {path} must hold a JSON list of records")
+    return data
+
+
+def append_result(path, record: dict) -> None:
+    """Append ``record`` to the JSON list in ``path`` (created if missing), atomically."""
+    path = Path(path)
+    records = read_results(path)
+    records.append(record)
+    _atomic_write(path, json.dumps(records, indent=1) + "\n")
+
+
+def eval_record(meta: dict, split: str, beam: int, score, signature, n: int, seconds: float,
+                device: str) -> dict:
+    """The record ``lowbit eval --json`` appends (``meta`` from ``load_model``)."""
+    stats = meta.get("stats", {})
+    return {"model": Path(meta["path"]).name, "path": meta["path"],
+            "scheme": meta.get("scheme", "fp32"), "packed": bool(meta.get("packed")),
+            "split": split, "beam": beam, "bleu": round(score.score, 2), "signature": str(signature),
+            "sentences": n, "seconds": round(seconds, 1), "device": device,
+            "size_bytes": meta.get("size_bytes"), "bits_per_weight": stats.get("bits_per_weight"),
+            "integer_matmuls": stats.get("integer_matmuls"), "matmuls": stats.get("matmuls"),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _latest(records: list[dict], beam: int) -> dict:
+    """``{(model, split): record}`` keeping the last record of each pair for the given beam."""
+    out = {}
+    for r in records:
+        if r.get("beam") == beam and r.get("split") in SPLITS:
+            out[(r["model"], r["split"])] = r
+    return out
+
+
+def _order_key(scheme: str, model: str):
+    return (ORDER.index(scheme) if scheme in ORDER else len(ORDER), model)
+
+
+def build_rows(records: list[dict], beam: int) -> list[dict]:
+    latest = _latest(records, beam)
+    models = {}
+    for (model, split), r in latest.items():
+        row = models.setdefault(model, {"model": model, "scheme": r["scheme"]})
+        row[split] = r["bleu"]
+        for key in ("size_bytes", "bits_per_weight", "integer_matmuls", "matmuls", "device"):
+            if r.get(key) is not None:
+                row[key] = r[key]
+        row.setdefault("dates", set()).add(r["date"][:10])
+    return sorted(models.values(), key=lambda row: _order_key(row["scheme"], row["model"]))
+
+
+def _fmt(x, spec="{:.2f}"):
+    return "--" if x is None else spec.format(x)
+
+
+def render(rows: list[dict], beam: int, targets: bool = True) -> str:
+    ref = next((r for r in rows if r["scheme"] == "fp32"), None)
+    lines = ["| model | scheme | BLEU 2016 | BLEU 2017 | Δ 2016 | % of FP32 (2016) | bits/weight | "
+             "size | vs FP32 | integer matmuls |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        b16, b17 = r.get(SPLITS[0]), r.get(SPLITS[1])
+        delta = pct = comp = None
+        if ref is not None and b16 is not None and ref.get(SPLITS[0]):
+            delta = b16 - ref[SPLITS[0]]
+            pct = 100 * b16 / ref[SPLITS[0]]
+        if ref is not None and r.get("size_bytes") and ref.get("size_bytes"):
+            comp = ref["size_bytes"] / r["size_bytes"]
+        size = r.get("size_bytes")
+        im = (f"{r['integer_matmuls']}/{r['matmuls']}" if r.get("matmuls") is not None else "--")
+        lines.append(f"| {r['model']} | {r['scheme']} | {_fmt(b16)} | {_fmt(b17)} | "
+                     f"{_fmt(delta, '{:+.2f}')} | {_fmt(pct, '{:.1f}%')} | "
+                     f"{_fmt(r.get('bits_per_weight'))} | "
+                     f"{_fmt(None if size is None else size / 2 ** 20, '{:.2f} MiB')} | "
+                     f"{_fmt(comp, '{:.1f}x')} | {im} |")
+    return "\n".join(lines)
+
+
+def check_targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, each with the measured value and whether it is met."""
+    by = {r["scheme"]: r for r in rows}
+    ref = by.get("fp32")
+    out = []
+    if ref is None or ref.get(SPLITS[0]) is None:
+        return ["(no FP32 result: targets not evaluated)"]
+    f = ref[SPLITS[0]]
+
+    def line(ok, text):
+        out.append(f"- {'met' if ok else '**not met**'}: {text}")
+
+    if "int8" in by and by["int8"].get(SPLITS[0]) is not None:
+        v = by["int8"][SPLITS[0]]
+        line(v >= 0.995 * f, f"INT8 (all matmuls) >= 99.5% of FP32 BLEU: {100 * v / f:.1f}%")
+    if "log4" in by and by["log4"].get(SPLITS[0]) is not None:
+        v = by["log4"][SPLITS[0]]
+        line(f - v <= 0.3, f"log 4-bit loses <= 0.3 BLEU: loses {f - v:.2f}")
+    if "mixed" in by and by["mixed"].get(SPLITS[0]) is not None:
+        r = by["mixed"]
+        comp = ref["size_bytes"] / r["size_bytes"] if r.get("size_bytes") and ref.get("size_bytes") else 0
+        line(r.get("bits_per_weight", 99) < 3, f"mixed < 3 bits per weight: {r.get('bits_per_weight', 0):.2f}")
+        line(comp >= 11.8, f"mixed >= 11.8x smaller than FP32: {comp:.1f}x")
+        line(f - r[SPLITS[0]] <= 0.5, f"mixed loses <= 0.5 BLEU: loses {f - r[SPLITS[0]]:.2f}")
+    if "bmt1" in by and by["bmt1"].get(SPLITS[0]) is not None:
+        v = by["bmt1"][SPLITS[0]]
+        line(f - v <= 1.0, f"BMT 1-bit weights lose <= 1.0 BLEU: loses {f - v:.2f}")
+    return out
+
+
+def plot(rows: list[dict], docs_dir: Path) -> list[str]:
+    """Two PNG plots; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import io
+
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if r.get(SPLITS[0]) is not None]
+    names = []
+    for fname, xkey, xlabel, logx in (("results_bleu_bits.png", "bits_per_weight", "bits per weight", False),
+                                      ("results_size_bleu.png", "size_bytes", "model size (MiB)", True)):
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+        for r in pts:
+            x = r.get(xkey)
+            if x is None:
+                continue
+            x = x / 2 ** 20 if xkey == "size_bytes" else x
+            ax.scatter([x], [r[SPLITS[0]]], s=28)
+            ax.annotate(r["scheme"], (x, r[SPLITS[0]]), textcoords="offset points", xytext=(4, 3),
+                        fontsize=8)
+        if logx:
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("BLEU, test_2016_flickr")
+        ax.grid(True, alpha=0.3)
+        ax.set_title("Multi30k En-De: " + ("quality vs bits" if not logx else "quality vs size"))
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        plt.close(fig)
+        _atomic_write(docs_dir / fname, buf.getvalue())
+        names.append(fname)
+    return names
+
+
+def other_sections(docs_dir: Path) -> list[str]:
+    from lowbit.cli import _COMMAND_MODULES
+
+    out = []
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            continue
+        fn = getattr(module, "report_section", None)
+        if fn is not None:
+            out.append(fn(docs_dir))
+    return out
+
+
+def write_report(results_path, docs_dir, beam: int = 5) -> Path:
+    """Regenerate ``docs_dir/results.md`` (and its plots) from ``results_path``."""
+    docs_dir = Path(docs_dir)
+    records = read_results(results_path)
+    rows = build_rows(records, beam)
+    parts = ["# Results", "",
+             "Generated by `lowbit report` from the records that `lowbit eval --json` appended to "
+             f"`{Path(results_path).name}`; do not edit by hand.", ""]
+    parts += ["## Translation quality, size and bits of the quantized models", ""]
+    if not rows:
+        parts += [f"No beam-{beam} results recorded yet.", ""]
+    else:
+        devices = sorted({r.get("device", "?") for r in rows})
+        dates = sorted(set().union(*(r["dates"] for r in rows)))
+        parts += [f"sacreBLEU (13a, cased, detokenized) with beam {beam} on Multi30k "
+                  f"test_2016_flickr and test_2017_flickr; every quantized model is a packed model "
+                  f"decoded with every quantized matmul through the golden integer kernels "
+                  f"(measured on {', '.join(devices)}, {', '.join(dates)}). *bits/weight* counts "
+                  f"the weight codes of every weight matrix (the tied embedding/output matrix once; "
+                  f"float matrices 32 bits); *size* is the packed model's weights.bin + "
+                  f"manifest.json; *integer matmuls* counts the matmul sites (Linear layers, Q.K^T, "
+                  f"attention.V, output projection) that run on an integer unit.", "",
+                  render(rows, beam), "", "Targets (issue 4):", ""]
+        parts += check_targets(rows) + [""]
+        names = plot(rows, docs_dir)
+        parts += [f"![BLEU vs bits per weight]({names[0]})", "", f"![size vs BLEU]({names[1]})", ""]
+    parts += other_sections(docs_dir)
+    text = "\n".join(parts).rstrip() + "\n"
+    out = docs_dir / "results.md"
+    _atomic_write(out, text)
+    return out
