@@ -36,11 +36,11 @@ def generate_verilog(unit: str, *, name: str | None = None, **params) -> str:
     ``cfg__payload/valid/ready``, ``y__payload/valid/ready`` (docs/hardware.md).
     Bad parameters raise TypeError/ValueError with the unit's validation message.
     """
-    top = make_unit(unit, **params)
     if name is None:
-        name = MODULE_NAMES[unit]
+        name = MODULE_NAMES.get(unit, "matmul")
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
+    top = make_unit(unit, **params)
     return amaranth_verilog.convert(top, name=name, emit_src=False)
 
 
