@@ -1,0 +1,148 @@
+"""``lowbit verify`` (one random matmul through the Verilated RTL and the golden kernel) and
+``lowbit bench units`` (cycles, utilisation and simulation speed of every unit)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from lowbit import LowbitError
+
+
+def register(subparsers) -> None:
+    from lowbit.hw.fpga import add_unit_flags
+
+    p = subparsers.add_parser(
+        "verify", help="run one random matmul through the Verilated unit and the golden kernel",
+        description="Build (cached) the Verilated matmul unit, run one random matmul of the "
+                    "given shape through the RTL and through the golden kernel, and compare "
+                    "every element. The last line is 'bit-exact: MATCHED/TOTAL'; the exit "
+                    "status is 1 on any mismatch, 2 on a bad argument.")
+    p.add_argument("--unit", required=True, help="int8, log or xnor")
+    p.add_argument("--m", type=int, required=True, help="rows of A (tokens), >= 1")
+    p.add_argument("--k", type=int, required=True, help="reduction length, 1..max_k")
+    p.add_argument("--n", type=int, required=True, help="rows of W (output channels), >= 1")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random operands (>= 0)")
+    p.add_argument("--rows", type=int, default=4, help="PE array rows (1..64, default 4)")
+    p.add_argument("--cols", type=int, default=4, help="PE array columns (1..64, default 4)")
+    add_unit_flags(p)
+    p.add_argument("--relu", action="store_true", help="requantize with ReLU")
+    p.add_argument("--raw", action="store_true", help="compare raw accumulators (acc + bias)")
+    p.add_argument("--backpressure", type=float, default=0.0,
+                   help="probability of an idle input / refused output cycle (0..0.9)")
+    p.set_defaults(func=_verify)
+
+
+def register_bench(subparsers) -> None:
+    p = subparsers.add_parser(
+        "units", help="cycles, utilisation and simulation speed of the three matmul units",
+        description="For one mid-size matmul per unit: simulated cycles against the ideal "
+                    "M*K*N/(rows*cols), and simulation speed (cycles/s) in the Amaranth "
+                    "simulator, cocotb on Verilator, and the compiled Verilator harness.")
+    p.add_argument("--m", type=int, default=32, help="M (default 32)")
+    p.add_argument("--k", type=int, default=256, help="K (default 256)")
+    p.add_argument("--n", type=int, default=32, help="N (default 32)")
+    p.add_argument("--rows", type=int, default=4, help="array rows (default 4)")
+    p.add_argument("--cols", type=int, default=4, help="array columns (default 4)")
+    p.add_argument("--units", default="int8,log,xnor", help="comma-separated units")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip", default="", help="comma-separated simulators to skip: "
+                                              "amaranth, cocotb")
+    p.set_defaults(func=_bench)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def verify_params(args) -> tuple[str, dict]:
+    """``(unit, params)`` from ``lowbit verify`` flags. ``--bits`` means the width the unit
+    takes: log code bits; activation and weight bits for int8; bit planes for xnor."""
+    from lowbit.hw.cli import unit_params
+
+    for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
+        if value < 1:
+            raise LowbitError(f"{flag} must be a positive integer, not {value}")
+    if args.seed < 0:
+        raise LowbitError(f"--seed must be a non-negative integer, not {args.seed}")
+    if not 0 <= args.backpressure <= 0.9:
+        raise LowbitError(f"--backpressure must be in 0..0.9, not {args.backpressure}")
+    if args.relu and args.raw:
+        raise LowbitError("--relu and --raw exclude each other (raw output is not requantized)")
+    if args.bits is not None and args.unit == "xnor":
+        if args.planes is None:
+            args.planes = args.bits
+        args.bits = None
+    elif args.bits is not None and args.unit == "int8":
+        if not 2 <= args.bits <= 8:
+            raise LowbitError(f"--bits must be an integer in 2..8 for int8, not {args.bits}")
+        args.a_bits = args.a_bits if args.a_bits is not None else args.bits
+        args.w_bits = args.w_bits if args.w_bits is not None else args.bits
+        args.bits = None
+    unit, params = unit_params(args)
+    return unit, params
+
+
+def _describe(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _verify(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from lowbit.hw.driver import Protocol
+    from lowbit.sim.harness import VerilatedUnit
+    from lowbit.sim.operands import random_operands
+    from lowbit.sim.verilator import build_harness
+
+    unit, params = verify_params(args)
+    hw = Protocol.for_unit(unit, **params).unit
+    hw._MustUse__silence = True
+    if args.k > hw.max_k:
+        raise LowbitError(f"--k {args.k} exceeds the unit's max_k {hw.max_k} "
+                          f"(raise it with --max-k)")
+    print(f"unit {unit}: {_describe(params)} (accumulator {hw.acc_width} bits, "
+          f"max_k {hw.max_k})", flush=True)
+    start = time.perf_counter()
+    print("building the Verilated unit (cached after the first build) ...", flush=True)
+    build_harness(unit, **params)
+    print(f"  ready in {time.perf_counter() - start:.1f} s", flush=True)
+    rng = np.random.default_rng(args.seed)
+    kw = random_operands(hw, rng, args.m, args.k, args.n, relu=args.relu, raw=args.raw)
+    with VerilatedUnit(unit, **params) as rtl:
+        tiles = -(-args.m // hw.rows) * -(-args.n // hw.cols)
+        beats = tiles * (args.k if unit != "xnor" else
+                         -(-args.k // hw.lanes) * hw.a_planes * hw.w_planes)
+        with tqdm(total=beats, unit="beat", desc=f"RTL {args.m}x{args.k}x{args.n}",
+                  file=sys.stderr, disable=None) as bar:
+            res = rtl.matmul(**kw, gaps=args.backpressure, stalls=args.backpressure,
+                             seed=args.seed, progress=bar.update)
+        want = rtl.expected(**kw)
+    matched = int((res.y == want).sum())
+    total = int(want.size)
+    print(f"cycles {res.cycles} (ideal {res.ideal_cycles:.0f}, utilisation "
+          f"{100 * res.utilisation:.1f}%), {res.cycles_per_second / 1e6:.2f} M cycles/s")
+    if matched != total:
+        bad = np.argwhere(res.y != want)
+        for m, n in bad[:5]:
+            print(f"MISMATCH Y[{m}, {n}]: RTL {res.y[m, n]}, golden {want[m, n]}")
+        if len(bad) > 5:
+            print(f"... and {len(bad) - 5} more mismatches")
+    print(f"bit-exact: {matched}/{total}", flush=True)
+    return 0 if matched == total else 1
+
+
+def _bench(args) -> int:
+    from lowbit.sim.bench import bench_units
+
+    units = [u.strip() for u in args.units.split(",") if u.strip()]
+    skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    bad = skip - {"amaranth", "cocotb"}
+    if bad:
+        raise LowbitError(f"--skip takes amaranth and/or cocotb, not {', '.join(sorted(bad))}")
+    for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
+        if value < 1:
+            raise LowbitError(f"{flag} must be a positive integer, not {value}")
+    bench_units(units, m=args.m, k=args.k, n=args.n, rows=args.rows, cols=args.cols,
+                seed=args.seed, skip=skip)
+    return 0
