@@ -32,7 +32,7 @@ class SimResult:
 
 
 def simulate(unit: MatmulUnit, plan: Plan, *, x_valid: float = 1.0, y_ready: float = 1.0,
-             seed: int = 0, stall_limit: int = 10_000) -> SimResult:
+             seed: int = 0, stall_limit: int = 10_000, testbenches=()) -> SimResult:
     """Simulate ``plan`` on ``unit``; returns the ``y`` payloads and the cycle count.
 
     Parameters
@@ -45,6 +45,10 @@ def simulate(unit: MatmulUnit, plan: Plan, *, x_valid: float = 1.0, y_ready: flo
     stall_limit : int
         Raise :class:`RuntimeError` if no ``y`` beat arrives for this many cycles (a deadlock
         would otherwise hang the caller).
+    testbenches : iterable of async functions ``f(ctx)``
+        Further testbench processes run alongside the three stream processes (e.g. a register
+        master on :class:`lowbit.hw.accel.Accelerator`'s bus; ``unit`` may be any component
+        with the unit's ``x``, ``cfg`` and ``y`` streams). The simulation ends when all return.
     """
     for name, p in (("x_valid", x_valid), ("y_ready", y_ready)):
         if not 0 < p <= 1:
@@ -95,6 +99,8 @@ def simulate(unit: MatmulUnit, plan: Plan, *, x_valid: float = 1.0, y_ready: flo
     sim.add_testbench(send_cfg)
     sim.add_testbench(send_x)
     sim.add_testbench(receive_y)
+    for testbench in testbenches:
+        sim.add_testbench(testbench)
     start = time.perf_counter()
     sim.run()
     return SimResult(y=received, cycles=counter["cycles"], seconds=time.perf_counter() - start)
