@@ -138,7 +138,7 @@ def beam_search(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]
         if all(done):
             break
         scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], float("-inf"))
-        model.reorder_cache(cache, (base + beam_of).view(-1))
+        model.reorder_cache(cache, (base + beam_of).view(-1), static_too=False)
         tokens = tokens_of.view(-1)
     result = []
     for i in range(b):

@@ -384,10 +384,16 @@ class Transformer(nn.Module):
         return self.decode(tokens[:, None], memory, src_mask, cache, offset=step)[:, -1]
 
     @staticmethod
-    def reorder_cache(cache: list, index: torch.Tensor) -> list:
-        """Keep rows ``index`` (beam search): every cached tensor is indexed on its batch axis."""
+    def reorder_cache(cache: list, index: torch.Tensor, static_too: bool = True) -> list:
+        """Keep rows ``index`` (beam search): cached tensors are indexed on their batch axis.
+
+        With ``static_too=False`` the cross-attention keys/values are left alone: beam search
+        only reorders hypotheses of the same sentence, whose encoder keys/values are identical.
+        """
         for layer in cache:
-            for part in layer.values():
+            for name, part in layer.items():
+                if name == "cross" and not static_too:
+                    continue
                 for key in part:
                     part[key] = part[key].index_select(0, index)
         return cache

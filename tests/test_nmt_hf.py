@@ -12,6 +12,7 @@ from lowbit.sw.data import read_lines, resolve_data_dir, split_path
 from lowbit.sw.hf import export_hf, import_hf
 from lowbit.sw.model import Transformer, TransformerConfig
 from lowbit.sw.tokenizer import Tokenizer, train_sentencepiece
+from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 transformers = pytest.importorskip("transformers")
 
