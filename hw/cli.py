@@ -46,6 +46,10 @@ def register(subparsers) -> None:
     v.add_argument("--lanes", type=int, help="bits of K per beat (xnor: 1..256, default 32)")
     v.add_argument("--name", help="top module name (default int8_matmul / log_matmul / "
                                   "xnor_matmul)")
+    v.add_argument("--top", action="store_true",
+                   help="wrap the unit in the accelerator top level (streams, register bus, "
+                        "irq; one flat module, default name int8_accel / log_accel / "
+                        "xnor_accel)")
     v.add_argument("--lint", action="store_true",
                    help="also run verilator --lint-only -Wall on the result")
     v.add_argument("-o", "--output", required=True, help="output .v file ('-' for stdout)")
@@ -135,18 +139,32 @@ def _verilog(args) -> int:
     from .verilog import MODULE_NAMES, lint_verilog
 
     unit, params = unit_params(args)
-    name = args.name or MODULE_NAMES[unit]
+    if args.top:
+        from .accel import ACCEL_NAMES, Accelerator, accel_verilog
+        name = args.name or ACCEL_NAMES[unit]
+    else:
+        name = args.name or MODULE_NAMES[unit]
     if not name.isidentifier():
         raise LowbitError(f"--name must be a Verilog identifier, not {name!r}")
     if args.output != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise LowbitError(f"cannot write {args.output}: its folder does not exist")
-    top = make_unit(unit, **params)
-    source = amaranth_verilog.convert(top, name=name, emit_src=False)
+    if args.top:
+        try:
+            accel = Accelerator(unit=unit, **params)
+        except (TypeError, ValueError) as e:     # the accelerator's own limits (MAX_K)
+            raise LowbitError(_flag_message(str(e))) from None
+        top, source = accel.matmul, accel_verilog(accel, name)
+    else:
+        top = make_unit(unit, **params)
+        source = amaranth_verilog.convert(top, name=name, emit_src=False)
     if args.lint:
         lint_verilog(source, name)
     summary = (f"{name}: {unit} {top.rows}x{top.cols}, accumulator {top.acc_width} bits, "
                f"x__payload {top.x_layout.size} bits, cfg__payload {top.cfg_layout.size} bits, "
-               f"y__payload {top.y_layout.size} bits" + (", lint clean" if args.lint else ""))
+               f"y__payload {top.y_layout.size} bits"
+               + (", register bus (6-bit word address, 32-bit data), irq"
+                  if args.top else "")
+               + (", lint clean" if args.lint else ""))
     if args.output == "-":
         sys.stdout.write(source)
         print(summary, file=sys.stderr)
