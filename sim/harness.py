@@ -27,7 +27,7 @@ import numpy as np
 
 from lowbit import LowbitError
 
-__all__ = ["VerilatedUnit", "MatmulResult", "BeatPacker"]
+__all__ = ["VerilatedUnit", "MatmulResult", "MatmulPacker", "BeatPacker"]
 
 _U32P = ctypes.POINTER(ctypes.c_uint32)
 _U64P = ctypes.POINTER(ctypes.c_uint64)
@@ -168,6 +168,7 @@ class VerilatedUnit:
         self.kind, self.params = unit, dict(params)
         self.hw = self.protocol.unit
         self.hw._MustUse__silence = True    # a description of the RTL, never elaborated here
+        self.packer = MatmulPacker(self.protocol)
         self.library = build_harness(unit, **params)
         lib = ctypes.CDLL(str(self.library))
         lib.lb_create.restype = ctypes.c_void_p
@@ -242,7 +243,7 @@ class VerilatedUnit:
                                f"{got}/{n_y} y beats")
         return y, int(cycles)
 
-    # --- whole matmuls ----------------------------------------------------------------------
+    # --- whole matmuls ---------------------------------------------------------------------
 
     def matmul(self, a, w, bias=None, mult=None, shift=None, *, relu: bool = False,
                raw: bool = False, alpha=None, k: int | None = None, gaps: float = 0.0,
@@ -258,50 +259,92 @@ class VerilatedUnit:
         Tiles run in the driver's order (``m0`` outer, ``n0`` inner), in blocks of whole tile
         rows of about :data:`CHUNK_BEATS` beats.
         """
-        p = self.protocol
-        m, n, kk = p._shape(a, w, alpha, k)
-        bias, mult, shift = p._per_channel(n, bias, mult, shift, raw)
-        p._golden_acc(a, w, bias, alpha, k)               # range checks, as the driver does
+        job = self.packer.prepare(a, w, bias, mult, shift, relu=relu, raw=raw, alpha=alpha, k=k)
         rows, cols = self.hw.rows, self.hw.cols
-        tm, tn = -(-m // rows), -(-n // cols)
-        cfg_row = self._cfg_words(n, tn, bias, mult, shift, relu, raw)      # [tn, cw]
-        if self.kind == "xnor":
-            ops = self._xnor_operands(a, w, alpha, kk, tm, tn)
-            beats_per_tile = ops["beats"]
-        else:
-            ops = self._int_operands(a, w, m, n, kk, tm, tn)
-            beats_per_tile = kk
-        y = np.zeros((tm * rows, tn * cols), dtype=np.int64)
-        rows_per_block = max(1, CHUNK_BEATS // max(1, beats_per_tile * tn))
+        y = np.zeros((job.tm * rows, job.tn * cols), dtype=np.int64)
         cycles = 0
         start = time.perf_counter()
-        for i0 in range(0, tm, rows_per_block):
-            i1 = min(tm, i0 + rows_per_block)
-            if self.kind == "xnor":
-                x = self._xnor_beats(ops, i0, i1, tn, kk)
-            else:
-                x = self._int_beats(ops, i0, i1, tn, kk)
-            cfg = np.tile(cfg_row, (i1 - i0, 1))
-            yw, c = self.run_beats(cfg, x, (i1 - i0) * tn * rows, gaps=gaps, stalls=stalls,
+        for i0, i1, cfg, x in self.packer.blocks(job):
+            yw, c = self.run_beats(cfg, x, (i1 - i0) * job.tn * rows, gaps=gaps, stalls=stalls,
                                    seed=seed + i0)
             cycles += c
-            vals = self._y_values(yw)                                    # [tiles*rows, cols]
-            block = vals.reshape(i1 - i0, tn, rows, cols).transpose(0, 2, 1, 3)
-            y[i0 * rows:i1 * rows] = block.reshape((i1 - i0) * rows, tn * cols)
+            vals = self.packer.y_values(yw)                              # [tiles*rows, cols]
+            block = vals.reshape(i1 - i0, job.tn, rows, cols).transpose(0, 2, 1, 3)
+            y[i0 * rows:i1 * rows] = block.reshape((i1 - i0) * rows, job.tn * cols)
             if progress is not None:
                 progress(len(x))
-        seconds = time.perf_counter() - start
-        if self.kind == "xnor":
-            pa, pw = np.asarray(a).shape[0], np.asarray(w).shape[0]
-            ideal = m * n * kk * pa * pw / (rows * cols * self.hw.lanes)
-        else:
-            ideal = m * kk * n / (rows * cols)
-        return MatmulResult(y=y[:m, :n], cycles=cycles, ideal_cycles=ideal,
-                            x_beats=tm * tn * beats_per_tile, tiles=tm * tn, seconds=seconds)
+        return MatmulResult(y=y[:job.m, :job.n], cycles=cycles, ideal_cycles=job.ideal_cycles,
+                            x_beats=job.x_beats, tiles=job.tm * job.tn,
+                            seconds=time.perf_counter() - start)
 
     def expected(self, *args, **kw) -> np.ndarray:
         """The golden result for the same arguments as :meth:`matmul` (the driver's)."""
         return self.protocol.expected(*args, **kw)
+
+
+@dataclass
+class _Job:
+    """A validated matmul, ready to be cut into blocks of beats."""
+    m: int
+    n: int
+    k: int
+    tm: int                 # tile rows (ceil(M / rows))
+    tn: int                 # tile columns (ceil(N / cols))
+    beats_per_tile: int
+    ideal_cycles: float
+    cfg_row: np.ndarray     # cfg words of the tiles of one tile row [tn, cfg words]
+    ops: dict
+
+    @property
+    def x_beats(self) -> int:
+        return self.tm * self.tn * self.beats_per_tile
+
+
+class MatmulPacker:
+    """Payload words of a whole matmul for one unit, in the driver's tile order.
+
+    The same beats as :meth:`lowbit.hw.driver.Protocol.plan` (tests check word for word), built
+    with array operations over all tiles at once instead of one payload integer per beat.
+    """
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.hw = protocol.unit
+        self.kind = protocol.kind
+
+    def prepare(self, a, w, bias=None, mult=None, shift=None, *, relu=False, raw=False,
+                alpha=None, k=None) -> _Job:
+        """Validate the operands as the driver does and lay them out per tile."""
+        p, hw = self.protocol, self.hw
+        m, n, kk = p._shape(a, w, alpha, k)
+        bias, mult, shift = p._per_channel(n, bias, mult, shift, raw)
+        p._golden_acc(a, w, bias, alpha, k)               # range checks, as the driver does
+        tm, tn = -(-m // hw.rows), -(-n // hw.cols)
+        cfg_row = self._cfg_words(n, tn, bias, mult, shift, relu, raw)
+        if self.kind == "xnor":
+            ops = self._xnor_operands(a, w, alpha, kk, tm, tn)
+            pa, pw = ops["pa"], ops["pw"]
+            ideal = m * n * kk * pa * pw / (hw.rows * hw.cols * hw.lanes)
+            per_tile = ops["beats"]
+        else:
+            ops = self._int_operands(a, w, m, n, kk, tm, tn)
+            ideal = m * kk * n / (hw.rows * hw.cols)
+            per_tile = kk
+        return _Job(m=m, n=n, k=kk, tm=tm, tn=tn, beats_per_tile=per_tile, ideal_cycles=ideal,
+                    cfg_row=cfg_row, ops=ops)
+
+    def blocks(self, job: _Job, chunk_beats: int = CHUNK_BEATS):
+        """Yield ``(i0, i1, cfg words, x words)`` for tile rows ``i0..i1-1`` (all tile columns
+        of each), about ``chunk_beats`` x beats per block."""
+        per_row = max(1, job.beats_per_tile * job.tn)
+        step = max(1, chunk_beats // per_row)
+        for i0 in range(0, job.tm, step):
+            i1 = min(job.tm, i0 + step)
+            if self.kind == "xnor":
+                x = self._xnor_beats(job.ops, i0, i1, job.tn, job.k)
+            else:
+                x = self._int_beats(job.ops, i0, i1, job.tn, job.k)
+            yield i0, i1, np.tile(job.cfg_row, (i1 - i0, 1)), x
 
     # --- packing (vectorised over tiles) ----------------------------------------------------
 
@@ -383,7 +426,7 @@ class VerilatedUnit:
         assert nb == ni * tn * ops["beats"]
         return pk.words
 
-    def _y_values(self, words: np.ndarray) -> np.ndarray:
+    def y_values(self, words: np.ndarray) -> np.ndarray:
         """y payload words -> ``data [beats, cols]`` int64; checks the ``last`` flags."""
         layout, rows, cols = self.hw.y_layout, self.hw.rows, self.hw.cols
         off, width, count = _field(layout, "data")

@@ -129,6 +129,40 @@ def _cached_build(key: str, product: str, build) -> Path:
     return final / product
 
 
+def _common_objects(kind: str, flags: list[str]) -> Path:
+    """Folder of Verilator's runtime objects (verilated.o, ...) shared by builds of a kind.
+
+    They do not depend on the design, only on Verilator and the flags, yet they are most of a
+    small unit's compile time; every build after the first reuses them.
+    """
+    h = hashlib.sha256("\0".join([kind, verilator_version(), *flags]).encode())
+    return cache_dir() / "verilated" / f"common-{kind}-{h.hexdigest()[:16]}"
+
+
+def _reuse_objects(common: Path, obj: Path) -> None:
+    """Copy cached runtime objects into a build folder (fresh mtimes: make sees them as built)."""
+    if common.is_dir():
+        obj.mkdir(parents=True, exist_ok=True)
+        for o in common.glob("*.o"):
+            shutil.copy(o, obj / o.name)
+
+
+def _keep_objects(common: Path, obj: Path) -> None:
+    """After a build, keep its runtime objects for the next builds (once, atomically)."""
+    if common.is_dir():
+        return
+    objs = list(obj.glob("verilated*.o"))   # not verilator.o: cocotb's main includes Vtop.h
+    if not objs:
+        return
+    tmp = Path(tempfile.mkdtemp(dir=common.parent, prefix=common.name + ".tmp"))
+    for o in objs:
+        shutil.copy(o, tmp / o.name)
+    try:
+        os.replace(tmp, common)
+    except OSError:             # another process was first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _run(cmd: list[str], cwd: Path, log: Path, what: str) -> None:
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
@@ -191,8 +225,11 @@ def build_harness(unit: str, **params) -> Path:
                   f"#define CFG_WORDS {words['cfg__payload']}",
                   f"#define Y_WORDS {words['y__payload']}"]
         (tmp / "ports.h").write_text("\n".join(lines) + "\n")
+        common = _common_objects("harness", flags)
+        _reuse_objects(common, obj)
         _run(["make", "-j", str(os.cpu_count() or 1), "-C", str(obj), "-f", "Vunit.mk",
               f"OPT_FAST={OPT_FAST}"], tmp, log, "compiling the Verilated unit")
+        _keep_objects(common, obj)
         shutil.copy(obj / "libunit.so", tmp / "libunit.so")
         shutil.rmtree(obj)  # objects are large; the library is all we need
 
@@ -237,12 +274,16 @@ def build_cocotb(unit: str, **params) -> tuple[Path, str]:
         activate_verilator()
         runner = _PortsOnlyVerilator.make()
         log = tmp / "build.log"
+        import cocotb
+        common = _common_objects("cocotb", [cocotb.__version__, *LINT_WAIVERS])
+        _reuse_objects(common, tmp / "sim")
         try:
             runner.build(sources=[tmp / "ports.vlt", tmp / "unit.v"], hdl_toplevel=top, build_dir=tmp / "sim",
                          build_args=LINT_WAIVERS, always=True, log_file=log)
         except (SystemExit, subprocess.CalledProcessError) as e:
             tail = "\n".join(log.read_text().splitlines()[-20:]) if log.exists() else ""
             raise LowbitError(f"cocotb Verilator build of {top} failed ({e}):\n{tail}") from None
+        _keep_objects(common, tmp / "sim")
         (tmp / "built").write_text(top + "\n")
 
     product = _cached_build(key, "built", build)
