@@ -72,7 +72,8 @@ def register(sub) -> None:
     for name, kind in (("epochs", int), ("max_tokens", int), ("lr", float), ("warmup", int),
                        ("label_smoothing", float), ("weight_decay", float), ("clip_norm", float),
                        ("seed", int), ("avg_last", int), ("vocab_size", int), ("eval_every", int),
-                       ("max_train_tokens", int), ("limit", int), ("max_minutes", float)):
+                       ("max_train_tokens", int), ("limit", int), ("val_limit", int),
+                       ("max_minutes", float)):
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
                        help=f"(default {getattr(defaults, name)})")
     p.add_argument("--spm-type", choices=("unigram", "bpe"), default=defaults.spm_type)
@@ -84,6 +85,8 @@ def register(sub) -> None:
     p.add_argument("--qat-phase-steps", type=int, default=1000,
                    help="steps per QAT phase for phased schemes (mixed: embedding, decoder, encoder; "
                         "bmt: float with BMT norms, then binarized) (1000)")
+    p.add_argument("--qat-phase-minutes", type=float,
+                   help="advance QAT phases by training time instead of steps (minutes per phase)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
@@ -150,15 +153,15 @@ def _cmd_train(args):
                         label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
                         clip_norm=args.clip_norm, seed=args.seed, avg_last=args.avg_last,
                         vocab_size=args.vocab_size, spm_type=args.spm_type, eval_every=args.eval_every,
-                        max_train_tokens=args.max_train_tokens, limit=args.limit,
+                        max_train_tokens=args.max_train_tokens, limit=args.limit, val_limit=args.val_limit,
                         save_dtype=args.save_dtype, max_minutes=args.max_minutes)
     log = lambda m: print(m, flush=True)  # noqa: E731
     hooks = {}
     if args.qat:
         from .quant.cli import qat_hooks
 
-        hooks["transform_model"], hooks["after_step"] = qat_hooks(args.qat, args.init, data_dir,
-                                                                  args.qat_phase_steps, log)
+        hooks["transform_model"], hooks["after_step"] = qat_hooks(
+            args.qat, args.init, data_dir, args.qat_phase_steps, log, args.qat_phase_minutes)
     train(data_dir, Path(args.out), args.config, opts, init=args.init, resume=args.resume,
           device=_device(args.device), log=log, **hooks)
 

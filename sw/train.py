@@ -54,7 +54,7 @@ PRESETS = {
 
 @dataclass
 class TrainOptions:
-    epochs: int = 60
+    epochs: int = 77             # the shipped model's recipe (see docs/nmt.md)
     max_tokens: int = 4096       # per batch, counting padding, the larger of source and target
     lr: float = 1e-3             # peak learning rate, reached after `warmup` steps
     warmup: int = 2000           # linear warmup steps, then lr ~ 1/sqrt(step)
@@ -62,12 +62,13 @@ class TrainOptions:
     weight_decay: float = 1e-4
     clip_norm: float = 1.0
     seed: int = 1
-    avg_last: int = 5            # average the weights of the last N epochs (1: keep the last)
+    avg_last: int = 8            # average the weights of the last N epochs (1: keep the last)
     vocab_size: int = 8000
     spm_type: str = "unigram"
     eval_every: int = 5          # greedy val BLEU every N epochs (and at the end)
     max_train_tokens: int = 128  # drop training pairs longer than this (either side)
     limit: int | None = None     # use only the first N training pairs (smoke tests)
+    val_limit: int | None = None  # use only the first N validation pairs (smoke tests)
     save_dtype: str = "float32"  # dtype of the final model.safetensors: float32 | float16
     max_minutes: float | None = None  # safety stop: finish early (averaging, saving) after this
 
@@ -205,6 +206,8 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     dict with the final metrics (``val_bleu_greedy``, ``val_loss``, epochs, steps, seconds).
     """
     opts = opts or TrainOptions()
+    if init is None and not resume and not isinstance(config, TransformerConfig):
+        resolve_config(config, opts.vocab_size)  # fail on a bad --config before any work
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -225,7 +228,7 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
                                   f"run, now {getattr(opts, key)}")
 
     src_train, tgt_train = read_parallel(data_dir, "train", limit=opts.limit)
-    src_val, tgt_val = read_parallel(data_dir, "val")
+    src_val, tgt_val = read_parallel(data_dir, "val", limit=opts.val_limit)
 
     # Tokenizer and model.
     if init is not None:
