@@ -106,7 +106,8 @@ def quantize_model(model, tokenizer, scheme: str, data_dir=None, calibrate_batch
     return model
 
 
-def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=print):
+def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=print,
+              phase_minutes: float | None = None):
     """``(transform_model, after_step)`` for ``lowbit train --qat SCHEME --init MODEL``."""
     from lowbit.sw.checkpoint import load_model
 
@@ -126,7 +127,8 @@ def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=pri
         model, tokenizer, _ = load_model(init)
         src, tgt = read_parallel(data_dir, "train")
         counts = token_counts(tokenizer, src, tgt, model.config.vocab_size)
-    hooks = QATHooks(sch.name, phase_steps=phase_steps, counts=counts, log=log)
+    hooks = QATHooks(sch.name, phase_steps=phase_steps, counts=counts, log=log,
+                     phase_minutes=phase_minutes)
     return hooks.transform, hooks.after_step
 
 

@@ -248,7 +248,8 @@ def write_packed(model, tokenizer, out_dir, meta: dict | None = None) -> Path:
                 "blob": {"file": BLOB, "bytes": len(blob), "sha256": _sha256(blob)},
                 "tokenizer": tok, "tensors": entries, "matmuls": inventory, "stats": stats,
                 "created_by": f"lowbit {__version__}", "meta": meta or {}}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    # compact JSON: the manifest counts in the reported size (`python -m json.tool` to read it)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")) + "\n", encoding="utf-8")
     (tmp / "meta.json").write_text(json.dumps(
         {"description": f"packed {scheme.name}: {scheme.description}"}, indent=2) + "\n",
         encoding="utf-8")
@@ -497,6 +498,8 @@ def load_packed(directory, device="cpu"):
         model.double()
     meta = {"path": str(directory), "scheme": scheme.name, "stats": manifest.get("stats", {}),
             "matmuls": manifest.get("matmuls", []), "packed": True,
+            "retrained": bool(((manifest.get("meta") or {}).get("source_meta") or {})
+                              .get("trained_with", {}).get("init")),
             "size_bytes": package_size(directory)}
     return model.to(device), tokenizer, meta
 

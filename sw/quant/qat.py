@@ -137,15 +137,20 @@ class QATHooks:
     log : progress messages.
     """
 
-    def __init__(self, scheme: str, phase_steps: int = 1000, counts=None, log=print):
+    def __init__(self, scheme: str, phase_steps: int = 1000, counts=None, log=print,
+                 phase_minutes: float | None = None):
         self.scheme = get_scheme(scheme)
         if phase_steps < 1:
             raise LowbitError(f"--qat-phase-steps must be at least 1, not {phase_steps}")
+        if phase_minutes is not None and not phase_minutes > 0:
+            raise LowbitError(f"--qat-phase-minutes must be positive, not {phase_minutes}")
         self.phase_steps = phase_steps
+        self.phase_minutes = phase_minutes
         self.counts = counts
         self.log = log
         self.phase = None
         self.errors: dict = {}
+        self._t0 = None
 
     def transform(self, model):
         model = prepare_model(model, self.scheme)
@@ -157,20 +162,29 @@ class QATHooks:
             hist = {int(p): int((planes == p).sum()) for p in planes.unique()}
             self.log(f"qat: words per plane count {hist} "
                      f"(average {bits:.2f} bits per embedding weight)")
-        self._enter_phase(model, 0)
+        self._enter_phase(model, 0, 0)
         return model
 
-    def _enter_phase(self, model, phase: int) -> None:
+    def _enter_phase(self, model, phase: int, step: int) -> None:
         phase = min(phase, len(self.scheme.phases) - 1)
         if phase != self.phase:
             set_phase(model, self.scheme, phase)
             self.phase = phase
             groups = sorted(set().union(*self.scheme.phases[:phase + 1]))
-            self.log(f"qat {self.scheme.name}: phase {phase + 1}/{len(self.scheme.phases)}, "
-                     f"quantized: {', '.join(groups) or 'nothing (float warm-up)'}")
+            self.log(f"qat {self.scheme.name}: phase {phase + 1}/{len(self.scheme.phases)} from step "
+                     f"{step}, quantized: {', '.join(groups) or 'nothing (float warm-up)'}")
 
     def after_step(self, model, step: int) -> None:
-        self._enter_phase(model, step // self.phase_steps)
+        """Advance the phase (every ``phase_steps`` steps, or ``phase_minutes`` of training time
+        when given), then apply error feedback (log schemes)."""
+        import time
+
+        if self.phase_minutes is not None:
+            self._t0 = self._t0 or time.time()
+            phase = int((time.time() - self._t0) / 60 / self.phase_minutes)
+        else:
+            phase = step // self.phase_steps
+        self._enter_phase(model, phase, step)
         if self.scheme.error_feedback:
             self.error_feedback(model)
 

@@ -187,8 +187,11 @@ def quantize_log(w: torch.Tensor, bits: int, refine_iters: int = 10,
     the rounded scale (so a packed model reproduces them exactly).
     """
     w = _check_matrix(w)
-    _, s = golden.log_quantize(w, bits, refine_iters=refine_iters, scale=scale)
-    s = _f32(s)
+    if refine_iters == 0 and scale is not None:
+        s = _f32(scale)
+    else:
+        _, s = golden.log_quantize(w, bits, refine_iters=refine_iters, scale=scale)
+        s = _f32(s)
     codes, _ = golden.log_quantize(w, bits, scale=s)
     return LogWeights(codes, s, bits)
 

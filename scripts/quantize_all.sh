@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Quantization-aware retraining of every scheme from the FP32 baseline, packing, evaluation.
+#
+#   scripts/quantize_all.sh train   # `lowbit train --qat S` for every scheme, all in parallel
+#   scripts/quantize_all.sh pack    # `lowbit quantize` each retrained model (+ no-retraining ones)
+#   scripts/quantize_all.sh eval    # `lowbit eval --json` every packed model on both test splits
+#
+# The stages run in that order when no stage is named. All schemes train at the same time on one
+# GPU (each process is small); settings come from the environment:
+#   BASE (multi30k-en-de)  RUNS (runs/quant)  SCHEMES ("int8 int6 log4 log3 log2 log1 bmt1 bmt1a1 mixed")
+#   PTQ ("int8 log4": packed straight from the float model, no retraining)
+#   QAT_MINUTES (5)  LR (4e-4)  WARMUP (300)  PHASE_STEPS (250)  PHASE_MINUTES (unset: by steps)
+#   EVAL_DEVICE (auto)  BEAM (5)
+#   RESULTS (RUNS/results.json)  DATA_DIR (lowbit's default data directory)
+#   TRAIN_ARGS, EVAL_ARGS (extra arguments, e.g. "--limit 100" for a smoke run)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+BASE=${BASE:-multi30k-en-de}
+RUNS=${RUNS:-runs/quant}
+SCHEMES=${SCHEMES:-"int8 int6 log4 log3 log2 log1 bmt1 bmt1a1 mixed"}
+PTQ=${PTQ:-"int8 log4"}
+QAT_MINUTES=${QAT_MINUTES:-5}
+LR=${LR:-4e-4}
+WARMUP=${WARMUP:-300}
+PHASE_STEPS=${PHASE_STEPS:-250}
+EVAL_DEVICE=${EVAL_DEVICE:-auto}
+BEAM=${BEAM:-5}
+RESULTS=${RESULTS:-$RUNS/results.json}
+DATA=()
+[ -n "${DATA_DIR:-}" ] && DATA=(--data-dir "$DATA_DIR")
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
+mkdir -p "$RUNS"
+
+stage_train() {
+    local pids=()
+    for s in $SCHEMES; do
+        lowbit train --init "$BASE" --qat "$s" --out "$RUNS/qat-$s" "${DATA[@]}" --epochs 1000 \
+            --max-minutes "$QAT_MINUTES" --lr "$LR" --warmup "$WARMUP" --avg-last 3 \
+            --eval-every 1000 --qat-phase-steps "$PHASE_STEPS" \
+            ${PHASE_MINUTES:+--qat-phase-minutes "$PHASE_MINUTES"} ${TRAIN_ARGS:-} \
+            > "$RUNS/train-$s.log" 2>&1 &
+        pids+=($!)
+    done
+    local fail=0
+    for p in "${pids[@]}"; do wait "$p" || fail=1; done
+    for s in $SCHEMES; do echo "train $s: $(tail -n 1 "$RUNS/train-$s.log")"; done
+    return $fail
+}
+
+stage_pack() {
+    local pids=()
+    for s in $SCHEMES; do
+        lowbit quantize --model "$RUNS/qat-$s" --scheme "$s" -o "$RUNS/packed/$s" "${DATA[@]}" \
+            > "$RUNS/pack-$s.log" 2>&1 &
+        pids+=($!)
+    done
+    for s in $PTQ fp32; do
+        lowbit quantize --model "$BASE" --scheme "$s" -o "$RUNS/packed/$s-ptq" "${DATA[@]}" \
+            > "$RUNS/pack-$s-ptq.log" 2>&1 &
+        pids+=($!)
+    done
+    local fail=0
+    for p in "${pids[@]}"; do wait "$p" || fail=1; done
+    for f in "$RUNS"/pack-*.log; do echo "$(basename "$f" .log): $(tail -n 1 "$f")"; done
+    return $fail
+}
+
+stage_eval() {
+    local pids=() fail=0
+    for d in "$RUNS"/packed/*/; do
+        local name
+        name=$(basename "$d")
+        for split in test_2016_flickr test_2017_flickr; do
+            # each run appends to its own file; merged below (no two writers on one file)
+            lowbit eval --model "$d" --split "$split" --beam "$BEAM" --device "$EVAL_DEVICE" \
+                "${DATA[@]}" ${EVAL_ARGS:-} --json "$RUNS/res-$name-$split.json" \
+                --output "$RUNS/hyp-$name-$split.txt" > "$RUNS/eval-$name-$split.log" 2>&1 &
+            pids+=($!)
+        done
+    done
+    for p in "${pids[@]}"; do wait "$p" || fail=1; done
+    python - "$RESULTS" "$RUNS"/res-*.json <<'EOF'
+import json, sys
+from lowbit.sw.quant.report import append_result, read_results
+for path in sys.argv[2:]:
+    for record in read_results(path):
+        append_result(sys.argv[1], record)
+EOF
+    for f in "$RUNS"/eval-*.log; do echo "$(basename "$f" .log): $(tail -n 1 "$f")"; done
+    return $fail
+}
+
+status=0
+for stage in "${@:-train pack eval}"; do
+    for st in $stage; do
+        case "$st" in
+            train) stage_train || status=1 ;;
+            pack) stage_pack || status=1 ;;
+            eval) stage_eval || status=1 ;;
+            *) echo "unknown stage $st (train, pack, eval)" >&2; exit 2 ;;
+        esac
+    done
+done
+exit $status
