@@ -17,7 +17,8 @@ The configuration comes from the environment (set by tests/test_sim_cocotb.py th
 ``cocotb_tools.runner``): ``LOWBIT_TB_UNIT`` and ``LOWBIT_TB_PARAMS`` (JSON) name the unit that
 was built; ``LOWBIT_TB_SEED``, ``LOWBIT_TB_RANDOM`` (random matmuls), ``LOWBIT_TB_MAX_DIM``
 (largest M, N), ``LOWBIT_TB_MAX_K`` (largest K drawn, and the widest K of the corner cases),
-``LOWBIT_TB_GAPS`` / ``LOWBIT_TB_STALLS`` (backpressure probabilities) set the run size.
+``LOWBIT_TB_GAPS`` / ``LOWBIT_TB_STALLS`` (backpressure probabilities) set the run size;
+``LOWBIT_TB_CASES`` (comma-separated names) runs only those corner cases.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def config() -> dict:
         "max_k": int(env.get("LOWBIT_TB_MAX_K", "64")),
         "gaps": float(env.get("LOWBIT_TB_GAPS", "0.0")),
         "stalls": float(env.get("LOWBIT_TB_STALLS", "0.0")),
+        "cases": [c for c in env.get("LOWBIT_TB_CASES", "").split(",") if c],
     }
 
 
@@ -332,6 +334,10 @@ async def corner_case_matmuls(dut):
     cfg = config()
     tb = MatmulTB(dut, {**cfg, "seed": cfg["seed"] + 1})
     await tb.start()
-    for name, kw in corner_cases(tb.hw, tb.rng, k_cap=cfg["max_k"]):
-        await tb.matmul(name, kw)
+    cases = corner_cases(tb.hw, tb.rng, k_cap=cfg["max_k"])
+    unknown = set(cfg["cases"]) - {name for name, _ in cases}
+    assert not unknown, f"no corner cases named {sorted(unknown)}"
+    for name, kw in cases:
+        if not cfg["cases"] or name in cfg["cases"]:
+            await tb.matmul(name, kw)
     dut._log.info("corners: %d elements matched", tb.board.matched)

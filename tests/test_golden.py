@@ -327,6 +327,18 @@ def test_log_quantize_refinement(bits):
     assert err(codes0, s1) <= err(codes0, s0)
 
 
+def test_log_quantize_refinement_2d():
+    """Weight matrices (not only vectors) refine; the scale equals the flattened vector's."""
+    rng = random.Random(310)
+    w = torch.tensor([[rng.gauss(0.0, 1.0) for _ in range(40)] for _ in range(7)],
+                     dtype=torch.float64)
+    codes, s = g.log_quantize(w, 4, refine_iters=2)
+    flat_codes, flat_s = g.log_quantize(w.flatten(), 4, refine_iters=2)
+    assert s == flat_s
+    assert torch.equal(codes.flatten(), flat_codes)
+    assert codes.shape == w.shape
+
+
 # ---------------------------------------------------------------------------------------------
 # Packing, XNOR-popcount, binary coding
 
