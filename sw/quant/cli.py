@@ -41,6 +41,10 @@ def register(sub) -> None:
     p.add_argument("--beam", type=int, default=5, help="which beam size to tabulate (5)")
     p.set_defaults(func=_cmd_report)
 
+    from .consistency import register as register_check
+
+    register_check(sub)
+
 
 def training_examples(tokenizer, data_dir, limit: int | None = None):
     from lowbit.sw.data import read_parallel
