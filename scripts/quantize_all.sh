@@ -80,7 +80,7 @@ stage_eval() {
         done
     done
     for p in "${pids[@]}"; do wait "$p" || fail=1; done
-    python - "$RESULTS" "$RUNS"/res-*.json <<'EOF'
+    python3 -P - "$RESULTS" "$RUNS"/res-*.json <<'EOF'
 import json, sys
 from lowbit.sw.quant.report import append_result, read_results
 for path in sys.argv[2:]:
