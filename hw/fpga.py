@@ -345,22 +345,33 @@ def parse_overflow(log_text: str) -> dict:
 
 
 # Without DSPs, Yosys maps a multiply by default through `alumacc`/`maccmap` into a generic adder
-# tree that ABC turns into ~4x more LUTs than needed (measured: 8x8 INT MAC, 556 vs 239 LUTs on
-# ECP5). Booth-encoding the multipliers first (as synth_lattice does for MachXO3 only) gives
-# carry-chain adders.
-_BOOTH_PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth"
+# tree that ABC turns into ~2.3x more LUTs than needed (measured: four 8x8 INT MACs with 32-bit
+# accumulators, 2,227 vs 957 LUTs on ECP5). Booth-encoding the multipliers first (as synth_lattice does for MachXO3 only) gives
+# carry-chain adders; `alumacc` then takes the multipliers too small for `booth` (below 4x4) so
+# that no selected multiplier is left for the DSP mapper.
+_PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth {sel}; alumacc {sel}"
+# The PE multipliers (INT a*w, XNOR dot*alpha) have operands of at most 16 bits; the per-column
+# requantization multiply t*mult has the accumulator (17..47 bits at the default max_k) as one.
+_PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=16 %i r:B_WIDTH<=16 %i"
+DSP_MODES = ("auto", "requant", "off")
 
 
 def synth_options(board: Board, dsp: str) -> dict:
-    """Amaranth build overrides for the DSP mode: ``auto`` (infer DSP multipliers) or ``off``."""
-    if dsp not in ("auto", "off"):
-        raise LowbitError(f"--dsp must be auto or off, not {dsp!r}")
-    if dsp == "auto":
-        # synth_ice40 infers SB_MAC16 only when asked; synth_ecp5 infers MULT18X18D by default.
-        return {"synth_opts": "-dsp"} if board.family == "ice40" else {}
-    opts = {"script_after_read": _BOOTH_PREPASS}
-    if board.family == "ecp5":
-        opts["synth_opts"] = "-nodsp"
+    """Amaranth build overrides for a DSP mode.
+
+    ``auto``: Yosys may put every multiplier into DSP blocks. ``requant``: only the
+    per-column requantization multipliers; the PE array is LUT logic. ``off``: no DSPs.
+    """
+    if dsp not in DSP_MODES:
+        raise LowbitError(f"--dsp must be one of {', '.join(DSP_MODES)}, not {dsp!r}")
+    opts = {}
+    if dsp != "off" and board.family == "ice40":
+        opts["synth_opts"] = "-dsp"      # synth_ice40 infers SB_MAC16 only when asked
+    if dsp == "off" and board.family == "ecp5":
+        opts["synth_opts"] = "-nodsp"    # synth_ecp5 infers MULT18X18D unless told not to
+    if dsp != "auto":
+        sel = _PE_MULTIPLIERS if dsp == "requant" else "t:$mul"
+        opts["script_after_read"] = _PREPASS.format(sel=sel)
     return opts
 
 
@@ -396,7 +407,8 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
     build_dir : str
         Folder for the build files; the tools' logs stay there (``top.rpt`` Yosys,
         ``top.tim`` nextpnr, ``report.json``).
-    dsp : ``"auto"`` (multipliers go to DSP blocks) or ``"off"`` (LUT logic only).
+    dsp : ``"auto"`` (multipliers may go to DSP blocks), ``"requant"`` (only the per-column
+        requantization multipliers do) or ``"off"`` (LUT logic only).
     progress : callable, optional
         Receives one line per stage (default: print to stderr).
     timeout : float, optional
@@ -537,7 +549,9 @@ def register(subparsers) -> None:
     p.add_argument("--cols", type=int, default=4, help="PE array columns (1..64, default 4)")
     add_unit_flags(p)
     p.add_argument("--dsp", default="auto",
-                   help="auto: multipliers use DSP blocks (default); off: LUT logic only")
+                   help="auto (default): multipliers may use DSP blocks; requant: only the "
+                        "per-column requantization multipliers, the PE array in LUT logic; "
+                        "off: LUT logic only")
     p.add_argument("-o", "--build-dir", default=None,
                    help="build folder (default build/fpga/BOARD-UNIT-RxC); tool logs stay there")
     p.add_argument("--timeout", type=float, default=None,
@@ -569,8 +583,8 @@ def validate_args(args) -> tuple[str, str, dict]:
     from .cli import unit_params
 
     board = get_board(args.board).name
-    if args.dsp not in ("auto", "off"):
-        raise LowbitError(f"--dsp must be auto or off, not {args.dsp!r}")
+    if args.dsp not in DSP_MODES:
+        raise LowbitError(f"--dsp must be one of {', '.join(DSP_MODES)}, not {args.dsp!r}")
     if args.timeout is not None and not args.timeout > 0:
         raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     unit, params = unit_params(args)
@@ -580,7 +594,7 @@ def validate_args(args) -> tuple[str, str, dict]:
 def default_build_dir(board: str, unit: str, params: dict, dsp: str = "auto") -> str:
     extra = "".join(f"-{k}{v}" for k, v in sorted(params.items())
                     if k not in ("rows", "cols") and v is not None)
-    suffix = "-nodsp" if dsp == "off" else ""
+    suffix = "" if dsp == "auto" else f"-dsp{dsp}"
     return os.path.join("build", "fpga",
                         f"{board}-{unit}-{params['rows']}x{params['cols']}{extra}{suffix}")
 

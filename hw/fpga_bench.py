@@ -25,7 +25,8 @@ from lowbit import LowbitError
 
 from .fpga import BOARDS, FpgaDoesNotFit, FpgaResult, format_table, table_row
 
-__all__ = ["Config", "default_configs", "run_bench", "fit_largest", "hardware_table",
+__all__ = ["Config", "default_configs", "run_bench", "fit_array_model", "fit_largest",
+           "hardware_table",
            "render_markdown", "plot_cost", "update_docs", "register_bench"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,60 +39,71 @@ UNITS = ("int8", "log", "xnor")
 # Default precision of each unit in the size sweep: INT8, the paper's 4-bit log codes, BMT's
 # 1-bit weights and activations with 32 lanes of K per beat.
 BASE_PARAMS = {"int8": {}, "log": {"bits": 4}, "xnor": {"lanes": 32}}
-SIZES = {"ulx3s-85f": (2, 4, 8), "icebreaker": (1, 2, 4)}
-SWEEP_BOARD, SWEEP_SIZE = "ulx3s-85f", 4
+# Array sizes (rows, cols). Three shapes pin down the linear model of fit_array_model: the
+# per-PE cost from rows at fixed cols, the per-column drain/requantization from cols.
+SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2)), "ulx3s-85f": ((1, 2), (4, 2), (4, 4))}
+# The units are compared with their PE arrays in LUT logic and the per-column requantization
+# multipliers in DSP blocks (`lowbit fpga --dsp requant`); INT8 is also built with every
+# multiplier in DSPs (`--dsp auto`).
+MODE = "requant"
+SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((1, 2), (4, 2))
 # (bits, params) per unit for the cost-per-MAC plot: INT a = w = b bits; log b-bit weight
-# codes (int8 activations); XNOR p activation and p weight planes.
-# Parameters equal to the base precision are left out, so the sweep point at the base
-# precision is the very build of the size sweep (one key, one build).
+# codes (int8 activations); XNOR p activation and p weight planes. Parameters equal to the
+# base precision are left out, so those points are the very builds of the size sweep.
 SWEEP = {
-    "int8": [(b, {"a_bits": b, "w_bits": b} if b != 8 else {}) for b in (2, 4, 6, 8)],
-    "log": [(b, {"bits": b}) for b in (1, 2, 3, 4, 5)],
+    "int8": [(b, {"a_bits": b, "w_bits": b} if b != 8 else {}) for b in (4, 8)],
+    "log": [(b, {"bits": b}) for b in (1, 2, 4)],
     "xnor": [(p, {"a_planes": p, "w_planes": p, "lanes": 32} if p != 1 else {"lanes": 32})
-             for p in (1, 2, 4)],
+             for p in (1, 2)],
 }
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """One build: board, unit, square array size, unit parameters and DSP mode."""
+    """One build: board, unit, array size, unit parameters and DSP mode."""
     board: str
     unit: str
-    size: int
+    rows: int
+    cols: int
     params: tuple = ()          # sorted (name, value) pairs, hashable
-    dsp: str = "off"
+    dsp: str = MODE
 
     @property
     def key(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.board}|{self.unit}|{self.size}x{self.size}|{extra}|dsp={self.dsp}"
+        return f"{self.board}|{self.unit}|{self.rows}x{self.cols}|{extra}|dsp={self.dsp}"
 
     def unit_params(self) -> dict:
-        return {"rows": self.size, "cols": self.size, **dict(self.params)}
+        return {"rows": self.rows, "cols": self.cols, **dict(self.params)}
 
 
-def _config(board, unit, size, params, dsp="off") -> Config:
-    return Config(board, unit, size, tuple(sorted(params.items())), dsp)
+def _config(board, unit, size, params, dsp=MODE) -> Config:
+    return Config(board, unit, size[0], size[1], tuple(sorted(params.items())), dsp)
 
 
 def default_configs(boards=tuple(BOARDS), sweep: bool = True) -> list[Config]:
     """Every build of the table.
 
-    LUT-only builds (``dsp=off``) compare the units on equal terms: the fabric. INT8 is also
-    built with DSP multipliers on the ULX3S, the way a designer would use that board.
+    The units are compared with their PE arrays in LUT logic (``dsp=requant``: only the
+    per-column requantization multipliers use DSP blocks), so the array's fabric cost is
+    measured on equal terms. INT8 is also built with every multiplier in DSPs (``auto``), the
+    way a designer would use either board. Smaller boards first, the bit sweep last.
     """
     configs = []
-    for board in boards:
-        for unit in UNITS:
-            configs += [_config(board, unit, n, BASE_PARAMS[unit]) for n in SIZES[board]]
-        if board == "ulx3s-85f":
-            configs += [_config(board, "int8", n, {}, "auto") for n in SIZES[board]]
+    for board in SIZES:
+        if board not in boards:
+            continue
+        here = [_config(board, unit, n, BASE_PARAMS[unit]) for unit in UNITS
+                for n in SIZES[board]]
+        here += [_config(board, "int8", n, {}, "auto") for n in SIZES[board]]
+        configs += sorted(here, key=lambda c: c.rows * c.cols)   # small builds first
     if sweep and SWEEP_BOARD in boards:
         for unit, points in SWEEP.items():
             for _bits, params in points:
-                c = _config(SWEEP_BOARD, unit, SWEEP_SIZE, params)
-                if c not in configs:
-                    configs.append(c)
+                for size in SWEEP_SIZES:
+                    c = _config(SWEEP_BOARD, unit, size, params)
+                    if c not in configs:
+                        configs.append(c)
     return configs
 
 
@@ -175,114 +187,152 @@ def run_bench(configs: list[Config], *, results_path: Path = RESULTS_PATH,
 # Analysis
 
 
-def _results(records: dict, **match) -> list[FpgaResult]:
-    out = []
+def _records_of(records: dict, board: str, unit: str, params: dict, dsp: str = MODE):
+    """``(fitting results, sizes that did not fit)`` of one unit at one precision."""
+    want = tuple(sorted(params.items()))
+    fits, failed = [], []
     for record in records.values():
         cfg = record["config"]
-        if record.get("fits") and all(cfg.get(k) == v for k, v in match.items()):
-            out.append(FpgaResult.from_dict(record["result"]))
-    return sorted(out, key=lambda r: (r.params["rows"], r.lut))
+        if (cfg["board"], cfg["unit"], cfg["dsp"]) != (board, unit, dsp) \
+                or tuple(map(tuple, cfg["params"])) != want:
+            continue
+        if record.get("fits"):
+            fits.append(FpgaResult.from_dict(record["result"]))
+        elif record.get("fits") is False:
+            failed.append((cfg["rows"], cfg["cols"]))
+    fits.sort(key=lambda r: (r.params["rows"] * r.params["cols"], r.params["cols"]))
+    return fits, sorted(failed)
 
 
-def _base(records, board, unit, dsp="off") -> list[FpgaResult]:
-    """The size sweep of one unit at its default precision."""
-    params = tuple(sorted(BASE_PARAMS[unit].items()))
-    return [r for r in _results(records, board=board, unit=unit, dsp=dsp)
-            if all(r.params.get(k) == v for k, v in params)
-            and _config(board, unit, r.params["rows"], BASE_PARAMS[unit], dsp).key in records]
+RESOURCES = {"LUT": "unit_lut", "FF": "unit_ff", "DSP": "dsp", "BRAM": "bram"}
 
 
-def _quadratic(points: list[tuple[int, float]]):
-    """Least-squares ``y = a + b n + c n^2`` through ``points`` (exact for three)."""
-    import numpy as np
-    n = np.array([p[0] for p in points], dtype=float)
-    y = np.array([p[1] for p in points], dtype=float)
-    degree = min(2, len(points) - 1)
-    coeffs = np.polyfit(n, y, degree)[::-1]
-    return [float(c) for c in coeffs] + [0.0] * (2 - degree)
+def fit_array_model(results: list[FpgaResult]) -> dict | None:
+    """Fit ``cost = fixed + per_col * cols + per_pe * rows * cols`` to each resource.
 
+    ``per_pe`` is one processing element (its product logic, accumulator and output-bank
+    register), ``per_col`` one column's drain, bias and requantization, ``fixed`` the control.
+    Least squares over the builds (exact for three independent shapes); the unit's own LUTs and
+    FFs are used (the wrapper's share taken off). Needs builds of at least two shapes that
+    differ in rows at equal cols (or three shapes in all); returns None otherwise.
 
-def fit_largest(results: list[FpgaResult], not_fit: list[int] = ()) -> dict | None:
-    """Estimate the largest square array that fits, from builds of the same unit.
-
-    Every resource (LUT, FF, DSP, BRAM) is fitted as ``a + b n + c n^2`` over the built
-    ``n x n`` arrays (``c`` is the cost of one PE, ``b`` of one column's drain and
-    requantization, ``a`` the fixed control); the largest ``n`` whose every prediction stays
-    within the device (LUTs within 90 %: nextpnr needs slack to route) is the estimate, capped
-    below any size that was built and did not fit, and at 64 (the units' largest array).
-
-    Returns ``{"n": ..., "limit": resource, "per_pe": {...}, "basis": [...sizes]}`` or None
-    with fewer than two fitting sizes.
+    Returns ``{resource: {"fixed", "per_col", "per_pe"}}`` for LUT, FF, DSP, BRAM.
     """
-    if len(results) < 2:
+    import numpy as np
+    shapes = {(r.params["rows"], r.params["cols"]) for r in results}
+    if len(shapes) < 2:
         return None
-    sizes = [r.params["rows"] for r in results]
-    first = results[0]
-    limits = {"LUT": (0.9 * first.lut_available, "lut"), "FF": (first.ff_available, "ff"),
-              "DSP": (first.dsp_available, "dsp"), "BRAM": (first.bram_available, "bram")}
-    fits, per_pe = {}, {}
-    for name, (cap, field) in limits.items():
-        a, b, c = _quadratic([(r.params["rows"], getattr(r, field)) for r in results])
-        per_pe[name] = round(c, 2)
+    x = np.array([[1.0, r.params["cols"], r.params["rows"] * r.params["cols"]]
+                  for r in results])
+    if len(shapes) == 2:        # two shapes: no fixed term (a column's drain absorbs it)
+        x = x[:, 1:]
+    if np.linalg.matrix_rank(x) < x.shape[1]:
+        return None
+    model = {}
+    for name, field in RESOURCES.items():
+        y = np.array([float(getattr(r, field)) for r in results])
+        coef = np.linalg.lstsq(x, y, rcond=None)[0]
+        if len(coef) == 2:
+            coef = np.concatenate([[0.0], coef])
+        model[name] = {"fixed": float(coef[0]), "per_col": float(coef[1]),
+                       "per_pe": float(coef[2])}
+    return model
+
+
+def predict(model: dict, resource: str, rows: int, cols: int) -> float:
+    m = model[resource]
+    return m["fixed"] + m["per_col"] * cols + m["per_pe"] * rows * cols
+
+
+# nextpnr needs slack to place and route: a LUT count predicted above this share of the device
+# is not counted as fitting.
+LUT_FILL = 0.9
+
+
+def fit_largest(results: list[FpgaResult], failed=()) -> dict | None:
+    """Estimate the largest square ``n x n`` array of a unit that fits the board.
+
+    Uses :func:`fit_array_model`; the wrapper's cost is added back (it is part of the build).
+    ``n`` is the largest size whose every predicted resource stays within the device (LUTs
+    within :data:`LUT_FILL`), capped below any square that was built and did not fit, and at
+    64 (the units' largest array). A square that was built and fits is never undercut.
+
+    Returns ``{"n", "limit", "model", "basis"}`` or None when the model cannot be fitted.
+    """
+    model = fit_array_model(results)
+    if model is None:
+        return None
+    r0 = results[0]
+    caps = {"LUT": LUT_FILL * r0.lut_available - r0.wrapper_lut,
+            "FF": r0.ff_available - r0.wrapper_ff,
+            "DSP": r0.dsp_available, "BRAM": r0.bram_available}
+    sizes = {}
+    for name, cap in caps.items():
         n = 0
-        while n < 64 and a + b * (n + 1) + c * (n + 1) ** 2 <= cap:
+        while n < 64 and predict(model, name, n + 1, n + 1) <= cap:
             n += 1
-        fits[name] = n
-    limit = min(fits, key=lambda k: fits[k])
-    n = fits[limit]
-    if not_fit:
-        n = min(n, min(not_fit) - 1)
-    if n < max(sizes):  # a built size fits by measurement whatever the model says
-        n = max(sizes)
-    return {"n": n, "limit": limit if n < 64 else "array size (64)", "per_pe": per_pe,
-            "basis": sizes}
+        sizes[name] = n
+    limit = min(sizes, key=lambda k: sizes[k])
+    n = sizes[limit]
+    bad_squares = [rows for rows, cols in failed if rows == cols]
+    if bad_squares and n >= min(bad_squares):
+        n, limit = min(bad_squares) - 1, f"build of {min(bad_squares)}x{min(bad_squares)} failed"
+    good_squares = [r.params["rows"] for r in results if r.params["rows"] == r.params["cols"]]
+    if good_squares and n < max(good_squares):
+        n = max(good_squares)
+    if n >= 64:
+        limit = "array size (64)"
+    return {"n": n, "limit": limit, "model": model,
+            "basis": [f"{r.params['rows']}x{r.params['cols']}" for r in results]}
+
+
+def macs_per_pe(result: FpgaResult, per_bit_mac: bool = False) -> float:
+    """MACs one PE does per cycle: 1 (INT, log) or ``lanes`` 1-bit MACs (XNOR); with
+    ``per_bit_mac`` XNOR counts p-bit MACs, ``lanes / (a_planes * w_planes)``."""
+    p = result.params
+    if result.unit != "xnor":
+        return 1.0
+    return p["lanes"] / (p["a_planes"] * p["w_planes"] if per_bit_mac else 1)
 
 
 def largest_table(records: dict) -> list[dict]:
-    """One row per (board, unit, DSP mode): the largest array that fits and why."""
+    """One row per (board, unit, DSP mode) of the base precision: the largest array."""
     rows = []
     for board in BOARDS:
         for unit in UNITS:
-            for dsp in ("off", "auto"):
-                built = _base(records, board, unit, dsp)
-                failed = [r["config"]["size"] for r in records.values()
-                          if r.get("fits") is False and r["config"]["board"] == board
-                          and r["config"]["unit"] == unit and r["config"]["dsp"] == dsp
-                          and tuple(map(tuple, r["config"]["params"]))
-                          == tuple(sorted(BASE_PARAMS[unit].items()))]
+            for dsp in ("off", "requant", "auto"):
+                built, failed = _records_of(records, board, unit, BASE_PARAMS[unit], dsp)
                 if not built and not failed:
                     continue
-                fit = fit_largest(built, failed)
-                verified = [r for r in records.values() if r.get("purpose") == "largest"
-                            and r["config"]["board"] == board and r["config"]["unit"] == unit
-                            and r["config"]["dsp"] == dsp]
+                fit = fit_largest(built, failed) if built else None
+                state = None
+                if fit is not None:
+                    key = _config(board, unit, (fit["n"], fit["n"]), BASE_PARAMS[unit], dsp).key
+                    state = records.get(key, {}).get("fits")
                 rows.append({"board": board, "unit": unit, "dsp": dsp, "fit": fit,
-                             "built": [r.params["rows"] for r in built], "failed": failed,
-                             "verified": {r["config"]["size"]: r.get("fits")
-                                          for r in verified},
-                             "macs_per_pe": (built[0].macs_per_cycle
-                                             // (built[0].params["rows"] ** 2)) if built else 1})
+                             "built": built, "failed": failed, "verified": state})
     return rows
 
 
 def sweep_points(records: dict) -> dict:
-    """``{unit: [(bits, LUTs per b-bit MAC, result)]}`` from the bit-width sweep.
+    """``{unit: [(bits, LUTs per PE, LUTs per b-bit MAC)]}`` from the bit-width sweep.
 
-    A b-bit MAC is one multiply-accumulate at the unit's precision: INT ``rows*cols`` per
-    cycle; log ``rows*cols`` (b-bit weight x int8 activation); XNOR with ``p`` activation and
-    ``p`` weight planes needs ``p*p`` beats for one p-bit product, so
-    ``rows*cols*lanes / p^2`` per cycle.
+    The per-PE LUTs are the slope of :func:`fit_array_model` over the sweep's shapes. A b-bit
+    MAC is one multiply-accumulate at the unit's precision: INT and log one per PE per cycle;
+    XNOR with ``p`` activation and ``p`` weight planes needs ``p*p`` beats for one p-bit
+    product, so ``lanes / p^2`` per PE per cycle.
     """
     out = {}
     for unit, points in SWEEP.items():
         for bits, params in points:
-            key = _config(SWEEP_BOARD, unit, SWEEP_SIZE, params).key
-            record = records.get(key)
-            if not record or not record.get("fits"):
+            built, _ = _records_of(records, SWEEP_BOARD, unit, params)
+            built = [r for r in built if (r.params["rows"], r.params["cols"]) in SWEEP_SIZES]
+            model = fit_array_model(built)
+            if model is None:
                 continue
-            r = FpgaResult.from_dict(record["result"])
-            planes = r.params.get("a_planes", 1) * r.params.get("w_planes", 1)
-            out.setdefault(unit, []).append((bits, r.unit_lut * planes / r.macs_per_cycle, r))
+            per_pe = model["LUT"]["per_pe"]
+            out.setdefault(unit, []).append(
+                (bits, per_pe, per_pe / macs_per_pe(built[0], per_bit_mac=True)))
     return out
 
 
@@ -291,38 +341,37 @@ def sweep_points(records: dict) -> dict:
 
 
 def _ratio_rows(records: dict) -> list[list[str]]:
-    """Rows comparing log and XNOR with INT8 on the same board, all LUT-only builds.
+    """Rows comparing log and XNOR with INT8 on the same board, PE arrays in LUT logic.
 
     Two measures: the whole unit's LUTs per MAC at each array size built for all units (the
     per-column drain and requantization included), and the array's own cost per MAC, the
-    fitted per-PE slope (``c`` of :func:`fit_largest`) divided by the MACs of one PE.
+    fitted per-PE slope divided by the MACs of one PE.
     """
     rows = []
     for board in BOARDS:
-        base = {u: _base(records, board, u) for u in UNITS}
-        for n in SIZES[board]:
-            at = {u: [r for r in base[u] if r.params["rows"] == n] for u in UNITS}
-            if not at["int8"]:
-                continue
+        base = {u: _records_of(records, board, u, BASE_PARAMS[u])[0] for u in UNITS}
+        shapes = [(r.params["rows"], r.params["cols"]) for r in base["int8"]]
+        for shape in shapes:
+            at = {u: [r for r in base[u] if (r.params["rows"], r.params["cols"]) == shape]
+                  for u in UNITS}
             ref = at["int8"][0].lut_per_mac
             for unit in ("log", "xnor"):
                 if at[unit]:
                     r = at[unit][0]
                     what = "1-bit MAC" if unit == "xnor" else "MAC"
-                    rows.append([board, f"{n}x{n} whole unit", unit, f"{ref:.1f}",
-                                 f"{r.lut_per_mac:.2f} per {what}",
+                    rows.append([board, f"whole unit {shape[0]}x{shape[1]}", unit,
+                                 f"{ref:.1f}", f"{r.lut_per_mac:.2f} per {what}",
                                  f"{ref / r.lut_per_mac:.1f}x"])
-        fits = {u: fit_largest(base[u]) for u in UNITS}
-        if fits["int8"] is None:
+        models = {u: fit_array_model(base[u]) for u in UNITS}
+        if models["int8"] is None:
             continue
-        ref = fits["int8"]["per_pe"]["LUT"]
+        ref = models["int8"]["LUT"]["per_pe"]
         for unit in ("log", "xnor"):
-            if fits[unit] is None:
+            if models[unit] is None:
                 continue
-            macs = base[unit][0].macs_per_cycle // base[unit][0].params["rows"] ** 2
-            per_mac = fits[unit]["per_pe"]["LUT"] / macs
+            per_mac = models[unit]["LUT"]["per_pe"] / macs_per_pe(base[unit][0])
             what = "1-bit MAC" if unit == "xnor" else "MAC"
-            rows.append([board, f"per PE, fitted to {fits[unit]['basis']}", unit, f"{ref:.1f}",
+            rows.append([board, "array only (per-PE slope)", unit, f"{ref:.1f}",
                          f"{per_mac:.2f} per {what}", f"{ref / per_mac:.1f}x"])
     return rows
 
@@ -331,30 +380,40 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return format_table(rows, columns=header, row=lambda r: r)
 
 
+def _sort_key(r: FpgaResult):
+    extra = {k: v for k, v in r.params.items() if k not in ("rows", "cols")}
+    return (list(BOARDS).index(r.board), UNITS.index(r.unit), r.dsp_mode,
+            json.dumps(extra, sort_keys=True), r.params["rows"] * r.params["cols"],
+            r.params["cols"])
+
+
 def render_markdown(data: dict) -> str:
     """The generated part of docs/fpga.md (and the hardware section of docs/results.md)."""
     records = data["records"]
-    built = [FpgaResult.from_dict(r["result"]) for r in records.values() if r.get("fits")]
-    built.sort(key=lambda r: (list(BOARDS).index(r.board), UNITS.index(r.unit), r.dsp_mode,
-                              json.dumps({k: v for k, v in r.params.items()
-                                          if k not in ("rows", "cols")}, sort_keys=True),
-                              r.params["rows"]))
-    parts = [f"Generated by `lowbit bench fpga` from bench/fpga.json"
+    built = sorted((FpgaResult.from_dict(r["result"]) for r in records.values()
+                    if r.get("fits")), key=_sort_key)
+    parts = ["Generated by `lowbit bench fpga` from bench/fpga.json"
              + (f" ({data['updated']})" if data.get("updated") else "") + ".", ""]
     parts += ["### All builds", "",
-              "LUT = logic cells (ECP5 TRELLIS_COMB, iCE40 ICESTORM_LC) of the whole design with "
-              "the device share; FF = flip-flops (iCE40: from the netlist); LUT/MAC = the unit's "
-              "LUTs (the wrapper's XOR tree taken off) per MAC per cycle; XNOR MACs are 1-bit. "
-              "Fmax is nextpnr's achieved clock.", "",
+              "LUT = logic cells (ECP5 TRELLIS_COMB, iCE40 ICESTORM_LC) of the whole design and "
+              "the device share; FF = flip-flops (iCE40: from the netlist); LUT/MAC = the "
+              "unit's LUTs (the wrapper's XOR tree taken off) per MAC per cycle, XNOR MACs are "
+              "1-bit; Fmax = nextpnr's achieved clock. DSP mode requant: PE array in LUT logic, "
+              "requantization multipliers in DSPs; auto: every multiplier may use DSPs.", "",
               format_table(built), ""]
-    not_fit = [r for r in records.values() if r.get("fits") is False]
+    not_fit = sorted((r for r in records.values() if r.get("fits") is False),
+                     key=lambda r: r["key"])
+    failed = sorted((r for r in records.values() if r.get("fits") is None),
+                    key=lambda r: r["key"])
     if not_fit:
         parts += ["Builds that do not fit:", ""]
-        parts += [f"- {r['key']}: {r['error']}" for r in sorted(not_fit, key=lambda r: r["key"])]
-        parts += [""]
+        parts += [f"- `{r['key']}`: {r['error']}" for r in not_fit] + [""]
+    if failed:
+        parts += ["Builds that failed:", ""]
+        parts += [f"- `{r['key']}`: {r['error']}" for r in failed] + [""]
     ratios = _ratio_rows(records)
     if ratios:
-        parts += ["### Cost per MAC against INT8 (same board, same array, LUT logic only)", "",
+        parts += ["### Cost per MAC against INT8 (same board, PE arrays in LUT logic)", "",
                   _md_table(["board", "measure", "unit", "INT8 LUT/MAC", "unit LUT/MAC",
                              "INT8 / unit"], ratios), ""]
     largest = largest_table(records)
@@ -363,37 +422,47 @@ def render_markdown(data: dict) -> str:
         for row in largest:
             fit = row["fit"]
             if fit is None:
-                rows.append([row["board"], row["unit"], row["dsp"], "-", "-", "-",
-                             f"built {row['built']}, no fit at {row['failed']}"])
+                rows.append([row["board"], row["unit"], row["dsp"], "-", "-",
+                             "too few builds fit" if row["failed"] else "-",
+                             f"fits: {[_shape(r) for r in row['built']]}; does not fit: "
+                             f"{[f'{a}x{b}' for a, b in row['failed']]}"])
                 continue
-            n = fit["n"]
-            state = {True: "verified by a build", False: "estimate (build failed)",
-                     None: "estimate"}[row["verified"].get(n)]
-            pe = fit["per_pe"]
-            rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}",
-                         str(n * n * row["macs_per_pe"]), fit["limit"],
-                         f"{state}; per PE {pe['LUT']:.0f} LUT, {pe['FF']:.0f} FF, "
-                         f"{pe['DSP']:.2f} DSP; fitted to {fit['basis']}"
-                         + (f", no fit at {row['failed']}" if row["failed"] else "")])
+            n, model = fit["n"], fit["model"]
+            state = {True: "verified by a build", False: "estimate; its build failed",
+                     None: "estimate"}[row["verified"]]
+            macs = n * n * macs_per_pe(row["built"][0])
+            rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}", f"{macs:.0f}",
+                         fit["limit"],
+                         f"{state}; per PE {model['LUT']['per_pe']:.0f} LUT "
+                         f"{model['FF']['per_pe']:.0f} FF {model['DSP']['per_pe']:.1f} DSP, "
+                         f"per column {model['LUT']['per_col']:.0f} LUT "
+                         f"{model['DSP']['per_col']:.1f} DSP; from {', '.join(fit['basis'])}"])
         parts += ["### Largest square array per board", "",
+                  "Estimated from the linear model `fixed + per_col*cols + per_pe*rows*cols` "
+                  f"fitted to the builds (LUTs within {LUT_FILL:.0%} of the device), unless "
+                  "marked as verified.", "",
                   _md_table(["board", "unit", "DSP", "largest", "MACs/cycle", "limited by",
                              "how"], rows), ""]
     points = sweep_points(records)
     if points:
-        rows = [[u, str(b), f"{c:.1f}", f"{r.unit_lut}", f"{r.fmax_mhz:.1f}"]
-                for u, pts in points.items() for b, c, r in pts]
-        parts += [f"### Cost per MAC against bits ({SWEEP_BOARD}, {SWEEP_SIZE}x{SWEEP_SIZE}, "
-                  "LUT logic only)", "",
-                  "INT: a = w = bits; log: bits of the weight code, int8 activations; XNOR: "
-                  "bits = activation planes = weight planes (a p-bit MAC takes p*p plane "
-                  "pairs).", "",
-                  _md_table(["unit", "bits", "LUT per MAC", "unit LUT", "Fmax MHz"], rows), "",
+        rows = [[u, str(b), f"{pe:.1f}", f"{mac:.2f}"]
+                for u, pts in points.items() for b, pe, mac in pts]
+        parts += [f"### Cost per MAC against bits ({SWEEP_BOARD}, PE arrays in LUT logic)", "",
+                  "Array cost only: the per-PE LUT slope between the "
+                  f"{' and '.join(f'{a}x{b}' for a, b in SWEEP_SIZES)} builds. INT: a = w = "
+                  "bits; log: bits of the weight code, int8 activations; XNOR: bits = "
+                  "activation planes = weight planes (a p-bit MAC takes p*p plane pairs).", "",
+                  _md_table(["unit", "bits", "LUT per PE", "LUT per MAC"], rows), "",
                   f"![LUT per MAC against bits]({PLOT_PATH.name})", ""]
     return "\n".join(parts).rstrip() + "\n"
 
 
+def _shape(r: FpgaResult) -> str:
+    return f"{r.params['rows']}x{r.params['cols']}"
+
+
 def plot_cost(data: dict, path: Path = PLOT_PATH) -> Path | None:
-    """PNG of LUTs per MAC (log scale) against bits, one line per unit."""
+    """PNG of the array's LUTs per MAC (log scale) against bits, one line per unit."""
     points = sweep_points(data["records"])
     if not points:
         return None
@@ -402,13 +471,13 @@ def plot_cost(data: dict, path: Path = PLOT_PATH) -> Path | None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 4))
     labels = {"int8": "INT (a = w bits)", "log": "log-shift (weight code bits, int8 act.)",
-              "xnor": "XNOR-popcount (planes)"}
+              "xnor": "XNOR-popcount (a = w planes)"}
     for unit, pts in points.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=labels[unit])
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=labels[unit])
     ax.set_yscale("log")
     ax.set_xlabel("bits")
-    ax.set_ylabel("LUTs per MAC")
-    ax.set_title(f"{SWEEP_BOARD}, {SWEEP_SIZE}x{SWEEP_SIZE} array, LUT logic only")
+    ax.set_ylabel("LUTs per MAC (array, per-PE slope)")
+    ax.set_title(f"{SWEEP_BOARD}, PE array in LUT logic")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -440,43 +509,37 @@ def hardware_table(results_path: Path = RESULTS_PATH) -> str:
     """The hardware section for ``lowbit report`` (docs/results.md), from bench/fpga.json.
 
     Builds nothing: regenerate the numbers with ``lowbit bench fpga``. Returns Markdown
-    starting with a ``## Hardware cost (FPGA)`` heading.
+    starting with a ``## Hardware cost (FPGA)`` heading; its plot link is relative to docs/.
     """
     data = load_results(results_path)
     if not data["records"]:
-        return ("## Hardware cost (FPGA)\n\nNo FPGA results yet: run `lowbit bench fpga`.\n")
-    body = render_markdown(data).replace("### ", "### ").replace(
-        f"]({PLOT_PATH.name})", f"]({PLOT_PATH.name})")
-    return "## Hardware cost (FPGA)\n\n" + body
+        return "## Hardware cost (FPGA)\n\nNo FPGA results yet: run `lowbit bench fpga`.\n"
+    return "## Hardware cost (FPGA)\n\n" + render_markdown(data)
 
 
 # ---------------------------------------------------------------------------------------------
 # Largest array: verification builds
 
 
-def verify_largest(data: dict, *, results_path: Path, build_root: str, jobs: int,
+def verify_largest(data: dict, *, results_path: Path, build_root: str,
                    timeout: float | None, boards) -> dict:
-    """Build each estimated largest array (and, if it fits, one size larger) to confirm it.
+    """Build each estimated largest square array to confirm that it fits.
 
-    Steps down from the estimate while the build does not fit; every build is recorded with
-    ``purpose = "largest"``.
+    Steps down from the estimate while the build does not fit (recording each build), so the
+    table then shows a verified size.
     """
     records = data["records"]
     for row in largest_table(records):
         if row["board"] not in boards or row["fit"] is None:
             continue
         n = row["fit"]["n"]
-        base = BASE_PARAMS[row["unit"]]
         while n >= 1:
-            config = _config(row["board"], row["unit"], n, base, row["dsp"])
-            if config.key not in records or records[config.key].get("fits") is None:
+            config = _config(row["board"], row["unit"], (n, n), BASE_PARAMS[row["unit"]],
+                             row["dsp"])
+            if records.get(config.key, {}).get("fits") is None:
                 print(f"verifying {config.key} ...", file=sys.stderr, flush=True)
-                record = _build_one(config, build_root, timeout)
-                record["purpose"] = "largest"
-                records[config.key] = record
+                records[config.key] = _build_one(config, build_root, timeout)
                 _write_json_atomic(Path(results_path), data)
-            else:
-                records[config.key].setdefault("purpose", "largest")
             if records[config.key].get("fits"):
                 break
             n -= 1
@@ -527,7 +590,7 @@ def _bench_command(args) -> int:
                          jobs=args.jobs, reuse=not args.rebuild, timeout=args.timeout)
         if args.verify_largest:
             data = verify_largest(data, results_path=results, build_root=args.build_root,
-                                  jobs=args.jobs, timeout=args.timeout, boards=args.boards)
+                                  timeout=args.timeout, boards=args.boards)
     markdown = render_markdown(data)
     plot = plot_cost(data, Path(args.plot))
     update_docs(markdown, Path(args.docs))

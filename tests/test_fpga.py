@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,8 +15,10 @@ from lowbit import LowbitError
 from lowbit.cli import main
 from lowbit.hw import fpga
 from lowbit.hw.fpga import BOARDS, ScanWrapper, parse_overflow, parse_report
+from lowbit.hw.fpga import FpgaResult
 from lowbit.hw.fpga_bench import (
-    Config, _config, default_configs, fit_largest, hardware_table, render_markdown,
+    BASE_PARAMS, Config, _config, default_configs, fit_array_model, fit_largest,
+    hardware_table, render_markdown,
 )
 from lowbit.hw.matmul import make_unit
 
@@ -44,7 +47,7 @@ def run_cli(capsys, *argv):
     (["--board", "icebreaker", "--unit", "xnor", "--lanes", "0"],
      "--lanes must be an integer in 1..256, not 0"),
     (["--board", "icebreaker", "--unit", "int8", "--dsp", "maybe"],
-     "--dsp must be auto or off, not 'maybe'"),
+     "--dsp must be one of auto, requant, off, not 'maybe'"),
     (["--board", "icebreaker", "--unit", "int8", "--timeout", "0"],
      "--timeout must be a positive number of seconds, not 0.0"),
 ])
@@ -170,51 +173,57 @@ def test_parse_overflow_from_nextpnr_log():
 
 # --- bench analysis (no builds) ---------------------------------------------------------------
 
-def _fake_record(board, unit, n, lut, ff, dsp=0, lanes=1, dsp_mode="off", params=None):
-    params = params if params is not None else {"int8": {}, "log": {"bits": 4},
-                                                "xnor": {"lanes": 32}}[unit]
-    cfg = _config(board, unit, n, params, dsp_mode)
-    avail = BOARDS[board]
-    unit_obj = make_unit(unit, rows=n, cols=n, **params)
+def _fake_record(board, unit, rows, cols, lut, ff, dsp=0, dsp_mode="requant", params=None,
+                 wrapper_lut=0):
+    params = params if params is not None else BASE_PARAMS[unit]
+    cfg = _config(board, unit, (rows, cols), params, dsp_mode)
+    unit_obj = make_unit(unit, rows=rows, cols=cols, **params)
     unit_obj._MustUse__silence = True
     result = {"board": board, "unit": unit, "params": unit_obj.params,
               "lut": lut, "lut_available": 83640, "ff": ff, "ff_available": 83640,
               "dsp": dsp, "dsp_available": 156, "bram": 0, "bram_available": 208,
-              "fmax_mhz": 80.0, "wrapper_lut": 0, "wrapper_ff": 0,
-              "macs_per_cycle": n * n * lanes, "seconds": {}, "build_dir": "",
-              "dsp_mode": dsp_mode}
-    assert avail
-    return cfg.key, {"key": cfg.key, "config": {"board": board, "unit": unit, "size": n,
-                                                 "params": [list(p) for p in cfg.params],
-                                                 "dsp": dsp_mode},
-                     "fits": True, "result": result}
+              "fmax_mhz": 80.0, "wrapper_lut": wrapper_lut, "wrapper_ff": 0,
+              "macs_per_cycle": rows * cols * unit_obj.params.get("lanes", 1), "seconds": {},
+              "build_dir": "", "dsp_mode": dsp_mode}
+    config = dataclasses.asdict(cfg)
+    config["params"] = [list(p) for p in cfg.params]
+    return cfg.key, {"key": cfg.key, "config": config, "fits": True, "result": result}
 
 
-def test_fit_largest_solves_the_quadratic_model():
-    from lowbit.hw.fpga import FpgaResult
-    # LUT = 500 + 100 n + 200 n^2: 0.9 * 83640 = 75276 -> n = 19 (75,600 > 75,276 at n = 19?)
-    recs = dict(_fake_record("ulx3s-85f", "log", n, 500 + 100 * n + 200 * n * n, 10 * n * n)
-                for n in (2, 4, 8))
+def _model_lut(rows, cols):
+    return 500 + 300 * cols + 200 * rows * cols    # fixed, per column, per PE
+
+
+def test_fit_array_model_and_largest_square():
+    recs = dict(_fake_record("ulx3s-85f", "log", r, c, _model_lut(r, c) + 10, 7 * r * c,
+                             wrapper_lut=10)
+                for r, c in ((1, 2), (4, 2), (4, 4)))
     results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
+    model = fit_array_model(results)
+    assert model["LUT"] == pytest.approx({"fixed": 500, "per_col": 300, "per_pe": 200})
+    assert model["FF"]["per_pe"] == pytest.approx(7)
     fit = fit_largest(results)
     n = fit["n"]
-    assert 500 + 100 * n + 200 * n * n <= 0.9 * 83640 < 500 + 100 * (n + 1) + 200 * (n + 1) ** 2
-    assert fit["limit"] == "LUT" and fit["per_pe"]["LUT"] == pytest.approx(200)
-    # A size that was built and did not fit caps the estimate.
-    assert fit_largest(results, not_fit=[10])["n"] == 9
+    cap = 0.9 * 83640 - 10
+    assert _model_lut(n, n) <= cap < _model_lut(n + 1, n + 1)
+    assert fit["limit"] == "LUT"
+    # A square built and found not to fit caps the estimate; one that fits sets a floor.
+    assert fit_largest(results, failed=[(12, 12)])["n"] == 11
+    assert fit_largest(results[:2]) is not None        # two shapes: no fixed term
+    assert fit_array_model(results[:1]) is None
 
 
 def test_render_markdown_compares_units_on_the_same_board(tmp_path):
     records = dict([
-        _fake_record("ulx3s-85f", "int8", 4, 4000, 900),
-        _fake_record("ulx3s-85f", "log", 4, 2000, 900),
-        _fake_record("ulx3s-85f", "xnor", 4, 4096, 900, lanes=32),
+        _fake_record("ulx3s-85f", "int8", 4, 4, 4000, 900),
+        _fake_record("ulx3s-85f", "log", 4, 4, 2000, 900),
+        _fake_record("ulx3s-85f", "xnor", 4, 4, 4096, 900),
     ])
     md = render_markdown({"records": records})
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("| ulx3s-85f | 4x4 whole unit")]
-    assert rows == [["ulx3s-85f", "4x4 whole unit", "log", "250.0", "125.00 per MAC", "2.0x"],
-                    ["ulx3s-85f", "4x4 whole unit", "xnor", "250.0", "8.00 per 1-bit MAC",
+            if line.startswith("| ulx3s-85f | whole unit 4x4")]
+    assert rows == [["ulx3s-85f", "whole unit 4x4", "log", "250.0", "125.00 per MAC", "2.0x"],
+                    ["ulx3s-85f", "whole unit 4x4", "xnor", "250.0", "8.00 per 1-bit MAC",
                      "31.2x"]]
     path = tmp_path / "fpga.json"
     path.write_text(json.dumps({"records": records}))
@@ -228,8 +237,8 @@ def test_default_configs_cover_every_unit_on_every_board():
     for board in BOARDS:
         for unit in ("int8", "log", "xnor"):
             assert any(c.board == board and c.unit == unit for c in configs)
-    assert Config("icebreaker", "log", 2, (("bits", 4),)).unit_params() == \
-        {"rows": 2, "cols": 2, "bits": 4}
+    assert Config("icebreaker", "log", 2, 1, (("bits", 4),)).unit_params() == \
+        {"rows": 2, "cols": 1, "bits": 4}
 
 
 # --- one real build ---------------------------------------------------------------------------
@@ -238,7 +247,7 @@ def test_real_build_icebreaker(capsys, tmp_path):
     """A 1x1 log unit (1-bit codes) through Yosys + nextpnr-ice40; report.json parsed."""
     build = tmp_path / "build"
     status, out, err = run_cli(capsys, "fpga", "--board", "icebreaker", "--unit", "log",
-                               "--rows", "1", "--cols", "1", "--bits", "1", "--dsp", "off",
+                               "--rows", "1", "--cols", "1", "--bits", "1", "--dsp", "requant",
                                "-o", str(build), "--json")
     assert status == 0, err
     result = json.loads(out)
@@ -248,7 +257,7 @@ def test_real_build_icebreaker(capsys, tmp_path):
     assert result["lut"] == expected_lut > result["wrapper_lut"] > 0
     assert result["lut_available"] == 5280
     assert result["ff"] >= result["wrapper_ff"] > 0
-    assert result["dsp"] == 0
+    assert result["dsp"] == report["utilization"]["ICESTORM_DSP"]["used"] > 0  # requant
     assert result["fmax_mhz"] == round(min(v["achieved"] for v in report["fmax"].values()), 2)
     assert result["macs_per_cycle"] == 1
     assert os.path.exists(build / "top.bin")
