@@ -64,6 +64,12 @@ def register_bench(subparsers) -> None:
     register_fpga_bench(subparsers)
 
 
+def report_section(docs_dir) -> str:
+    """The FPGA cost tables for ``lowbit report`` (docs/results.md), from bench/fpga.json."""
+    from .fpga_bench import report_section as fpga_report_section
+    return fpga_report_section(docs_dir)
+
+
 def unit_params(args) -> tuple[str, dict]:
     """Validate the CLI flags of ``lowbit hw verilog`` into ``(unit, params)``.
 

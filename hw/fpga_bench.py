@@ -26,7 +26,7 @@ from lowbit import LowbitError
 from .fpga import BOARDS, FpgaDoesNotFit, FpgaResult, format_table, table_row
 
 __all__ = ["Config", "default_configs", "run_bench", "fit_array_model", "fit_largest",
-           "hardware_table",
+           "hardware_table", "report_section",
            "render_markdown", "plot_cost", "update_docs", "register_bench"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -505,16 +505,25 @@ def update_docs(markdown: str, path: Path = DOCS_PATH) -> None:
     os.replace(tmp, path)
 
 
-def hardware_table(results_path: Path = RESULTS_PATH) -> str:
+def hardware_table(results_path: Path = RESULTS_PATH, plot_link: str = PLOT_PATH.name) -> str:
     """The hardware section for ``lowbit report`` (docs/results.md), from bench/fpga.json.
 
     Builds nothing: regenerate the numbers with ``lowbit bench fpga``. Returns Markdown
-    starting with a ``## Hardware cost (FPGA)`` heading; its plot link is relative to docs/.
+    starting with a ``## Hardware cost (FPGA)`` heading; the plot is linked as ``plot_link``
+    (default: docs/fpga_cost.png seen from docs/).
     """
     data = load_results(results_path)
     if not data["records"]:
         return "## Hardware cost (FPGA)\n\nNo FPGA results yet: run `lowbit bench fpga`.\n"
-    return "## Hardware cost (FPGA)\n\n" + render_markdown(data)
+    text = render_markdown(data).replace(f"]({PLOT_PATH.name})", f"]({plot_link})")
+    return ("## Hardware cost (FPGA)\n\nThe full tables, the method and the tool flow are in "
+            "[fpga.md](fpga.md).\n\n" + text)
+
+
+def report_section(docs_dir) -> str:
+    """``hardware_table()`` with the plot linked relative to ``docs_dir`` (for lowbit report)."""
+    link = os.path.relpath(PLOT_PATH, Path(docs_dir).resolve())
+    return hardware_table(RESULTS_PATH, plot_link=Path(link).as_posix())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -261,3 +261,22 @@ def test_real_build_icebreaker(capsys, tmp_path):
     assert result["fmax_mhz"] == round(min(v["achieved"] for v in report["fmax"].values()), 2)
     assert result["macs_per_cycle"] == 1
     assert os.path.exists(build / "top.bin")
+
+
+def test_report_section_for_lowbit_report(tmp_path, monkeypatch):
+    """lowbit report calls lowbit.hw.cli.report_section(docs_dir) (sw/quant/report.py)."""
+    from lowbit.hw import cli as hw_cli
+    from lowbit.hw import fpga_bench
+    records = dict(_fake_record("ulx3s-85f", "log", r, c, 1000 * r * c, 100 * r * c,
+                                params={"bits": b})
+                   for b in (1, 2, 4) for r, c in fpga_bench.SWEEP_SIZES)
+    path = tmp_path / "fpga.json"
+    path.write_text(json.dumps({"records": records}))
+    monkeypatch.setattr(fpga_bench, "RESULTS_PATH", path)
+    text = hw_cli.report_section(fpga_bench.DOCS_PATH.parent)
+    assert text.startswith("## Hardware cost (FPGA)\n")
+    assert "](fpga_cost.png)" in text
+    elsewhere = tmp_path / "out"
+    elsewhere.mkdir()
+    link = os.path.relpath(fpga_bench.PLOT_PATH, elsewhere)
+    assert f"]({link})" in hw_cli.report_section(elsewhere)
