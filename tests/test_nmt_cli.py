@@ -56,14 +56,15 @@ def test_eval_prints_signature_then_score_line(capsys):
 
 
 def test_demo_and_bench(capsys):
-    status, out, _ = run(["demo", "--limit", "20"], capsys)
+    status, out, _ = run(["demo", "--limit", "20", "--beam", "2"], capsys)
     assert status == 0
-    assert "EN: Two dogs are playing in the snow." in out and "DE: " in out
+    assert "EN: A dog is running through the snow." in out and "DE: " in out
     assert out.rstrip().split("\n")[-1].startswith("BLEU = ")
     status, out, _ = run(["bench", "decode", "--sentences", "6", "--beams", "1,3", "--devices", "cpu"], capsys)
     assert status == 0
     rows = [line.split() for line in out.strip().split("\n")[-2:]]
-    assert rows[0][:3] == ["cpu", "greedy", "6"] and rows[1][:4] == ["cpu", "beam", "3", "6"]
+    assert rows[0][:5] == ["cpu", "1", "thread(s)", "greedy", "6"]
+    assert rows[1][:6] == ["cpu", "1", "thread(s)", "beam", "3", "6"]
 
 
 def test_export_hf_cli(capsys, tmp_path):
