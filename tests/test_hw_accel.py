@@ -326,14 +326,20 @@ async def send_tiles(ctx, accel, tiles):
             await send(ctx, accel.x, payload)
 
 
-def collector(accel, want: int, out: list):
+def collector(accel, want: int, out: list, stall_limit: int = 2000):
+    """Testbench taking ``want`` y beats into ``out``; fails fast on a deadlock."""
     async def collect(ctx):
         ctx.set(accel.y.ready, 1)
+        idle = 0
         while len(out) < want:
             _, _, valid, payload = await ctx.tick().sample(accel.y.valid,
                                                            accel.y.payload.as_value())
             if valid:
                 out.append(int(payload))
+                idle = 0
+            else:
+                idle += 1
+                assert idle < stall_limit, f"no y beat for {stall_limit} cycles (deadlock?)"
     return collect
 
 
@@ -357,6 +363,7 @@ def test_soft_reset_discards_a_half_sent_tile(soft_reset):
         await master.write(ctx, "CTRL", bits("CTRL", "IRQ_EN"))
         if soft_reset:          # (without the reset, this cfg beat would wait forever)
             await send(ctx, accel.cfg, junk.tiles[0].cfg)
+            seen["cfg_only"] = await master.read(ctx, "STATUS")   # a cfg beat alone is work
         for payload in junk.tiles[0].x[:5]:              # half a tile, no `last`
             await send(ctx, accel.x, payload)
         seen["before"] = await master.read(ctx, "STATUS")
@@ -372,6 +379,7 @@ def test_soft_reset_discards_a_half_sent_tile(soft_reset):
     same = np.array_equal(proto.assemble(plan, y), proto.expected(*args, **kwargs))
     if soft_reset:
         assert same
+        assert seen["cfg_only"] == bits("STATUS", "BUSY", "X_OPEN")
         assert seen["before"] == bits("STATUS", "BUSY", "IN_TILE", "X_OPEN")
         assert seen["during"] == bits("STATUS", "BUSY", "IN_TILE")   # streams closed
         assert seen["STATUS"] == bits("STATUS", "X_OPEN")
@@ -451,10 +459,19 @@ def test_job_gate_lets_exactly_job_tiles_through():
     assert len(plan.tiles) == 3
     y, seen, go = [], {}, []
 
-    async def host(ctx):
+    # cfg and x from two processes (as a DMA engine would): the gate must hold back each.
+    async def send_cfg(ctx):
         while not go:
             await ctx.tick()
-        await send_tiles(ctx, accel, plan.tiles)
+        for tile in plan.tiles:
+            await send(ctx, accel.cfg, tile.cfg)
+
+    async def send_x(ctx):
+        while not go:
+            await ctx.tick()
+        for tile in plan.tiles:
+            for payload in tile.x:
+                await send(ctx, accel.x, payload)
 
     async def registers(ctx):
         master = Master(accel)
@@ -464,7 +481,7 @@ def test_job_gate_lets_exactly_job_tiles_through():
         go.append(1)
         await master.idle(ctx, 10)
         seen["closed"] = [await master.read(ctx, n) for n in ("STATUS", "CFG_BEATS",
-                                                                "X_STALLS")]
+                                                                "X_BEATS", "X_STALLS")]
         await master.write(ctx, "CTRL", bits("CTRL", "JOB_GATE", "START") | bits(
             "IRQ_PENDING", "JOB_DONE") << 8)
         seen["irq_before"] = ctx.get(accel.irq)
@@ -472,7 +489,7 @@ def test_job_gate_lets_exactly_job_tiles_through():
         seen["irq_after"] = ctx.get(accel.irq)
         await master.idle(ctx, 20)                 # tile 3 waits at the closed gate
         seen["first"] = {n: await master.read(ctx, n) for n in (
-            "STATUS", "JOB_DONE_TILES", "TILES_DONE", "CFG_BEATS", "ERRORS")}
+            "STATUS", "JOB_DONE_TILES", "TILES_DONE", "CFG_BEATS", "X_BEATS", "ERRORS")}
         await master.write(ctx, "IRQ_PENDING", 0xFFFFFFFF)
         await master.write(ctx, "JOB_TILES", 1)
         await master.write(ctx, "CTRL", bits("CTRL", "JOB_GATE", "START"))
@@ -480,15 +497,16 @@ def test_job_gate_lets_exactly_job_tiles_through():
         seen["second"] = {n: await master.read(ctx, n) for n in (
             "JOB_DONE_TILES", "TILES_DONE", "ERRORS")}
 
-    run_sim(accel, host, registers, collector(accel, plan.y_beats, y))
+    run_sim(accel, send_cfg, send_x, registers, collector(accel, plan.y_beats, y))
     assert np.array_equal(proto.assemble(plan, y), proto.expected(*args, **kwargs))
-    status, cfg_beats, x_stalls = seen["closed"]
-    assert status == 0 and cfg_beats == 0          # not busy, gate closed, nothing accepted
-    assert x_stalls == 0                            # the host offers cfg first, x not yet
+    status, cfg_beats, x_beats, x_stalls = seen["closed"]
+    assert status == 0 and cfg_beats == x_beats == 0    # not busy, gate closed, nothing taken
+    assert x_stalls >= 10                               # x offered since `go`, held back
     assert seen["irq_before"] == 0 and seen["irq_after"] == 1
     # tile 3's cfg beat waits at the closed gate: nothing in flight, x closed, irq pending
-    assert seen["first"] == {"STATUS": bits("STATUS", "IRQ"), "JOB_DONE_TILES": 2, "TILES_DONE": 2,
-                             "CFG_BEATS": 2, "ERRORS": 0}
+    assert seen["first"] == {"STATUS": bits("STATUS", "IRQ"), "JOB_DONE_TILES": 2,
+                             "TILES_DONE": 2, "CFG_BEATS": 2,
+                             "X_BEATS": len(plan.tiles[0].x) * 2, "ERRORS": 0}
     assert seen["second"] == {"JOB_DONE_TILES": 1, "TILES_DONE": 3, "ERRORS": 0}
 
 
@@ -613,6 +631,7 @@ def test_withdrawn_valid_is_a_protocol_error(stream):
         port = getattr(accel, stream)
         ctx.set(port.valid, 1)
         await master.idle(ctx, 3)
+        seen.append(await master.read(ctx, "X_STALLS"))            # edges 2..4 when x waits
         seen.append(await master.read(ctx, "ERRORS"))              # waiting is fine
         ctx.set(port.valid, 0)                                     # ... withdrawing is not
         await master.idle(ctx)
@@ -620,7 +639,7 @@ def test_withdrawn_valid_is_a_protocol_error(stream):
 
     run_sim(accel, tb)
     name = "X_WITHDRAWN" if stream == "x" else "CFG_WITHDRAWN"
-    assert seen == [0, bits("ERRORS", name)]
+    assert seen == [3 if stream == "x" else 0, 0, bits("ERRORS", name)]
 
 
 # ---------------------------------------------------------------------------------------------
