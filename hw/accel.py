@@ -391,7 +391,7 @@ class Accelerator(wiring.Component):
 
     # ---------------------------------------------------------------------------------------
 
-    def _bad_beat(self, m, beat):
+    def _bad_beat(self, beat):
         """1 when the beat is one the golden kernel rejects (see ERRORS.BAD_BEAT)."""
         u = self.matmul
         if self.kind == "xnor":
@@ -512,7 +512,7 @@ class Accelerator(wiring.Component):
         error_events = Signal(len(REG["ERRORS"].fields))
         m.d.comb += error_events.eq(Cat(
             do_x & k_over,
-            do_x & self._bad_beat(m, self.x.payload),
+            do_x & self._bad_beat(self.x.payload),
             x_waiting & ~self.x.valid,
             cfg_waiting & ~self.cfg.valid,
             start & job_active,
