@@ -27,6 +27,7 @@ import time
 from typing import Callable
 
 from amaranth.hdl import Cat, Elaboratable, Module, Signal, Value
+from amaranth.lib import io
 from amaranth.lib.wiring import In
 
 from lowbit import LowbitError
@@ -178,8 +179,11 @@ class ScanWrapper(Elaboratable):
         m.submodules.unit = self.unit
         if platform is not None:
             # Both boards have a button 0 and an LED 0: one input pin, one output pin.
-            m.d.comb += [self.scan_in.eq(platform.request("button", 0).i),
-                         platform.request("led", 0).o.eq(self.scan_out)]
+            m.submodules.scan_in_buffer = pin_in = io.Buffer(
+                "i", platform.request("button", 0, dir="-"))
+            m.submodules.scan_out_buffer = pin_out = io.Buffer(
+                "o", platform.request("led", 0, dir="-"))
+            m.d.comb += [self.scan_in.eq(pin_in.i), pin_out.o.eq(self.scan_out)]
         chain = Signal(max(self.in_bits, 1), name="scan_chain")
         m.d.sync += chain.eq(Cat(self.scan_in, chain[:-1]))
         offset = 0
