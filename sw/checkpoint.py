@@ -61,6 +61,15 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
     raise LowbitError(f"model {spec!r} is neither a shipped model ({names}) nor a directory")
 
 
+def _publish(tmp: Path, path: Path) -> None:
+    """Move a finished temporary file into place, readable like any file the user creates
+    (safetensors writes owner-only files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
@@ -85,7 +94,7 @@ def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: str | o
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / "model.safetensors.tmp"
     save_file(state_dict_for_saving(model, dtype), str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, directory / "model.safetensors")
+    _publish(tmp, directory / "model.safetensors")
     _atomic_write_text(directory / "config.json", model.config.to_json())
     tokenizer.save(directory)
     if meta is not None:

@@ -19,7 +19,7 @@ import torch
 
 from lowbit import LowbitError
 
-from .checkpoint import save_checkpoint, state_dict_for_saving
+from .checkpoint import _publish, save_checkpoint, state_dict_for_saving
 from .model import ACTIVATIONS, Transformer, TransformerConfig
 from .tokenizer import EOS, PAD, UNK, Tokenizer
 
@@ -170,7 +170,7 @@ def export_hf(model: Transformer, tokenizer: Tokenizer, out: Path) -> Path:
             state[key] = shared.clone()
     tmp = out / "model.safetensors.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, out / "model.safetensors")
+    _publish(tmp, out / "model.safetensors")
     files = {"config.json": hf,
              "generation_config.json": {"decoder_start_token_id": hf["decoder_start_token_id"],
                                         "eos_token_id": hf["eos_token_id"], "pad_token_id": hf["pad_token_id"],
