@@ -354,9 +354,10 @@ def parse_overflow(log_text: str) -> dict:
 # carry-chain adders; `alumacc` then takes the multipliers too small for `booth` (below 4x4) so
 # that no selected multiplier is left for the DSP mapper.
 _PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth {sel}; alumacc {sel}"
-# The PE multipliers (INT a*w, XNOR dot*alpha) have operands of at most 16 bits; the per-column
-# requantization multiply t*mult has the accumulator (17..47 bits at the default max_k) as one.
-_PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=16 %i r:B_WIDTH<=16 %i"
+# The PE multipliers (INT a*w: 8 x 8 bits; XNOR dot*alpha: the 16-bit alpha becomes a 17-bit
+# signed operand) have operands of at most 17 bits; the per-column requantization multiply
+# t*mult has the accumulator (20..47 bits at the default max_k) as one operand.
+_PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=17 %i r:B_WIDTH<=17 %i"
 DSP_MODES = ("auto", "requant", "off")
 
 
