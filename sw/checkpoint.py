@@ -24,6 +24,7 @@ import torch
 
 from lowbit import LowbitError
 
+from .data import write_text_atomic
 from .model import Transformer, TransformerConfig
 from .tokenizer import Tokenizer
 
@@ -70,12 +71,6 @@ def _publish(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def state_dict_for_saving(model: Transformer, dtype: torch.dtype = torch.float32) -> dict:
     """The model's persistent tensors, contiguous, in ``dtype`` (a tied lm_head is left out)."""
     state = model.state_dict()
@@ -95,10 +90,10 @@ def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: str | o
     tmp = directory / "model.safetensors.tmp"
     save_file(state_dict_for_saving(model, dtype), str(tmp), metadata={"format": "pt"})
     _publish(tmp, directory / "model.safetensors")
-    _atomic_write_text(directory / "config.json", model.config.to_json())
+    write_text_atomic(directory / "config.json", model.config.to_json())
     tokenizer.save(directory)
     if meta is not None:
-        _atomic_write_text(directory / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_text_atomic(directory / "meta.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return directory
 
 

@@ -192,7 +192,7 @@ def _cmd_translate(args):
 
 def _cmd_eval(args):
     from .checkpoint import load_model
-    from .data import read_parallel, resolve_data_dir
+    from .data import read_parallel, resolve_data_dir, write_text_atomic
     from .decode import corpus_bleu, translate
 
     _set_threads(args.threads)
@@ -204,12 +204,7 @@ def _cmd_eval(args):
     hyps = translate(model, tokenizer, src, opts, progress=True)
     seconds = time.time() - t0
     if args.output:
-        import os
-
-        tmp = args.output + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(h + "\n" for h in hyps)
-        os.replace(tmp, args.output)
+        write_text_atomic(Path(args.output), "".join(h + "\n" for h in hyps))
     score, signature = corpus_bleu(hyps, ref)
     print(f"model: {meta['path']}  split: {args.split} ({len(src)} sentences)  beam: {opts.beam}  "
           f"time: {seconds:.1f} s ({len(src) / max(seconds, 1e-9):.1f} sentences/s)")

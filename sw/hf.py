@@ -19,6 +19,7 @@ import torch
 
 from lowbit import LowbitError
 
+from .data import write_text_atomic
 from .checkpoint import _publish, save_checkpoint, state_dict_for_saving
 from .model import ACTIVATIONS, Transformer, TransformerConfig
 from .tokenizer import EOS, PAD, UNK, Tokenizer
@@ -182,9 +183,7 @@ def export_hf(model: Transformer, tokenizer: Tokenizer, out: Path) -> Path:
                                        "pad_token": PAD,
                                        "model_max_length": model.config.max_position_embeddings}}
     for name, data in files.items():
-        tmp = out / (name + ".tmp")
-        tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, out / name)
+        write_text_atomic(out / name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     for side, name in (("source", "source.spm"), ("target", "target.spm")):
         tmp = out / (name + ".tmp")
         shutil.copyfile(tokenizer.files[side], tmp)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from lowbit import LowbitError
 
+from .data import write_text_atomic
+
 PAD, UNK, EOS = "<pad>", "<unk>", "</s>"
 
 
@@ -107,7 +109,7 @@ class Tokenizer:
         else:
             _copy_atomic(self.files["source"], directory / "source.spm", shutil)
             _copy_atomic(self.files["target"], directory / "target.spm", shutil)
-            _write_atomic(directory / "vocab.json", json.dumps(self.vocab, ensure_ascii=False, indent=1))
+            write_text_atomic(directory / "vocab.json", json.dumps(self.vocab, ensure_ascii=False, indent=1))
 
     @classmethod
     def from_dir(cls, directory: Path) -> "Tokenizer":
@@ -124,12 +126,6 @@ class Tokenizer:
             return cls(directory / "source.spm", target if target.is_file() else None, vocab)
         raise LowbitError(f"no tokenizer in {directory}: expected spm.model, or source.spm + "
                           f"target.spm + vocab.json")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _copy_atomic(src: Path, dst: Path, shutil) -> None:

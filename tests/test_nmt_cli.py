@@ -47,9 +47,11 @@ def test_translate_beam_and_no_trailing_newline(capsys, monkeypatch):
     assert status == 0 and out.count("\n") == 1 and out.strip()
 
 
-def test_eval_prints_signature_then_score_line(capsys):
-    status, out, _ = run(["eval", "--split", "val", "--limit", "12", "--beam", "2", "--device", "cpu"], capsys)
+def test_eval_prints_signature_then_score_line(capsys, tmp_path):
+    status, out, _ = run(["eval", "--split", "val", "--limit", "12", "--beam", "2", "--device", "cpu",
+                          "--output", str(tmp_path / "hyp.de")], capsys)
     assert status == 0
+    assert len((tmp_path / "hyp.de").read_text(encoding="utf-8").splitlines()) == 12
     last, before = out.rstrip("\n").split("\n")[-1], out.rstrip("\n").split("\n")[-2]
     assert last.startswith("BLEU = ") and float(last.split()[2]) > 10
     assert before.startswith("sacreBLEU signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
