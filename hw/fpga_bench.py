@@ -307,8 +307,19 @@ def largest_table(records: dict) -> list[dict]:
                 fit = fit_largest(built, failed) if built else None
                 state = None
                 if fit is not None:
-                    key = _config(board, unit, (fit["n"], fit["n"]), BASE_PARAMS[unit], dsp).key
-                    state = records.get(key, {}).get("fits")
+                    def built_fits(n):
+                        key = _config(board, unit, (n, n), BASE_PARAMS[unit], dsp).key
+                        return records.get(key, {}).get("fits")
+                    state = built_fits(fit["n"])
+                    if state and (fit["n"] == 64 or built_fits(fit["n"] + 1) is False):
+                        state = "verified"
+                        above = _config(board, unit, (fit["n"] + 1,) * 2, BASE_PARAMS[unit],
+                                        dsp).key
+                        over = records.get(above, {}).get("overflow")
+                        if over:    # what the next size up ran out of, from nextpnr
+                            fit = dict(fit, limit=", ".join(
+                                f"{bel} {used}/{avail} at {fit['n'] + 1}x{fit['n'] + 1}"
+                                for bel, (used, avail) in over.items()))
                 rows.append({"board": board, "unit": unit, "dsp": dsp, "fit": fit,
                              "built": built, "failed": failed, "verified": state})
     return rows
@@ -428,8 +439,11 @@ def render_markdown(data: dict) -> str:
                              f"{[f'{a}x{b}' for a, b in row['failed']]}"])
                 continue
             n, model = fit["n"], fit["model"]
-            state = {True: "verified by a build", False: "estimate; its build failed",
-                     None: "estimate"}[row["verified"]]
+            state = {"verified": f"verified: {n}x{n} fits, "
+                                 + ("the largest allowed" if n == 64
+                                    else f"{n + 1}x{n + 1} does not"),
+                     True: f"{n}x{n} built and fits; larger estimated",
+                     False: "estimate; its build failed", None: "estimate"}[row["verified"]]
             macs = n * n * macs_per_pe(row["built"][0])
             rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}", f"{macs:.0f}",
                          fit["limit"],
@@ -532,26 +546,35 @@ def report_section(docs_dir) -> str:
 
 def verify_largest(data: dict, *, results_path: Path, build_root: str,
                    timeout: float | None, boards) -> dict:
-    """Build each estimated largest square array to confirm that it fits.
+    """Confirm each estimated largest square array by building it and its neighbour.
 
-    Steps down from the estimate while the build does not fit (recording each build), so the
-    table then shows a verified size.
+    From the estimate ``n``: if ``n x n`` fits, build ``n+1`` (and upward while those fit);
+    if it does not, step down until a size fits. Every build is recorded, so the table then
+    shows the largest size that fits next to the smallest that does not.
     """
     records = data["records"]
+
+    def fits(row, n) -> bool:
+        config = _config(row["board"], row["unit"], (n, n), BASE_PARAMS[row["unit"]],
+                         row["dsp"])
+        if records.get(config.key, {}).get("fits") is None:
+            print(f"verifying {config.key} ...", file=sys.stderr, flush=True)
+            records[config.key] = _build_one(config, build_root, timeout)
+            _write_json_atomic(Path(results_path), data)
+            print(f"  {'fits' if records[config.key]['fits'] else 'does not fit'} "
+                  f"({records[config.key]['seconds']:.0f} s)", file=sys.stderr, flush=True)
+        return bool(records[config.key].get("fits"))
+
     for row in largest_table(records):
         if row["board"] not in boards or row["fit"] is None:
             continue
         n = row["fit"]["n"]
-        while n >= 1:
-            config = _config(row["board"], row["unit"], (n, n), BASE_PARAMS[row["unit"]],
-                             row["dsp"])
-            if records.get(config.key, {}).get("fits") is None:
-                print(f"verifying {config.key} ...", file=sys.stderr, flush=True)
-                records[config.key] = _build_one(config, build_root, timeout)
-                _write_json_atomic(Path(results_path), data)
-            if records[config.key].get("fits"):
-                break
-            n -= 1
+        if fits(row, n):
+            while n < 64 and fits(row, n + 1):
+                n += 1
+        else:
+            while n > 1 and not fits(row, n - 1):
+                n -= 1
     return data
 
 

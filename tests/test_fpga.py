@@ -179,9 +179,10 @@ def _fake_record(board, unit, rows, cols, lut, ff, dsp=0, dsp_mode="requant", pa
     cfg = _config(board, unit, (rows, cols), params, dsp_mode)
     unit_obj = make_unit(unit, rows=rows, cols=cols, **params)
     unit_obj._MustUse__silence = True
+    lut_avail, dsp_avail = (83640, 156) if board == "ulx3s-85f" else (5280, 8)
     result = {"board": board, "unit": unit, "params": unit_obj.params,
-              "lut": lut, "lut_available": 83640, "ff": ff, "ff_available": 83640,
-              "dsp": dsp, "dsp_available": 156, "bram": 0, "bram_available": 208,
+              "lut": lut, "lut_available": lut_avail, "ff": ff, "ff_available": lut_avail,
+              "dsp": dsp, "dsp_available": dsp_avail, "bram": 0, "bram_available": 208,
               "fmax_mhz": 80.0, "wrapper_lut": wrapper_lut, "wrapper_ff": 0,
               "macs_per_cycle": rows * cols * unit_obj.params.get("lanes", 1), "seconds": {},
               "build_dir": "", "dsp_mode": dsp_mode}
@@ -280,3 +281,21 @@ def test_report_section_for_lowbit_report(tmp_path, monkeypatch):
     elsewhere.mkdir()
     link = os.path.relpath(fpga_bench.PLOT_PATH, elsewhere)
     assert f"]({link})" in hw_cli.report_section(elsewhere)
+
+
+def test_largest_square_verified_by_builds():
+    """2x2 built and fits, 3x3 built and does not: the table says so and names the overflow."""
+    records = dict(_fake_record("icebreaker", "log", r, c, 900 + 300 * c + 200 * r * c,
+                                50 * r * c) for r, c in ((1, 1), (2, 1), (2, 2)))
+    cfg = _config("icebreaker", "log", (3, 3), BASE_PARAMS["log"])
+    records[cfg.key] = {"key": cfg.key, "fits": False,
+                        "config": {"board": "icebreaker", "unit": "log", "rows": 3, "cols": 3,
+                                   "params": [list(p) for p in cfg.params], "dsp": cfg.dsp},
+                        "error": "log 3x3 does not fit", "overflow": {"ICESTORM_LC": [5600, 5280]}}
+    md = render_markdown({"records": records})
+    row = [line for line in md.splitlines() if line.startswith("| icebreaker | log  | requant")]
+    assert len(row) == 1
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[3:6] == ["2x2", "4", "ICESTORM_LC 5600/5280 at 3x3"]
+    assert cells[6].startswith("verified: 2x2 fits, 3x3 does not; per PE 200 LUT")
+    assert "- `icebreaker|log|3x3|bits=4|dsp=requant`: log 3x3 does not fit" in md
