@@ -158,7 +158,7 @@ def import_hf(directory: Path, out: Path) -> Path:
 
 def export_hf(model: Transformer, tokenizer: Tokenizer, out: Path) -> Path:
     """Write ``model`` as a MarianMT directory loadable by ``MarianMTModel.from_pretrained`` and
-    ``MarianTokenizer.from_pretrained`` (and convertible by CTranslate2)."""
+    ``MarianTokenizer.from_pretrained`` (the input of CTranslate2's Marian converter)."""
     from safetensors.torch import save_file
 
     hf = config_to_hf(model.config)  # refuses non-Marian architectures before writing anything
