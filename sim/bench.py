@@ -75,8 +75,13 @@ def _harness(unit, params, kw, want):
     return first, cycles / seconds
 
 
-def bench_units(units, *, m, k, n, rows=4, cols=4, seed=0, skip=frozenset()) -> list[dict]:
-    """Run the benchmark, print the table (stdout) and return its rows."""
+def bench_units(units, *, m, k, n, k_xnor=None, rows=4, cols=4, seed=0,
+                skip=frozenset()) -> list[dict]:
+    """Run the benchmark, print the table (stdout) and return its rows.
+
+    ``k`` is the K of int8 and log; ``k_xnor`` the K (in bits) of xnor (default ``32 * k``: as
+    many beats per tile as the others with 32 lanes).
+    """
     import torch
 
     from lowbit.hw.driver import Protocol
@@ -87,13 +92,15 @@ def bench_units(units, *, m, k, n, rows=4, cols=4, seed=0, skip=frozenset()) -> 
     table = []
     for unit in units:
         params = {"rows": rows, "cols": cols}
+        kk = (32 * k if k_xnor is None else k_xnor) if unit == "xnor" else k
         try:
             protocol = Protocol.for_unit(unit, **params)
         except (TypeError, ValueError) as e:
             raise LowbitError(str(e)) from None
-        if k > protocol.unit.max_k:
-            raise LowbitError(f"--k {k} exceeds the unit's max_k {protocol.unit.max_k}")
-        kw = random_operands(protocol.unit, np.random.default_rng(seed), m, k, n,
+        protocol.unit._MustUse__silence = True
+        if kk > protocol.unit.max_k:
+            raise LowbitError(f"K {kk} exceeds the {unit} unit's max_k {protocol.unit.max_k}")
+        kw = random_operands(protocol.unit, np.random.default_rng(seed), m, kk, n,
                              relu=False, raw=False)
         want = protocol.expected(**kw)
         _say(f"{unit}: building (cached) ...")
@@ -102,13 +109,13 @@ def bench_units(units, *, m, k, n, rows=4, cols=4, seed=0, skip=frozenset()) -> 
             build_cocotb(unit, **params)
         _say(f"{unit}: compiled harness ...")
         first, harness_speed = _harness(unit, params, kw, want)
-        row = {"unit": unit, "array": f"{rows}x{cols}", "shape": f"{m}x{k}x{n}",
+        row = {"unit": unit, "array": f"{rows}x{cols}", "shape": f"{m}x{kk}x{n}",
                "ideal": first.ideal_cycles, "cycles": first.cycles,
                "utilisation": first.utilisation, "harness": harness_speed,
                "cocotb": None, "amaranth": None}
         if "cocotb" not in skip:
             _say(f"{unit}: cocotb + Verilator ...")
-            cycles, seconds = _cocotb(unit, params, m, k, n, seed)
+            cycles, seconds = _cocotb(unit, params, m, kk, n, seed)
             row["cocotb"] = cycles / seconds
         if "amaranth" not in skip:
             _say(f"{unit}: Amaranth simulator ...")

@@ -32,6 +32,9 @@ def register(subparsers) -> None:
                    help="probability of an idle input / refused output cycle (0..0.9)")
     p.set_defaults(func=_verify)
 
+    from lowbit.sim.cosim_cli import register_cosim
+    register_cosim(subparsers)
+
 
 def register_bench(subparsers) -> None:
     p = subparsers.add_parser(
@@ -40,7 +43,10 @@ def register_bench(subparsers) -> None:
                     "M*K*N/(rows*cols), and simulation speed (cycles/s) in the Amaranth "
                     "simulator, cocotb on Verilator, and the compiled Verilator harness.")
     p.add_argument("--m", type=int, default=32, help="M (default 32)")
-    p.add_argument("--k", type=int, default=256, help="K (default 256)")
+    p.add_argument("--k", type=int, default=256, help="K of int8 and log (default 256)")
+    p.add_argument("--k-xnor", type=int, default=8192,
+                   help="K of xnor in bits (default 8192 = 256 beats of 32 lanes, the same "
+                        "beats per tile as int8/log)")
     p.add_argument("--n", type=int, default=32, help="N (default 32)")
     p.add_argument("--rows", type=int, default=4, help="array rows (default 4)")
     p.add_argument("--cols", type=int, default=4, help="array columns (default 4)")
@@ -49,6 +55,9 @@ def register_bench(subparsers) -> None:
     p.add_argument("--skip", default="", help="comma-separated simulators to skip: "
                                               "amaranth, cocotb")
     p.set_defaults(func=_bench)
+
+    from lowbit.sim.cosim_cli import register_cosim_bench
+    register_cosim_bench(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,7 +102,6 @@ def _verify(args) -> int:
     from lowbit.hw.driver import Protocol
     from lowbit.sim.harness import VerilatedUnit
     from lowbit.sim.operands import random_operands
-    from lowbit.sim.verilator import build_harness
 
     unit, params = verify_params(args)
     hw = Protocol.for_unit(unit, **params).unit
@@ -105,11 +113,10 @@ def _verify(args) -> int:
           f"max_k {hw.max_k})", flush=True)
     start = time.perf_counter()
     print("building the Verilated unit (cached after the first build) ...", flush=True)
-    build_harness(unit, **params)
-    print(f"  ready in {time.perf_counter() - start:.1f} s", flush=True)
-    rng = np.random.default_rng(args.seed)
-    kw = random_operands(hw, rng, args.m, args.k, args.n, relu=args.relu, raw=args.raw)
     with VerilatedUnit(unit, **params) as rtl:
+        print(f"  ready in {time.perf_counter() - start:.1f} s", flush=True)
+        rng = np.random.default_rng(args.seed)
+        kw = random_operands(hw, rng, args.m, args.k, args.n, relu=args.relu, raw=args.raw)
         tiles = -(-args.m // hw.rows) * -(-args.n // hw.cols)
         beats = tiles * (args.k if unit != "xnor" else
                          -(-args.k // hw.lanes) * hw.a_planes * hw.w_planes)
@@ -140,9 +147,10 @@ def _bench(args) -> int:
     bad = skip - {"amaranth", "cocotb"}
     if bad:
         raise LowbitError(f"--skip takes amaranth and/or cocotb, not {', '.join(sorted(bad))}")
-    for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
+    for flag, value in (("--m", args.m), ("--k", args.k), ("--k-xnor", args.k_xnor),
+                        ("--n", args.n)):
         if value < 1:
             raise LowbitError(f"{flag} must be a positive integer, not {value}")
-    bench_units(units, m=args.m, k=args.k, n=args.n, rows=args.rows, cols=args.cols,
-                seed=args.seed, skip=skip)
+    bench_units(units, m=args.m, k=args.k, k_xnor=args.k_xnor, n=args.n, rows=args.rows,
+                cols=args.cols, seed=args.seed, skip=skip)
     return 0
