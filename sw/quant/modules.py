@@ -159,17 +159,53 @@ class QuantLinear(nn.Module):
     LOG_REFRESH = 100
 
     def _quantize(self, w: torch.Tensor):
+        check = not self.training
         if self.spec.weights != "log":
-            return self.spec.quantize(w, getattr(self, "row_planes", None))
-        s = float(self.log_scale)
+            return self.spec.quantize(w, getattr(self, "row_planes", None), check=check)
+        s = self.log_scale_value()
         if s <= 0:
-            qw = self.spec.quantize(w)
+            qw = self.spec.quantize(w, check=check)
         else:
             self._versions = getattr(self, "_versions", 0) + 1
             refresh = self.training and self._versions % self.LOG_REFRESH == 0
-            qw = self.spec.quantize(w, log_scale=s, refine=1 if refresh else 0)
-        self.log_scale.fill_(qw.log_scale)
+            qw = self.spec.quantize(w, log_scale=s, refine=1 if refresh else 0, check=check)
+        self.set_log_scale(qw.log_scale)
         return qw
+
+    def log_scale_value(self) -> float:
+        """``S`` as a Python float, without a device sync per call (the buffer is the truth: a
+        loaded state dict changes it, and the cached value is dropped then)."""
+        cached = getattr(self, "_log_s", None)
+        if cached is None or cached[0] != self.log_scale._version:
+            cached = (self.log_scale._version, float(self.log_scale))
+            self._log_s = cached
+        return cached[1]
+
+    def set_log_scale(self, s: float) -> None:
+        if s != self.log_scale_value():
+            self.log_scale.fill_(s)
+        self._log_s = (self.log_scale._version, s)
+
+    @torch.no_grad()
+    def feed_back(self, error: torch.Tensor | None) -> torch.Tensor:
+        """Aji & Heafield's error feedback for log weights, after an optimizer step:
+        ``v = w + e``; ``w <- Q(v)``; returns the new ``e = v - Q(v)``. The quantized weight is
+        cached, so the next forward reuses it (``Q(w) = w`` now). Every ``LOG_REFRESH`` calls the
+        scale is refined once more (warm start)."""
+        w = self.weight
+        v = w.detach().to(torch.float64)
+        if error is not None:
+            v = v + error
+        self._versions = getattr(self, "_versions", 0) + 1
+        refresh = self._versions % self.LOG_REFRESH == 0
+        s = self.log_scale_value()
+        qw = self.spec.quantize(v, log_scale=s if s > 0 else None,
+                                refine=(1 if refresh else 0) if s > 0 else None, check=False)
+        self.set_log_scale(qw.log_scale)
+        q = qw.dequantize()
+        w.copy_(q.to(w.dtype))
+        self._cache = ((w.data_ptr(), w._version, w.device), qw)
+        return v - q
 
     # -- integer mode -------------------------------------------------------------------------
     def set_integer(self, qw, act_amax: float | torch.Tensor | None = None) -> None:

@@ -188,17 +188,12 @@ class QATHooks:
         if self.scheme.error_feedback:
             self.error_feedback(model)
 
-    @torch.no_grad()
     def error_feedback(self, model) -> None:
-        """Aji & Heafield: ``v = w + e``; ``w <- Q(v)``; ``e <- v - Q(v)`` for every log weight."""
+        """Aji & Heafield: ``v = w + e``; ``w <- Q(v)``; ``e <- v - Q(v)`` for every log weight
+        (:meth:`QuantLinear.feed_back`; a tied matrix once)."""
         for m, p in log_weight_params(model):
-            if not m.enabled:
-                continue
-            e = self.errors.get(id(p))
-            v = p.detach().double() if e is None else p.detach().double() + e
-            q = m.spec.quantize(v, log_scale=float(m.log_scale), refine=0).dequantize()
-            self.errors[id(p)] = v - q
-            p.copy_(q.to(p.dtype))
+            if m.enabled:
+                self.errors[id(p)] = m.feed_back(self.errors.get(id(p)))
 
 
 @torch.no_grad()

@@ -92,23 +92,25 @@ class LinearSpec:
     a_bits: int
     refine_iters: int = 10
 
-    def quantize(self, w, row_planes=None, log_scale: float | None = None, refine: int | None = None):
+    def quantize(self, w, row_planes=None, log_scale: float | None = None, refine: int | None = None,
+                 check: bool = True):
         """Quantize ``w``. Log weights start from ``log_scale`` (default ``max|w|``) and refine
-        it ``refine`` times (default ``refine_iters``)."""
+        it ``refine`` times (default ``refine_iters``). ``check=False`` skips the finiteness
+        check (QAT's hot path)."""
         if self.weights == "int":
-            return W.quantize_int(w, self.w_bits)
+            return W.quantize_int(w, self.w_bits, check)
         if self.weights == "log":
             return W.quantize_log(w, self.w_bits, self.refine_iters if refine is None else refine,
-                                  scale=log_scale)
+                                  scale=log_scale, check=check)
         if self.weights == "binary":
-            return W.quantize_binary(w, self.w_bits)
+            return W.quantize_binary(w, self.w_bits, check)
         if self.weights == "bmt":
-            return W.quantize_bmt(w)
+            return W.quantize_bmt(w, check)
         if self.weights == "rows":
             if row_planes is None or int(row_planes.min()) < 1:
                 raise LowbitError("per-word bit widths were never assigned (mixed scheme: run "
                                   "QAT or quantize with --data-dir)")
-            return W.quantize_rows(w, row_planes)
+            return W.quantize_rows(w, row_planes, check)
         raise ValueError(f"unknown weight quantizer {self.weights!r}")
 
     def site_params(self) -> dict:

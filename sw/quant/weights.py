@@ -26,11 +26,13 @@ import torch
 from lowbit.sw import golden
 
 
-def _check_matrix(w: torch.Tensor) -> torch.Tensor:
+def _check_matrix(w: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """``w`` as float64; ``check`` also rejects non-finite values (a device sync, which QAT skips
+    on its hot path: a non-finite weight there shows up as a non-finite loss)."""
     if w.dim() != 2:
         raise ValueError(f"weights must be a matrix [N, K], not {tuple(w.shape)}")
     w = w.detach().to(torch.float64)
-    if not bool(torch.isfinite(w).all()):
+    if check and not bool(torch.isfinite(w).all()):
         raise ValueError("cannot quantize weights with non-finite values")
     return w
 
@@ -165,13 +167,13 @@ class RowGroups:
 # Quantizers (the arithmetic is the golden one)
 
 
-def quantize_int(w: torch.Tensor, bits: int) -> IntWeights:
+def quantize_int(w: torch.Tensor, bits: int, check: bool = True) -> IntWeights:
     """Per-output-channel symmetric integers, ``scale[n] = max|w[n]| / (2**(bits-1) - 1)``.
 
     The range is symmetric (``-2**(bits-1)`` is never produced), as in Wu et al.; an all-zero
     row gets scale 1.
     """
-    w = _check_matrix(w)
+    w = _check_matrix(w, check)
     qmax = (1 << (bits - 1)) - 1
     scale = _f32(w.abs().amax(1) / qmax)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
@@ -179,14 +181,14 @@ def quantize_int(w: torch.Tensor, bits: int) -> IntWeights:
 
 
 def quantize_log(w: torch.Tensor, bits: int, refine_iters: int = 10,
-                 scale: float | None = None) -> LogWeights:
+                 scale: float | None = None, check: bool = True) -> LogWeights:
     """Aji & Heafield's log quantizer (``golden.log_quantize``) with scale refinement.
 
     ``S`` starts at ``scale`` (default ``max|w|``) and is refined ``refine_iters`` times; it is
     then rounded to float32, the precision a packed model stores, and the codes are those of
     the rounded scale (so a packed model reproduces them exactly).
     """
-    w = _check_matrix(w)
+    w = _check_matrix(w, check)
     if refine_iters == 0 and scale is not None:
         s = _f32(scale)
     else:
@@ -203,33 +205,33 @@ def _f32(x):
     return float(torch.tensor(x, dtype=torch.float32))
 
 
-def quantize_binary(w: torch.Tensor, planes: int) -> BinaryWeights:
+def quantize_binary(w: torch.Tensor, planes: int, check: bool = True) -> BinaryWeights:
     """Chung et al.'s greedy binary coding with integer plane scales (``quantize_alpha``)."""
-    w = _check_matrix(w)
+    w = _check_matrix(w, check)
     signs, alpha = golden.binary_code(w, planes)
     alpha_int, scale = golden.quantize_alpha(alpha)
     return BinaryWeights(signs, alpha_int, _f32(scale))
 
 
-def quantize_bmt(w: torch.Tensor) -> BinaryWeights:
+def quantize_bmt(w: torch.Tensor, check: bool = True) -> BinaryWeights:
     """BMT's weight binarizer: per output channel ``+-max|w[n]| / 2`` (zero maps to +).
 
     One plane with ``alpha = 1`` and ``scale[n] = max|w[n]| / 2`` (docs/numerics.md).
     """
-    w = _check_matrix(w)
+    w = _check_matrix(w, check)
     signs, _ = golden.binary_code(w, 1)
     alpha = torch.ones(1, w.shape[0], dtype=torch.int64, device=w.device)
     return BinaryWeights(signs, alpha, _f32(w.abs().amax(1) / 2))
 
 
-def quantize_rows(w: torch.Tensor, row_planes: torch.Tensor) -> RowGroups:
+def quantize_rows(w: torch.Tensor, row_planes: torch.Tensor, check: bool = True) -> RowGroups:
     """Binary coding with ``row_planes[n]`` planes for row ``n`` (one group per plane count)."""
-    w = _check_matrix(w)
+    w = _check_matrix(w, check)
     row_planes = row_planes.to(w.device)
     if row_planes.shape != (w.shape[0],):
         raise ValueError(f"row_planes must be [N] = [{w.shape[0]}], not {tuple(row_planes.shape)}")
     groups = []
     for p in sorted(set(row_planes.tolist()), reverse=True):
         rows = torch.nonzero(row_planes == p).flatten()
-        groups.append((rows, quantize_binary(w[rows], int(p))))
+        groups.append((rows, quantize_binary(w[rows], int(p), check=False)))
     return RowGroups(groups, w.shape[0], w.shape[1])
