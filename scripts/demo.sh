@@ -3,5 +3,7 @@
 # model and score it with sacreBLEU. Extra arguments go to `lowbit demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Console scripts of the environment (yowasp-*, lowbit) must be on PATH, as after `activate`.
+export PATH="$PWD/.venv/bin:$PATH"
 [ -x .venv/bin/lowbit ] || ./scripts/setup.sh
 exec .venv/bin/lowbit demo "$@"
