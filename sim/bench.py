@@ -17,6 +17,7 @@ table gives the RTL's cycles against the ideal ``M*K*N/(rows*cols)`` (XNOR: bina
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 import time
@@ -151,3 +152,19 @@ def _print_table(table) -> None:
     print("| " + " | ".join("-" * w for w in widths) + " |")
     for line in lines[1:]:
         print("| " + " | ".join(str(c).rjust(w) for c, w in zip(line, widths)) + " |")
+
+
+def write_json(path: str, obj) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (temporary file, then ``os.replace``)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -54,6 +54,8 @@ def register_bench(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip", default="", help="comma-separated simulators to skip: "
                                               "amaranth, cocotb")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the table's rows to this JSON file (e.g. bench/units.json)")
     p.set_defaults(func=_bench)
 
     from lowbit.sim.cosim_cli import register_cosim_bench
@@ -140,7 +142,7 @@ def _verify(args) -> int:
 
 
 def _bench(args) -> int:
-    from lowbit.sim.bench import bench_units
+    from lowbit.sim.bench import bench_units, write_json
 
     units = [u.strip() for u in args.units.split(",") if u.strip()]
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -151,6 +153,9 @@ def _bench(args) -> int:
                         ("--n", args.n)):
         if value < 1:
             raise LowbitError(f"{flag} must be a positive integer, not {value}")
-    bench_units(units, m=args.m, k=args.k, k_xnor=args.k_xnor, n=args.n, rows=args.rows,
-                cols=args.cols, seed=args.seed, skip=skip)
+    rows = bench_units(units, m=args.m, k=args.k, k_xnor=args.k_xnor, n=args.n,
+                       rows=args.rows, cols=args.cols, seed=args.seed, skip=skip)
+    if args.json:
+        write_json(args.json, {"command": "lowbit bench units " + " ".join(sys.argv[3:]),
+                               "rows": rows})
     return 0

@@ -15,7 +15,7 @@ Two kinds of build:
   ``cocotb_tools.runner`` (the verification testbenches). cocotb's runner adds
   ``--public-flat-rw``, which makes every internal signal writable through VPI and slows the
   build and the simulation a lot; the testbenches touch only top-level ports, so
-  :class:`_PortsOnlyVerilator` leaves it out.
+  :func:`_ports_only_runner` leaves it out and a control file exposes the ports alone.
 """
 
 from __future__ import annotations
@@ -244,21 +244,18 @@ def _ports_public_vlt(top: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _PortsOnlyVerilator:
+def _ports_only_runner():
     """cocotb's Verilator runner without ``--public-flat-rw`` (see the module docstring);
     :func:`_ports_public_vlt` makes the ports alone visible instead."""
+    from cocotb_tools.runner import Verilator
 
-    @staticmethod
-    def make():
-        from cocotb_tools.runner import Verilator
+    class PortsOnlyVerilator(Verilator):
+        def _build_command(self):
+            cmds = super()._build_command()
+            cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
+            return cmds
 
-        class PortsOnly(Verilator):
-            def _build_command(self):
-                cmds = super()._build_command()
-                cmds[0] = [a for a in cmds[0] if a != "--public-flat-rw"]
-                return cmds
-
-        return PortsOnly()
+    return PortsOnlyVerilator()
 
 
 def build_cocotb(unit: str, **params) -> tuple[Path, str]:
@@ -272,7 +269,7 @@ def build_cocotb(unit: str, **params) -> tuple[Path, str]:
         (tmp / "unit.v").write_text(verilog)
         (tmp / "ports.vlt").write_text(vlt)
         activate_verilator()
-        runner = _PortsOnlyVerilator.make()
+        runner = _ports_only_runner()
         log = tmp / "build.log"
         import cocotb
         common = _common_objects("cocotb", [cocotb.__version__, *LINT_WAIVERS])
@@ -304,7 +301,7 @@ def run_cocotb(unit: str, params: dict, *, test_dir: Path, env: dict | None = No
 
     build_dir, top = build_cocotb(unit, **params)
     activate_verilator()
-    runner = _PortsOnlyVerilator.make()
+    runner = _ports_only_runner()
     extra = {"LOWBIT_TB_UNIT": unit, "LOWBIT_TB_PARAMS": json.dumps(params),
              **{k: str(v) for k, v in (env or {}).items()}}
     test_dir = Path(test_dir)

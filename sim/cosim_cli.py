@@ -1,0 +1,239 @@
+"""``lowbit cosim`` (translate a split through the Verilated units, checked against the golden
+kernels) and ``lowbit bench cosim`` (its speed, projected to the full 1000-sentence split).
+
+Both are registered by :mod:`lowbit.sim.cli`; the work is done by :mod:`lowbit.sim.cosim`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from lowbit import LowbitError
+
+FULL_SPLIT = 1000   # sentences of a Multi30k test split: the size the benchmark projects to
+
+
+def _add_common(p, *, jobs_default) -> None:
+    p.add_argument("--model", required=True,
+                   help="packed model directory (written by `lowbit quantize`) or shipped name")
+    p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz (default: "
+                                      "$LOWBIT_DATA_DIR or ../shared/data/multi30k)")
+    p.add_argument("--split", default="test_2016_flickr",
+                   help="split name (default test_2016_flickr)")
+    p.add_argument("--jobs", type=int, default=jobs_default,
+                   help=f"worker processes, each with its own Verilated units (default "
+                        f"{jobs_default}: the CPU cores)")
+    p.add_argument("--beam", type=int, default=1, help="beam size (default 1: greedy)")
+    p.add_argument("--batch-size", type=int, default=64,
+                   help="sentences decoded together; every matmul covers the whole batch "
+                        "(default 64)")
+    p.add_argument("--rows", type=int, default=8, help="PE array rows of every unit (default 8)")
+    p.add_argument("--cols", type=int, default=8, help="PE array columns (default 8)")
+    p.add_argument("--max-k", type=int, default=32768,
+                   help="the units' largest K (default 32768, the contract's; it must cover the "
+                        "model's widest matmul)")
+    p.add_argument("--lanes", type=int, default=32, help="XNOR unit lanes (default 32)")
+
+
+def register_cosim(subparsers) -> None:
+    p = subparsers.add_parser(
+        "cosim", help="translate a split with every quantized matmul run on the Verilated RTL",
+        description="Decode a test split with a packed model while every quantized matmul runs "
+                    "on the Verilated matmul unit of its scheme (INT, log-shift or XNOR-popcount) "
+                    "and on the golden kernel; every result is compared with equality, and the "
+                    "final tokens with a pure golden decode. The last line is 'identical: N/N "
+                    "sentences'; the exit status is 1 on any mismatch (the first mismatching "
+                    "matmul is named with its layer, shapes and element), 2 on a bad argument.")
+    _add_common(p, jobs_default=os.cpu_count() or 1)
+    p.add_argument("--limit", type=int, help="only the first N sentences")
+    p.add_argument("--output", help="write the RTL's translations to this file")
+    p.add_argument("--json", metavar="FILE", help="write the run's numbers to this JSON file")
+    # Test hook (docs/cosim.md): flip one bit of the RTL's output in matmul call N of the first
+    # batch; the run must then report a mismatch.
+    p.add_argument("--plant-mismatch", type=int, metavar="CALL", help=argparse_suppress())
+    p.set_defaults(func=_cmd_cosim)
+
+
+def register_cosim_bench(bench_sub) -> None:
+    p = bench_sub.add_parser(
+        "cosim", help="co-simulation speed: sentences/s, simulated cycles/s, utilisation",
+        description="Co-simulate the first N sentences of a split (bit-exact check included) "
+                    "and report sentences/s, simulated cycles/s, array utilisation and the "
+                    "projected time for the full 1000-sentence split.")
+    _add_common(p, jobs_default=os.cpu_count() or 1)
+    p.add_argument("--sentences", type=int, default=100,
+                   help="sentences measured (default 100; 1000 = the whole split)")
+    p.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
+    p.set_defaults(func=_cmd_bench)
+
+
+def argparse_suppress():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _options(args):
+    from lowbit.sim.cosim import CosimOptions
+
+    for flag, value, lo, hi in (("--jobs", args.jobs, 1, 256), ("--beam", args.beam, 1, 64),
+                                ("--batch-size", args.batch_size, 1, 100_000),
+                                ("--rows", args.rows, 1, 64), ("--cols", args.cols, 1, 64),
+                                ("--max-k", args.max_k, 1, 1 << 30),
+                                ("--lanes", args.lanes, 1, 256)):
+        if not lo <= value <= hi:
+            raise LowbitError(f"{flag} must be an integer in {lo}..{hi}, not {value}")
+    return CosimOptions(rows=args.rows, cols=args.cols, max_k=args.max_k, lanes=args.lanes,
+                        beam=args.beam, batch_size=args.batch_size, jobs=args.jobs,
+                        plant_fault=getattr(args, "plant_mismatch", None))
+
+
+def _read(args, limit):
+    from lowbit.sw.data import read_parallel, resolve_data_dir
+
+    if limit is not None and limit < 1:
+        raise LowbitError(f"--limit must be a positive integer, not {limit}")
+    data_dir = resolve_data_dir(args.data_dir)
+    src, _ = read_parallel(data_dir, args.split, limit=limit)
+    if not src:
+        raise LowbitError(f"split {args.split} in {data_dir} has no sentences")
+    return src
+
+
+def _model_dir(name: str) -> str:
+    from lowbit.sw.checkpoint import resolve_model_dir
+    from lowbit.sw.quant.packed import is_packed
+
+    path = resolve_model_dir(name)
+    if not is_packed(path):
+        raise LowbitError(f"{name} is not a packed model: co-simulation runs the integer "
+                          f"matmuls of a package written by `lowbit quantize --scheme ...`")
+    return str(path)
+
+
+def _run(args, sentences, opts, desc):
+    from tqdm import tqdm
+
+    from lowbit.sim.cosim import cosim_split
+    from lowbit.sw.quant.packed import read_manifest
+
+    model_dir = _model_dir(args.model)
+    scheme = read_manifest(model_dir)["scheme"]
+    mode = "greedy" if opts.beam == 1 else f"beam {opts.beam}"
+    print(f"model {args.model}: scheme {scheme}; {len(sentences)} sentences of {args.split}, "
+          f"{mode}, batches of {opts.batch_size}, {opts.jobs} job(s), {opts.rows}x{opts.cols} "
+          f"arrays", flush=True)
+    with tqdm(total=len(sentences), unit="sent", desc=desc, file=sys.stderr,
+              disable=None) as bar:
+        report = cosim_split(model_dir, sentences, opts, progress=bar.update,
+                             log=lambda m: print(m, flush=True))
+    return report, scheme
+
+
+def _unit_table(report) -> list[str]:
+    lines = [f"{'unit':<6} {'parameters':<44} {'calls':>7} {'MACs':>14} {'cycles':>14} "
+             f"{'util':>6} {'sim s':>8} {'cycles/s':>10}"]
+    for u in report.units:
+        par = " ".join(f"{k}={v}" for k, v in u.params.items() if k not in ("rows", "cols"))
+        speed = u.cycles / u.sim_seconds if u.sim_seconds else 0.0
+        lines.append(f"{u.unit:<6} {par:<44} {u.calls:>7} {u.macs:>14,} {u.cycles:>14,} "
+                     f"{100 * u.utilisation:>5.1f}% {u.sim_seconds:>8.1f} {speed / 1e6:>9.2f}M")
+    return lines
+
+
+def _summary(report) -> dict:
+    done = report.identical + len(report.differing)
+    wall = report.seconds
+    return {"sentences": report.sentences, "checked": done, "identical": report.identical,
+            "seconds": round(wall, 2), "build_seconds": round(report.build_seconds, 2),
+            "sentences_per_second": done / wall if wall else 0.0,
+            "cycles": report.cycles, "ideal_cycles": report.ideal_cycles,
+            "utilisation": report.utilisation,
+            "sim_seconds": report.sim_seconds,
+            "cycles_per_sim_second": report.cycles / report.sim_seconds
+            if report.sim_seconds else 0.0,
+            "cycles_per_wall_second": report.cycles / wall if wall else 0.0,
+            "units": [u.to_dict() for u in report.units], "mismatch": report.mismatch}
+
+
+def _print_report(report) -> dict:
+    s = _summary(report)
+    for line in _unit_table(report):
+        print(line)
+    print(f"simulated {s['cycles']:,} cycles (ideal {s['ideal_cycles']:,.0f}, array utilisation "
+          f"{100 * s['utilisation']:.1f}%) in {s['seconds']:.1f} s wall: "
+          f"{s['cycles_per_wall_second'] / 1e6:.2f} M cycles/s overall, "
+          f"{s['cycles_per_sim_second'] / 1e6:.2f} M cycles/s inside the harness, "
+          f"{s['sentences_per_second']:.2f} sentences/s")
+    return s
+
+
+def _write_json(path, data) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _finish(report) -> int:
+    if report.mismatch is not None:
+        from lowbit.sim.cosim import CosimMismatch
+
+        print(CosimMismatch(report.mismatch).message())
+    for i in report.differing[:5]:
+        print(f"TOKENS DIFFER in sentence {i + 1} (RTL decode vs golden decode)")
+    print(f"identical: {report.identical}/{report.sentences} sentences", flush=True)
+    return 0 if report.ok else 1
+
+
+def _cmd_cosim(args) -> int:
+    opts = _options(args)
+    sentences = _read(args, args.limit)
+    report, scheme = _run(args, sentences, opts, "cosim")
+    summary = _print_report(report)
+    if args.output:
+        from lowbit.sw.checkpoint import load_model
+
+        _, tokenizer, _ = load_model(_model_dir(args.model))
+        lines = [tokenizer.decode(report.translations[i], "target")
+                 if i in report.translations else "" for i in range(len(sentences))]
+        tmp = f"{args.output}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+        os.replace(tmp, args.output)
+    if args.json:
+        _write_json(args.json, {"model": args.model, "split": args.split,
+                                "scheme": scheme, "options": vars(opts), **summary})
+    return _finish(report)
+
+
+def _cmd_bench(args) -> int:
+    opts = _options(args)
+    if args.sentences < 1:
+        raise LowbitError(f"--sentences must be a positive integer, not {args.sentences}")
+    sentences = _read(args, args.sentences)
+    t0 = time.perf_counter()
+    report, scheme = _run(args, sentences, opts, "bench cosim")
+    total = time.perf_counter() - t0
+    summary = _print_report(report)
+    per_sentence = report.seconds / max(1, len(sentences))
+    projected = report.build_seconds + per_sentence * FULL_SPLIT
+    summary.update({"scheme": scheme, "wall_seconds_with_setup": round(total, 2),
+                    "projected_seconds_1000": round(projected, 1), "rows": opts.rows,
+                    "cols": opts.cols, "jobs": opts.jobs, "beam": opts.beam,
+                    "batch_size": opts.batch_size})
+    what = "actual" if len(sentences) >= FULL_SPLIT else "projected"
+    print(f"{scheme}: {summary['sentences_per_second']:.2f} sentences/s, "
+          f"{summary['cycles_per_wall_second'] / 1e6:.2f} M simulated cycles/s, utilisation "
+          f"{100 * report.utilisation:.1f}%; {what} time for {FULL_SPLIT} sentences: "
+          f"{projected / 60:.1f} min ({opts.jobs} job(s), {opts.rows}x{opts.cols})")
+    if args.json:
+        _write_json(args.json, {"model": args.model, "split": args.split, **summary})
+    return _finish(report)
