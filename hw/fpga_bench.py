@@ -1,18 +1,22 @@
 """``lowbit bench fpga``: the hardware cost table of the three matmul units.
 
 Builds every unit at several array sizes on each board (:mod:`lowbit.hw.fpga`), a sweep over
-bit widths, and estimates the largest array of each unit that fits each board. Results are kept
-in ``bench/fpga.json`` (one record per build, written after each build so an interrupted run
-resumes with ``--reuse``); the tables go between the markers of docs/fpga.md and the plot of
-cost per MAC against bits to docs/fpga_cost.png. :func:`hardware_table` renders the same tables
-from ``bench/fpga.json`` for ``lowbit report`` without building anything.
+bit widths, and finds the largest array of each unit that fits each board (estimated from a
+linear cost model, confirmed by builds where that is cheap). Results are kept in
+``bench/fpga.json`` (one record per build, written atomically after each build, so a rerun
+builds only what is missing); the tables go between the markers of docs/fpga.md and the plot of
+cost per MAC against bits to docs/img/fpga_cost_per_mac.png. :func:`hardware_table` renders the
+same tables from ``bench/fpga.json`` for ``lowbit report`` without building anything.
+
+Cost per MAC is reported two ways (docs/fpga.md): the whole unit's LUTs per MAC at each size
+built (dominated by the fixed per-column requantization and control in small arrays) and the
+marginal cost, the fitted per-PE slope divided by the MACs one PE does per cycle.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import tempfile
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from lowbit import LowbitError
 
-from .fpga import BOARDS, FpgaDoesNotFit, FpgaResult, format_table, table_row
+from .fpga import BOARDS, FpgaDoesNotFit, FpgaResult, format_table
 
 __all__ = ["Config", "default_configs", "run_bench", "fit_array_model", "fit_largest",
            "hardware_table", "report_section",
@@ -32,7 +36,7 @@ __all__ = ["Config", "default_configs", "run_bench", "fit_array_model", "fit_lar
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO / "bench" / "fpga.json"
 DOCS_PATH = REPO / "docs" / "fpga.md"
-PLOT_PATH = REPO / "docs" / "fpga_cost.png"
+PLOT_PATH = REPO / "docs" / "img" / "fpga_cost_per_mac.png"
 BEGIN, END = "<!-- fpga-table:begin (lowbit bench fpga) -->", "<!-- fpga-table:end -->"
 
 UNITS = ("int8", "log", "xnor")
@@ -41,7 +45,7 @@ UNITS = ("int8", "log", "xnor")
 BASE_PARAMS = {"int8": {}, "log": {"bits": 4}, "xnor": {"lanes": 32}}
 # Array sizes (rows, cols). Three shapes pin down the linear model of fit_array_model: the
 # per-PE cost from rows at fixed cols, the per-column drain/requantization from cols.
-SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2)), "ulx3s-85f": ((1, 2), (4, 2), (4, 4))}
+SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2)), "ulx3s-85f": ((1, 2), (4, 2), (2, 4))}
 # The units are compared with their PE arrays in LUT logic and the per-column requantization
 # multipliers in DSP blocks (`lowbit fpga --dsp requant`); INT8 is also built with every
 # multiplier in DSPs (`--dsp auto`).
@@ -52,7 +56,7 @@ SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((1, 2), (4, 2))
 # base precision are left out, so those points are the very builds of the size sweep.
 SWEEP = {
     "int8": [(b, {"a_bits": b, "w_bits": b} if b != 8 else {}) for b in (4, 8)],
-    "log": [(b, {"bits": b}) for b in (1, 2, 4)],
+    "log": [(b, {"bits": b}) for b in (2, 4)],
     "xnor": [(p, {"a_planes": p, "w_planes": p, "lanes": 32} if p != 1 else {"lanes": 32})
              for p in (1, 2)],
 }
@@ -234,8 +238,9 @@ def fit_array_model(results: list[FpgaResult]) -> dict | None:
         coef = np.linalg.lstsq(x, y, rcond=None)[0]
         if len(coef) == 2:
             coef = np.concatenate([[0.0], coef])
-        model[name] = {"fixed": float(coef[0]), "per_col": float(coef[1]),
-                       "per_pe": float(coef[2])}
+        # Rounded so that an exact zero (a resource a PE does not use) prints as 0, not -7e-16.
+        model[name] = {k: round(float(v), 9) + 0.0
+                       for k, v in zip(("fixed", "per_col", "per_pe"), coef)}
     return model
 
 
@@ -325,66 +330,164 @@ def largest_table(records: dict) -> list[dict]:
     return rows
 
 
-def sweep_points(records: dict) -> dict:
-    """``{unit: [(bits, LUTs per PE, LUTs per b-bit MAC)]}`` from the bit-width sweep.
+# An 8-bit x 8-bit product decomposed into bit planes takes 8 activation x 8 weight plane pairs:
+# 64 binary (plane-pair) MACs. The XNOR unit's planes are residual +-1 planes with a scale per
+# weight plane, so this is a throughput equivalence, not INT8 arithmetic.
+INT8_EQ_BINARY_MACS = 64
 
-    The per-PE LUTs are the slope of :func:`fit_array_model` over the sweep's shapes. A b-bit
-    MAC is one multiply-accumulate at the unit's precision: INT and log one per PE per cycle;
-    XNOR with ``p`` activation and ``p`` weight planes needs ``p*p`` beats for one p-bit
-    product, so ``lanes / p^2`` per PE per cycle.
+
+def dsp_lut_equivalent(result: FpgaResult) -> float:
+    """LUTs one DSP block stands for on ``result``'s device: its share of the device's area,
+    ``lut_available / dsp_available`` (iCE40UP5K 5280/8 = 660, ECP5-85F 83640/156 = 536)."""
+    return result.lut_available / result.dsp_available
+
+
+_BITS_PARAM = {"int8": "w_bits", "log": "bits", "xnor": "w_planes"}
+
+
+def precision_bits(unit: str, params: dict) -> int:
+    """Bits per weight of a build: INT ``w_bits``, log ``bits`` (the code), XNOR ``w_planes``."""
+    return params[_BITS_PARAM[unit]]
+
+
+def _precision_text(unit: str, params: dict) -> str:
+    if unit == "int8":
+        return f"INT a{params['a_bits']} w{params['w_bits']}"
+    if unit == "log":
+        return f"log {params['bits']}-bit code, a{params['a_bits']}"
+    return (f"XNOR {params['a_planes']}x{params['w_planes']} planes, {params['lanes']} lanes")
+
+
+def unit_cost(results: list[FpgaResult]) -> dict | None:
+    """Cost per MAC of one unit at one precision on one board, from builds at several sizes.
+
+    Parameters
+    ----------
+    results : list of FpgaResult
+        Builds of the same board, unit, parameters and DSP mode at different array shapes.
+
+    Returns
+    -------
+    dict or None (fewer than two usable shapes) with
+
+    * ``whole``: ``[(shape, LUTs per MAC of the whole unit)]`` per build, smallest first; the
+      per-column drain and the control are shared by fewer MACs in small arrays, so this falls
+      with the size;
+    * ``per_pe``: the fitted per-PE slope of LUT, FF and DSP (:func:`fit_array_model`): what one
+      more PE costs, the cost of large arrays;
+    * ``macs_per_pe``: native MACs per PE per cycle (1; XNOR ``lanes`` 1-bit MACs) and
+      ``bit_macs_per_pe``: MACs at the unit's precision (XNOR ``lanes / (a_planes*w_planes)``);
+    * ``lut_per_mac``: marginal LUTs per native MAC, ``per_pe LUT / macs_per_pe``;
+    * ``lut_eq_per_mac``: the same with the DSP slope counted as LUTs
+      (:func:`dsp_lut_equivalent`), per MAC at the unit's precision;
+    * ``int8_eq_lut_per_mac``: XNOR only, LUTs per INT8-equivalent MAC (64 binary MACs).
     """
-    out = {}
-    for unit, points in SWEEP.items():
-        for bits, params in points:
-            built, _ = _records_of(records, SWEEP_BOARD, unit, params)
-            built = [r for r in built if (r.params["rows"], r.params["cols"]) in SWEEP_SIZES]
-            model = fit_array_model(built)
-            if model is None:
-                continue
-            per_pe = model["LUT"]["per_pe"]
-            out.setdefault(unit, []).append(
-                (bits, per_pe, per_pe / macs_per_pe(built[0], per_bit_mac=True)))
+    model = fit_array_model(results)
+    if model is None:
+        return None
+    r0 = results[0]
+    per_pe = {k: model[k]["per_pe"] for k in ("LUT", "FF", "DSP")}
+    macs = macs_per_pe(r0)
+    bit_macs = macs_per_pe(r0, per_bit_mac=True)
+    lut_eq = per_pe["LUT"] + per_pe["DSP"] * dsp_lut_equivalent(r0)
+    out = {"board": r0.board, "unit": r0.unit, "dsp": r0.dsp_mode, "params": dict(r0.params),
+           "bits": precision_bits(r0.unit, r0.params),
+           "precision": _precision_text(r0.unit, r0.params),
+           "whole": [(_shape(r), r.lut_per_mac) for r in results],
+           "per_pe": per_pe, "macs_per_pe": macs, "bit_macs_per_pe": bit_macs,
+           "lut_per_mac": per_pe["LUT"] / macs, "lut_eq_per_mac": lut_eq / bit_macs,
+           "int8_eq_lut_per_mac": None, "fmax_mhz": min(r.fmax_mhz for r in results)}
+    if r0.unit == "xnor":
+        out["int8_eq_lut_per_mac"] = per_pe["LUT"] / macs * INT8_EQ_BINARY_MACS
+    return out
+
+
+def _groups(records: dict) -> dict:
+    """``{(board, unit, params key, dsp): [FpgaResult, ...]}`` of every build that fits."""
+    groups: dict = {}
+    for record in records.values():
+        if not record.get("fits"):
+            continue
+        cfg = record["config"]
+        key = (cfg["board"], cfg["unit"], tuple(map(tuple, cfg["params"])), cfg["dsp"])
+        groups.setdefault(key, []).append(FpgaResult.from_dict(record["result"]))
+    for results in groups.values():
+        results.sort(key=lambda r: (r.params["rows"] * r.params["cols"], r.params["cols"]))
+    return groups
+
+
+def cost_rows(records: dict) -> list[dict]:
+    """:func:`unit_cost` of every (board, unit, precision, DSP mode) built at >= 2 shapes,
+    in board, unit, bits order."""
+    rows = [c for c in (unit_cost(rs) for rs in _groups(records).values()) if c is not None]
+    rows.sort(key=lambda c: (list(BOARDS).index(c["board"]), UNITS.index(c["unit"]),
+                             c["dsp"] != MODE, c["bits"]))
+    return rows
+
+
+def comparisons(records: dict) -> list[dict]:
+    """How many times cheaper per MAC log-shift (4-bit codes) and XNOR are than INT8.
+
+    Same board, base precisions (:data:`BASE_PARAMS`), PE arrays in LUT logic. One dict per
+    (board, unit, measure) with ``int8``, ``value`` (LUTs per MAC) and ``ratio = int8 / value``
+    (> 1: the unit is cheaper). Measures: ``marginal`` (per-PE slope per MAC; for XNOR per
+    1-bit MAC, and ``marginal int8-eq`` per INT8-equivalent MAC of 64 binary MACs) and
+    ``whole RxC`` (the whole unit, wrapper taken off, at the largest shape built for both).
+    """
+    out = []
+    for board in BOARDS:
+        base = {u: _records_of(records, board, u, BASE_PARAMS[u])[0] for u in UNITS}
+        if not base["int8"]:
+            continue
+        ref_cost = unit_cost(base["int8"])
+        for unit in ("log", "xnor"):
+            cost = unit_cost(base[unit]) if base[unit] else None
+            if ref_cost and cost:
+                ref = ref_cost["lut_per_mac"]
+                out.append({"board": board, "unit": unit, "measure": "marginal",
+                            "int8": ref, "value": cost["lut_per_mac"],
+                            "ratio": ref / cost["lut_per_mac"]})
+                if unit == "xnor":
+                    out.append({"board": board, "unit": unit, "measure": "marginal int8-eq",
+                                "int8": ref, "value": cost["int8_eq_lut_per_mac"],
+                                "ratio": ref / cost["int8_eq_lut_per_mac"]})
+            # The whole unit at the largest shape built for both (the fixed part shared most).
+            ref_at = {_shape(r): r.lut_per_mac for r in base["int8"]}
+            common = [r for r in base[unit] if _shape(r) in ref_at]
+            if common:
+                r = common[-1]
+                out.append({"board": board, "unit": unit, "measure": f"whole {_shape(r)}",
+                            "int8": ref_at[_shape(r)], "value": r.lut_per_mac,
+                            "ratio": ref_at[_shape(r)] / r.lut_per_mac})
+    return out
+
+
+def plot_points(records: dict) -> dict:
+    """``{board: {series: [(bits per weight, LUT-equivalents per MAC)]}}`` for the plot.
+
+    One series per unit with its PE array in LUT logic (``requant``), one point per precision
+    built at two shapes or more; INT8 with its multipliers in DSP blocks (``auto``) is its own
+    series. The cost is :func:`unit_cost`'s ``lut_eq_per_mac``: the marginal per-PE LUTs plus
+    DSPs weighted by their share of the device, per MAC at the unit's precision.
+    """
+    out: dict = {}
+    for c in cost_rows(records):
+        series = {"int8": "INT (a = w bits)", "log": "log-shift (code bits, int8 act.)",
+                  "xnor": "XNOR-popcount (a = w planes)"}[c["unit"]]
+        if c["dsp"] == "auto":
+            series = "INT8, multipliers in DSPs"
+        elif c["dsp"] != MODE:
+            continue
+        out.setdefault(c["board"], {}).setdefault(series, []).append(
+            (c["bits"], c["lut_eq_per_mac"]))
+    for series in out.values():
+        for pts in series.values():
+            pts.sort()
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
-
-
-def _ratio_rows(records: dict) -> list[list[str]]:
-    """Rows comparing log and XNOR with INT8 on the same board, PE arrays in LUT logic.
-
-    Two measures: the whole unit's LUTs per MAC at each array size built for all units (the
-    per-column drain and requantization included), and the array's own cost per MAC, the
-    fitted per-PE slope divided by the MACs of one PE.
-    """
-    rows = []
-    for board in BOARDS:
-        base = {u: _records_of(records, board, u, BASE_PARAMS[u])[0] for u in UNITS}
-        shapes = [(r.params["rows"], r.params["cols"]) for r in base["int8"]]
-        for shape in shapes:
-            at = {u: [r for r in base[u] if (r.params["rows"], r.params["cols"]) == shape]
-                  for u in UNITS}
-            ref = at["int8"][0].lut_per_mac
-            for unit in ("log", "xnor"):
-                if at[unit]:
-                    r = at[unit][0]
-                    what = "1-bit MAC" if unit == "xnor" else "MAC"
-                    rows.append([board, f"whole unit {shape[0]}x{shape[1]}", unit,
-                                 f"{ref:.1f}", f"{r.lut_per_mac:.2f} per {what}",
-                                 f"{ref / r.lut_per_mac:.1f}x"])
-        models = {u: fit_array_model(base[u]) for u in UNITS}
-        if models["int8"] is None:
-            continue
-        ref = models["int8"]["LUT"]["per_pe"]
-        for unit in ("log", "xnor"):
-            if models[unit] is None:
-                continue
-            per_mac = models[unit]["LUT"]["per_pe"] / macs_per_pe(base[unit][0])
-            what = "1-bit MAC" if unit == "xnor" else "MAC"
-            rows.append([board, "array only (per-PE slope)", unit, f"{ref:.1f}",
-                         f"{per_mac:.2f} per {what}", f"{ref / per_mac:.1f}x"])
-    return rows
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -398,13 +501,118 @@ def _sort_key(r: FpgaResult):
             r.params["cols"])
 
 
-def render_markdown(data: dict) -> str:
-    """The generated part of docs/fpga.md (and the hardware section of docs/results.md)."""
+def _ratio_text(ratio: float) -> str:
+    return f"{ratio:.2f}x" if ratio < 10 else f"{ratio:.1f}x"
+
+
+def _comparison_table(records: dict) -> str | None:
+    rows = []
+    label = {"log": f"log{BASE_PARAMS['log']['bits']} vs int8", "xnor": "xnor vs int8"}
+    for c in comparisons(records):
+        if c["measure"] == "marginal":
+            what = "marginal: per-PE slope, per " + ("1-bit MAC" if c["unit"] == "xnor"
+                                                      else "MAC")
+        elif c["measure"] == "marginal int8-eq":
+            what = (f"marginal, per INT8-equivalent MAC ({INT8_EQ_BINARY_MACS} 1-bit MACs)")
+        else:
+            what = f"whole unit at {c['measure'].split()[1]}, per " + \
+                ("1-bit MAC" if c["unit"] == "xnor" else "MAC")
+        rows.append([c["board"], label[c["unit"]], what, f"{c['int8']:.1f}",
+                     f"{c['value']:.2f}", _ratio_text(c["ratio"])])
+    if not rows:
+        return None
+    return _md_table(["board", "comparison", "LUTs per MAC", "INT8", "unit",
+                      "INT8 / unit"], rows)
+
+
+def _cost_table(records: dict) -> str | None:
+    rows = []
+    for c in cost_rows(records):
+        pe = c["per_pe"]
+        macs = (f"{c['macs_per_pe']:g} 1-bit ({c['macs_per_pe'] / INT8_EQ_BINARY_MACS:g} "
+                "int8-eq)" if c["unit"] == "xnor" else f"{c['macs_per_pe']:g}")
+        per_mac = f"{c['lut_per_mac']:.2f}"
+        if c["int8_eq_lut_per_mac"] is not None:
+            per_mac += f" ({c['int8_eq_lut_per_mac']:.0f} per int8-eq)"
+        rows.append([c["board"], c["precision"], c["dsp"],
+                     ", ".join(f"{s}: {v:.0f}" for s, v in c["whole"]),
+                     f"{pe['LUT']:.0f} / {pe['FF']:.0f} / {pe['DSP']:.2g}", macs, per_mac,
+                     f"{c['lut_eq_per_mac']:.1f}", f"{c['fmax_mhz']:.1f}"])
+    if not rows:
+        return None
+    return _md_table(["board", "unit", "DSP mode", "LUT/MAC whole unit, by array",
+                      "per PE: LUT / FF / DSP", "MACs/cycle per PE", "marginal LUT/MAC",
+                      "LUT-eq per MAC", "Fmax MHz (worst)"], rows)
+
+
+def _largest_rows(records: dict) -> list[list[str]]:
+    rows = []
+    for row in largest_table(records):
+        fit = row["fit"]
+        if fit is None:
+            rows.append([row["board"], row["unit"], row["dsp"], "-", "-",
+                         "too few builds fit" if row["failed"] else "-",
+                         f"fits: {[_shape(r) for r in row['built']]}; does not fit: "
+                         f"{[f'{a}x{b}' for a, b in row['failed']]}"])
+            continue
+        n, model = fit["n"], fit["model"]
+        state = {"verified": f"verified: {n}x{n} fits, "
+                             + ("the largest allowed" if n == 64 else f"{n + 1}x{n + 1} does not"),
+                 True: f"{n}x{n} built and fits; larger estimated",
+                 False: "estimate; its build failed", None: "estimate"}[row["verified"]]
+        macs = n * n * macs_per_pe(row["built"][0])
+        macs_text = f"{macs:.0f}" + (f" 1-bit ({macs / INT8_EQ_BINARY_MACS:g} int8-eq)"
+                                     if row["unit"] == "xnor" else "")
+        rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}", macs_text, fit["limit"],
+                     f"{state}; per PE {model['LUT']['per_pe']:.0f} LUT "
+                     f"{model['FF']['per_pe']:.0f} FF {model['DSP']['per_pe']:.1f} DSP, "
+                     f"per column {model['LUT']['per_col']:.0f} LUT "
+                     f"{model['DSP']['per_col']:.1f} DSP; from {', '.join(fit['basis'])}"])
+    return rows
+
+
+def render_markdown(data: dict, plot_link: str | None = None) -> str:
+    """The generated part of docs/fpga.md (and the hardware section of docs/results.md).
+
+    ``plot_link``: the plot's address as seen from the Markdown file (default: the plot
+    :data:`PLOT_PATH` seen from docs/fpga.md's folder).
+    """
+    if plot_link is None:
+        plot_link = Path(os.path.relpath(PLOT_PATH, DOCS_PATH.parent)).as_posix()
     records = data["records"]
     built = sorted((FpgaResult.from_dict(r["result"]) for r in records.values()
                     if r.get("fits")), key=_sort_key)
     parts = ["Generated by `lowbit bench fpga` from bench/fpga.json"
              + (f" ({data['updated']})" if data.get("updated") else "") + ".", ""]
+    compare = _comparison_table(records)
+    if compare:
+        parts += ["### Log-shift and XNOR against INT8 (same board, PE arrays in LUT logic)", "",
+                  "LUTs are the unit's own (the wrapper's XOR tree taken off). *Marginal* is "
+                  "the fitted per-PE slope (what one more PE costs, the cost of a large array) "
+                  "divided by the MACs one PE does per cycle; *whole unit* divides all of the "
+                  "unit's LUTs, per-column requantization and control included, by the MACs per "
+                  "cycle of that array. INT8 / unit above 1: the unit is that many times "
+                  "cheaper per MAC. An XNOR MAC is 1-bit; an INT8-equivalent MAC is "
+                  f"{INT8_EQ_BINARY_MACS} of them (8 activation x 8 weight planes).", "",
+                  compare, ""]
+    costs = _cost_table(records)
+    if costs:
+        parts += ["### Cost per MAC of each unit", "",
+                  "*LUT/MAC whole unit*: at each array built. *Per PE*: the slope of "
+                  "`fixed + per_col*cols + per_pe*rows*cols` fitted to the builds (exact for "
+                  "three shapes). *LUT-eq per MAC*: per-PE LUTs plus per-PE DSP blocks counted "
+                  "at their share of the device (LUTs / DSPs: iCE40UP5K 660, ECP5-85F 536), "
+                  "per MAC at the unit's precision (XNOR with p x p planes: lanes / p^2 MACs "
+                  "per PE per cycle). DSP mode requant: PE array in LUT logic; auto: INT8's "
+                  "multipliers in DSP blocks.", "",
+                  costs, "", f"![LUT-equivalents per MAC against bits]({plot_link})", ""]
+    largest = _largest_rows(records)
+    if largest:
+        parts += ["### Largest square array per board", "",
+                  "Estimated from the linear model fitted to the builds (LUTs within "
+                  f"{LUT_FILL:.0%} of the device), unless marked as verified by builds.", "",
+                  _md_table(["board", "unit", "DSP", "largest", "MACs/cycle", "limited by",
+                             "how"], largest), ""]
     parts += ["### All builds", "",
               "LUT = logic cells (ECP5 TRELLIS_COMB, iCE40 ICESTORM_LC) of the whole design and "
               "the device share; FF = flip-flops (iCE40: from the netlist); LUT/MAC = the "
@@ -412,62 +620,11 @@ def render_markdown(data: dict) -> str:
               "1-bit; Fmax = nextpnr's achieved clock. DSP mode requant: PE array in LUT logic, "
               "requantization multipliers in DSPs; auto: every multiplier may use DSPs.", "",
               format_table(built), ""]
-    not_fit = sorted((r for r in records.values() if r.get("fits") is False),
+    for title, state in (("Builds that do not fit", False), ("Builds that failed", None)):
+        bad = sorted((r for r in records.values() if r.get("fits") is state),
                      key=lambda r: r["key"])
-    failed = sorted((r for r in records.values() if r.get("fits") is None),
-                    key=lambda r: r["key"])
-    if not_fit:
-        parts += ["Builds that do not fit:", ""]
-        parts += [f"- `{r['key']}`: {r['error']}" for r in not_fit] + [""]
-    if failed:
-        parts += ["Builds that failed:", ""]
-        parts += [f"- `{r['key']}`: {r['error']}" for r in failed] + [""]
-    ratios = _ratio_rows(records)
-    if ratios:
-        parts += ["### Cost per MAC against INT8 (same board, PE arrays in LUT logic)", "",
-                  _md_table(["board", "measure", "unit", "INT8 LUT/MAC", "unit LUT/MAC",
-                             "INT8 / unit"], ratios), ""]
-    largest = largest_table(records)
-    if largest:
-        rows = []
-        for row in largest:
-            fit = row["fit"]
-            if fit is None:
-                rows.append([row["board"], row["unit"], row["dsp"], "-", "-",
-                             "too few builds fit" if row["failed"] else "-",
-                             f"fits: {[_shape(r) for r in row['built']]}; does not fit: "
-                             f"{[f'{a}x{b}' for a, b in row['failed']]}"])
-                continue
-            n, model = fit["n"], fit["model"]
-            state = {"verified": f"verified: {n}x{n} fits, "
-                                 + ("the largest allowed" if n == 64
-                                    else f"{n + 1}x{n + 1} does not"),
-                     True: f"{n}x{n} built and fits; larger estimated",
-                     False: "estimate; its build failed", None: "estimate"}[row["verified"]]
-            macs = n * n * macs_per_pe(row["built"][0])
-            rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}", f"{macs:.0f}",
-                         fit["limit"],
-                         f"{state}; per PE {model['LUT']['per_pe']:.0f} LUT "
-                         f"{model['FF']['per_pe']:.0f} FF {model['DSP']['per_pe']:.1f} DSP, "
-                         f"per column {model['LUT']['per_col']:.0f} LUT "
-                         f"{model['DSP']['per_col']:.1f} DSP; from {', '.join(fit['basis'])}"])
-        parts += ["### Largest square array per board", "",
-                  "Estimated from the linear model `fixed + per_col*cols + per_pe*rows*cols` "
-                  f"fitted to the builds (LUTs within {LUT_FILL:.0%} of the device), unless "
-                  "marked as verified.", "",
-                  _md_table(["board", "unit", "DSP", "largest", "MACs/cycle", "limited by",
-                             "how"], rows), ""]
-    points = sweep_points(records)
-    if points:
-        rows = [[u, str(b), f"{pe:.1f}", f"{mac:.2f}"]
-                for u, pts in points.items() for b, pe, mac in pts]
-        parts += [f"### Cost per MAC against bits ({SWEEP_BOARD}, PE arrays in LUT logic)", "",
-                  "Array cost only: the per-PE LUT slope between the "
-                  f"{' and '.join(f'{a}x{b}' for a, b in SWEEP_SIZES)} builds. INT: a = w = "
-                  "bits; log: bits of the weight code, int8 activations; XNOR: bits = "
-                  "activation planes = weight planes (a p-bit MAC takes p*p plane pairs).", "",
-                  _md_table(["unit", "bits", "LUT per PE", "LUT per MAC"], rows), "",
-                  f"![LUT per MAC against bits]({PLOT_PATH.name})", ""]
+        if bad:
+            parts += [f"{title}:", ""] + [f"- `{r['key']}`: {r['error']}" for r in bad] + [""]
     return "\n".join(parts).rstrip() + "\n"
 
 
@@ -476,31 +633,50 @@ def _shape(r: FpgaResult) -> str:
 
 
 def plot_cost(data: dict, path: Path = PLOT_PATH) -> Path | None:
-    """PNG of the array's LUTs per MAC (log scale) against bits, one line per unit."""
-    points = sweep_points(data["records"])
+    """PNG of LUT-equivalents per MAC (log scale) against bits per weight, one panel per board.
+
+    The cost is :func:`plot_points`' (marginal per-PE LUTs plus DSPs at their device share).
+    Written atomically (a temporary file renamed over ``path``). Returns None without data.
+    """
+    points = plot_points(data["records"])
     if not points:
         return None
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 4))
-    labels = {"int8": "INT (a = w bits)", "log": "log-shift (weight code bits, int8 act.)",
-              "xnor": "XNOR-popcount (a = w planes)"}
-    for unit, pts in points.items():
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=labels[unit])
-    ax.set_yscale("log")
-    ax.set_xlabel("bits")
-    ax.set_ylabel("LUTs per MAC (array, per-PE slope)")
-    ax.set_title(f"{SWEEP_BOARD}, PE array in LUT logic")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    import matplotlib.ticker
+    boards = [b for b in BOARDS if b in points]
+    fig, axes = plt.subplots(1, len(boards), figsize=(5.2 * len(boards), 4), squeeze=False)
+    style = {"INT8, multipliers in DSPs": dict(marker="s", linestyle="none", color="C3")}
+    for ax, board in zip(axes[0], boards):
+        for series, pts in points[board].items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                    **style.get(series, dict(marker="o")), label=series)
+            for x, y in pts:
+                ax.annotate(f"{y:.0f}" if y >= 10 else f"{y:.1f}", (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(range(1, 9))
+        ax.set_xlabel("bits per weight (XNOR: planes)")
+        ax.set_ylabel("LUT-equivalents per MAC (marginal, per PE)")
+        ax.set_title(f"{board} ({BOARDS[board].device})")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Cost per MAC: LUTs + DSPs x (device LUTs / DSPs)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
     os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
@@ -519,17 +695,17 @@ def update_docs(markdown: str, path: Path = DOCS_PATH) -> None:
     os.replace(tmp, path)
 
 
-def hardware_table(results_path: Path = RESULTS_PATH, plot_link: str = PLOT_PATH.name) -> str:
+def hardware_table(results_path: Path = RESULTS_PATH, plot_link: str | None = None) -> str:
     """The hardware section for ``lowbit report`` (docs/results.md), from bench/fpga.json.
 
     Builds nothing: regenerate the numbers with ``lowbit bench fpga``. Returns Markdown
     starting with a ``## Hardware cost (FPGA)`` heading; the plot is linked as ``plot_link``
-    (default: docs/fpga_cost.png seen from docs/).
+    (default: docs/img/fpga_cost_per_mac.png seen from docs/).
     """
     data = load_results(results_path)
     if not data["records"]:
         return "## Hardware cost (FPGA)\n\nNo FPGA results yet: run `lowbit bench fpga`.\n"
-    text = render_markdown(data).replace(f"]({PLOT_PATH.name})", f"]({plot_link})")
+    text = render_markdown(data, plot_link)
     return ("## Hardware cost (FPGA)\n\nThe full tables, the method and the tool flow are in "
             "[fpga.md](fpga.md).\n\n" + text)
 
@@ -585,17 +761,23 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
 def register_bench(subparsers) -> None:
     p = subparsers.add_parser(
         "fpga", help="FPGA cost table of the matmul units (docs/fpga.md)",
-        description="Build every matmul unit at several sizes on each board, write "
-                    "bench/fpga.json, the tables of docs/fpga.md and docs/fpga_cost.png.")
+        description="Build every matmul unit at several sizes on each board (each build once: "
+                    "bench/fpga.json keeps the records), find the largest array of each unit "
+                    "per board, then print the tables and write them into docs/fpga.md with "
+                    "the plot docs/img/fpga_cost_per_mac.png.")
     p.add_argument("--boards", nargs="+", default=list(BOARDS), metavar="BOARD",
                    help=f"boards to build for (default: {' '.join(BOARDS)})")
+    p.add_argument("--quick", action="store_true",
+                   help="the iCEBreaker builds only, no bit-width sweep and no verification "
+                        "builds (about 15 CPU-minutes from scratch)")
     p.add_argument("--no-sweep", action="store_true", help="skip the bit-width sweep")
+    p.add_argument("--verify-on", nargs="*", default=["icebreaker"], metavar="BOARD",
+                   help="boards on which each estimated largest array is confirmed by building "
+                        "it and the next size up (default: icebreaker; the ULX3S-85F's largest "
+                        "arrays take tens of minutes per build; give no board to skip)")
     p.add_argument("--jobs", type=int, default=1, help="builds in parallel (default 1)")
     p.add_argument("--rebuild", action="store_true",
                    help="rebuild configurations already in the results file")
-    p.add_argument("--verify-largest", action="store_true",
-                   help="also build each estimated largest array to confirm that it fits "
-                        "(slow on the ULX3S-85F: large arrays take tens of minutes)")
     p.add_argument("--timeout", type=float, default=3600,
                    help="seconds allowed per tool run (default 3600)")
     p.add_argument("--results", default=str(RESULTS_PATH), help="results JSON")
@@ -607,23 +789,54 @@ def register_bench(subparsers) -> None:
     p.set_defaults(func=_bench_command)
 
 
+def _lock(results: Path):
+    """An exclusive lock next to ``results``: two runs would each rewrite the whole file and
+    lose the other's records. Returns the open lock file (closing it releases the lock)."""
+    import fcntl
+    import hashlib
+    # In the temporary folder (not next to the results, which are tracked by git), named after
+    # the results file's absolute path.
+    tag = hashlib.sha1(str(results.resolve()).encode()).hexdigest()[:16]
+    f = open(Path(tempfile.gettempdir()) / f"lowbit-bench-fpga-{tag}.lock", "w")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise LowbitError(f"another `lowbit bench fpga` is writing {results}; wait for it "
+                          "to finish") from None
+    return f
+
+
 def _bench_command(args) -> int:
-    for board in args.boards:
+    for board in list(args.boards) + list(args.verify_on):
         if board not in BOARDS:
             raise LowbitError(f"unknown board {board!r} (choose from {', '.join(BOARDS)})")
     if args.jobs < 1:
         raise LowbitError(f"--jobs must be a positive integer, not {args.jobs}")
+    if not args.timeout > 0:
+        raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    boards, verify_on = tuple(args.boards), tuple(args.verify_on)
+    if args.quick:
+        boards, verify_on = ("icebreaker",), ()
     results = Path(args.results)
+    lock = None if args.render_only else _lock(results)
     if args.render_only:
         data = load_results(results)
+        if not data["records"]:
+            raise LowbitError(f"no FPGA results in {results}: run `lowbit bench fpga` first")
     else:
-        configs = default_configs(tuple(args.boards), sweep=not args.no_sweep)
+        configs = default_configs(boards, sweep=not (args.no_sweep or args.quick))
         data = run_bench(configs, results_path=results, build_root=args.build_root,
                          jobs=args.jobs, reuse=not args.rebuild, timeout=args.timeout)
-        if args.verify_largest:
+        verify_on = tuple(b for b in verify_on if b in boards)
+        if verify_on:
             data = verify_largest(data, results_path=results, build_root=args.build_root,
-                                  timeout=args.timeout, boards=args.boards)
-    markdown = render_markdown(data)
+                                  timeout=args.timeout, boards=verify_on)
+    if lock is not None:
+        lock.close()
+    markdown = render_markdown(
+        data, Path(os.path.relpath(Path(args.plot).resolve(),
+                                   Path(args.docs).resolve().parent)).as_posix())
     plot = plot_cost(data, Path(args.plot))
     update_docs(markdown, Path(args.docs))
     print(markdown)

@@ -16,9 +16,10 @@ from lowbit.cli import main
 from lowbit.hw import fpga
 from lowbit.hw.fpga import BOARDS, ScanWrapper, parse_overflow, parse_report
 from lowbit.hw.fpga import FpgaResult
+from lowbit.hw import fpga_bench
 from lowbit.hw.fpga_bench import (
-    BASE_PARAMS, Config, _config, default_configs, fit_array_model, fit_largest,
-    hardware_table, render_markdown,
+    BASE_PARAMS, Config, _config, comparisons, default_configs, fit_array_model, fit_largest,
+    plot_cost, plot_points, render_markdown, unit_cost,
 )
 from lowbit.hw.matmul import make_unit
 
@@ -58,12 +59,38 @@ def test_argument_errors(capsys, argv, message):
     assert "Traceback" not in err and out == ""
 
 
-def test_bench_argument_errors(capsys):
+def test_bench_argument_errors(capsys, tmp_path):
     status, _, err = run_cli(capsys, "bench", "fpga", "--boards", "arty", "--render-only")
     assert status == 2
     assert err.strip() == "lowbit: error: unknown board 'arty' (choose from ulx3s-85f, icebreaker)"
     status, _, err = run_cli(capsys, "bench", "fpga", "--jobs", "0", "--render-only")
     assert err.strip() == "lowbit: error: --jobs must be a positive integer, not 0"
+    status, _, err = run_cli(capsys, "bench", "fpga", "--verify-on", "arty", "--render-only")
+    assert status == 2 and "unknown board 'arty'" in err
+    status, _, err = run_cli(capsys, "bench", "fpga", "--timeout", "0", "--render-only")
+    assert err.strip() == \
+        "lowbit: error: --timeout must be a positive number of seconds, not 0.0"
+    empty = tmp_path / "none.json"
+    status, _, err = run_cli(capsys, "bench", "fpga", "--render-only", "--results", str(empty))
+    assert status == 2 and f"no FPGA results in {empty}" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    status, _, err = run_cli(capsys, "bench", "fpga", "--render-only", "--results", str(bad))
+    assert status == 2 and "is not an FPGA results file" in err
+
+
+def test_bench_refuses_a_second_writer(capsys, tmp_path):
+    """Two runs on one results file would lose records: the second is refused at once."""
+    results = tmp_path / "fpga.json"
+    held = fpga_bench._lock(results)
+    try:
+        status, _, err = run_cli(capsys, "bench", "fpga", "--quick", "--results", str(results))
+        assert status == 2
+        assert err.strip() == (f"lowbit: error: another `lowbit bench fpga` is writing "
+                               f"{results}; wait for it to finish")
+    finally:
+        held.close()
+    fpga_bench._lock(results).close()          # released: a later run may proceed
 
 
 def test_tools_missing_names_every_variable():
@@ -214,22 +241,132 @@ def test_fit_array_model_and_largest_square():
     assert fit_array_model(results[:1]) is None
 
 
-def test_render_markdown_compares_units_on_the_same_board(tmp_path):
-    records = dict([
-        _fake_record("ulx3s-85f", "int8", 4, 4, 4000, 900),
-        _fake_record("ulx3s-85f", "log", 4, 4, 2000, 900),
-        _fake_record("ulx3s-85f", "xnor", 4, 4, 4096, 900),
-    ])
+def _linear_records(board, unit, shapes, fixed, per_col, per_pe, dsp_per_pe=0, dsp_mode="requant",
+                    params=None, wrapper_lut=5):
+    """Records whose unit LUTs follow ``fixed + per_col*cols + per_pe*rows*cols`` exactly."""
+    return dict(_fake_record(board, unit, r, c, fixed + per_col * c + per_pe * r * c + wrapper_lut,
+                             60 * r * c, dsp=2 * c + dsp_per_pe * r * c, dsp_mode=dsp_mode,
+                             params=params, wrapper_lut=wrapper_lut)
+                for r, c in shapes)
+
+
+ICE_SHAPES = ((1, 1), (2, 1), (2, 2))
+
+
+def _three_units(board="icebreaker", shapes=ICE_SHAPES):
+    records = _linear_records(board, "int8", shapes, 100, 800, 230)
+    records.update(_linear_records(board, "log", shapes, 100, 800, 160))
+    records.update(_linear_records(board, "xnor", shapes, 100, 800, 640))
+    return records
+
+
+def test_unit_cost_marginal_and_whole():
+    """The per-PE slope is recovered exactly; whole-unit LUT/MAC falls towards it with size."""
+    records = _three_units()
+    ints = [FpgaResult.from_dict(r["result"]) for k, r in records.items() if "|int8|" in k]
+    cost = unit_cost(sorted(ints, key=lambda r: r.macs_per_cycle))
+    assert cost["per_pe"]["LUT"] == pytest.approx(230) and cost["per_pe"]["DSP"] == 0
+    assert cost["lut_per_mac"] == pytest.approx(230) == cost["lut_eq_per_mac"]
+    whole = dict(cost["whole"])
+    assert whole == {"1x1": 1130, "2x1": (100 + 800 + 460) / 2, "2x2": (100 + 1600 + 920) / 4}
+    assert list(whole.values()) == sorted(whole.values(), reverse=True)
+    assert all(v > cost["lut_per_mac"] for v in whole.values())
+    assert cost["int8_eq_lut_per_mac"] is None and cost["bits"] == 8
+    xnor = [FpgaResult.from_dict(r["result"]) for k, r in records.items() if "|xnor|" in k]
+    xc = unit_cost(xnor)
+    assert xc["macs_per_pe"] == 32 and xc["lut_per_mac"] == pytest.approx(640 / 32)
+    assert xc["int8_eq_lut_per_mac"] == pytest.approx(640 / 32 * 64) and xc["bits"] == 1
+    assert unit_cost(xnor[:1]) is None          # one shape: no slope
+
+
+def test_unit_cost_counts_dsps_at_their_device_share():
+    """INT8 with multipliers in DSPs: 1 DSP per PE costs lut_available/dsp_available LUTs."""
+    recs = _linear_records("ulx3s-85f", "int8", ((1, 2), (4, 2), (2, 4)), 300, 700, 120,
+                           dsp_per_pe=1, dsp_mode="auto")
+    cost = unit_cost([FpgaResult.from_dict(r["result"]) for r in recs.values()])
+    assert cost["per_pe"]["DSP"] == pytest.approx(1)
+    assert cost["lut_per_mac"] == pytest.approx(120)
+    assert cost["lut_eq_per_mac"] == pytest.approx(120 + 83640 / 156)
+    # XNOR with 2 activation x 2 weight planes: a 2-bit MAC takes 4 beats of 32 lanes.
+    recs = _linear_records("ulx3s-85f", "xnor", ((1, 2), (4, 2)), 0, 900, 800,
+                           params={"lanes": 32, "a_planes": 2, "w_planes": 2})
+    cost = unit_cost([FpgaResult.from_dict(r["result"]) for r in recs.values()])
+    assert cost["bits"] == 2 and cost["bit_macs_per_pe"] == 8
+    assert cost["lut_eq_per_mac"] == pytest.approx(800 / 8)
+
+
+def test_comparisons_against_int8_on_the_same_board():
+    records = _three_units()
+    records.update(_linear_records("ulx3s-85f", "int8", ((1, 2), (4, 2)), 0, 900, 200))
+    records.update(_linear_records("ulx3s-85f", "log", ((1, 2), (4, 2)), 0, 900, 100))
+    got = {(c["board"], c["unit"], c["measure"]): c for c in comparisons(records)}
+    assert set(got) == {
+        ("icebreaker", "log", "marginal"), ("icebreaker", "log", "whole 2x2"),
+        ("icebreaker", "xnor", "marginal"), ("icebreaker", "xnor", "marginal int8-eq"),
+        ("icebreaker", "xnor", "whole 2x2"),
+        ("ulx3s-85f", "log", "marginal"), ("ulx3s-85f", "log", "whole 4x2")}
+    assert got["icebreaker", "log", "marginal"]["ratio"] == pytest.approx(230 / 160)
+    assert got["icebreaker", "xnor", "marginal"]["ratio"] == pytest.approx(230 / 20)
+    assert got["icebreaker", "xnor", "marginal int8-eq"]["ratio"] == pytest.approx(230 / 1280)
+    assert got["icebreaker", "log", "whole 2x2"]["ratio"] == pytest.approx(
+        (100 + 1600 + 920) / (100 + 1600 + 640))
+    assert got["ulx3s-85f", "log", "marginal"]["ratio"] == pytest.approx(2)
     md = render_markdown({"records": records})
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
-            if line.startswith("| ulx3s-85f | whole unit 4x4")]
-    assert rows == [["ulx3s-85f", "whole unit 4x4", "log", "250.0", "125.00 per MAC", "2.0x"],
-                    ["ulx3s-85f", "whole unit 4x4", "xnor", "250.0", "8.00 per 1-bit MAC",
-                     "31.2x"]]
+    row = [line for line in md.splitlines()
+           if line.startswith("| icebreaker | xnor vs int8 | marginal: per-PE slope")]
+    assert [c.strip() for c in row[0].strip("|").split("|")][3:] == ["230.0", "20.00", "11.5x"]
+    assert "![LUT-equivalents per MAC against bits](img/fpga_cost_per_mac.png)" in md
+
+
+def test_plot_points_and_plot(tmp_path):
+    records = _three_units()
+    records.update(_linear_records("icebreaker", "int8", ICE_SHAPES, 100, 800, 120,
+                                   dsp_per_pe=1, dsp_mode="auto"))
+    points = plot_points(records)
+    assert points == {"icebreaker": {
+        "INT (a = w bits)": [(8, pytest.approx(230))],
+        "INT8, multipliers in DSPs": [(8, pytest.approx(120 + 660))],
+        "log-shift (code bits, int8 act.)": [(4, pytest.approx(160))],
+        "XNOR-popcount (a = w planes)": [(1, pytest.approx(20))]}}
+    path = plot_cost({"records": records}, tmp_path / "img" / "cost.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in path.parent.iterdir()] == ["cost.png"]    # no temporary left
+    assert plot_cost({"records": {}}, tmp_path / "none.png") is None
+
+
+def test_bench_render_only_cli(capsys, tmp_path):
+    """`lowbit bench fpga --render-only` prints the tables and writes the docs and plot."""
+    results = tmp_path / "fpga.json"
+    results.write_text(json.dumps({"records": _three_units()}))
+    docs = tmp_path / "docs" / "fpga.md"
+    docs.parent.mkdir()
+    docs.write_text("# FPGA\n\nbefore\n\n" + fpga_bench.BEGIN + "\nold\n" + fpga_bench.END
+                    + "\nafter\n")
+    plot = tmp_path / "docs" / "img" / "p.png"
+    status, out, err = run_cli(capsys, "bench", "fpga", "--render-only", "--results",
+                               str(results), "--docs", str(docs), "--plot", str(plot))
+    assert status == 0, err
+    assert "| icebreaker | log4 vs int8 | marginal: per-PE slope, per MAC" in out
+    text = docs.read_text()
+    assert text.startswith("# FPGA\n\nbefore\n") and text.endswith(fpga_bench.END + "\nafter\n")
+    assert "old" not in text and "](img/p.png)" in text and plot.exists()
+
+
+def test_report_section_for_lowbit_report(tmp_path, monkeypatch):
+    """lowbit report calls lowbit.hw.cli.report_section(docs_dir) (sw/quant/report.py)."""
+    from lowbit.hw import cli as hw_cli
     path = tmp_path / "fpga.json"
-    path.write_text(json.dumps({"records": records}))
-    assert hardware_table(path).startswith("## Hardware cost (FPGA)\n")
-    assert "No FPGA results yet" in hardware_table(tmp_path / "missing.json")
+    path.write_text(json.dumps({"records": _three_units()}))
+    monkeypatch.setattr(fpga_bench, "RESULTS_PATH", path)
+    text = hw_cli.report_section(fpga_bench.DOCS_PATH.parent)
+    assert text.startswith("## Hardware cost (FPGA)\n")
+    assert "](img/fpga_cost_per_mac.png)" in text
+    assert "| icebreaker | xnor vs int8 |" in text
+    elsewhere = tmp_path / "out"
+    elsewhere.mkdir()
+    link = os.path.relpath(fpga_bench.PLOT_PATH, elsewhere)
+    assert f"]({link})" in hw_cli.report_section(elsewhere)
+    assert "No FPGA results yet" in fpga_bench.hardware_table(tmp_path / "missing.json")
 
 
 def test_default_configs_cover_every_unit_on_every_board():
@@ -262,25 +399,6 @@ def test_real_build_icebreaker(capsys, tmp_path):
     assert result["fmax_mhz"] == round(min(v["achieved"] for v in report["fmax"].values()), 2)
     assert result["macs_per_cycle"] == 1
     assert os.path.exists(build / "top.bin")
-
-
-def test_report_section_for_lowbit_report(tmp_path, monkeypatch):
-    """lowbit report calls lowbit.hw.cli.report_section(docs_dir) (sw/quant/report.py)."""
-    from lowbit.hw import cli as hw_cli
-    from lowbit.hw import fpga_bench
-    records = dict(_fake_record("ulx3s-85f", "log", r, c, 1000 * r * c, 100 * r * c,
-                                params={"bits": b})
-                   for b in (1, 2, 4) for r, c in fpga_bench.SWEEP_SIZES)
-    path = tmp_path / "fpga.json"
-    path.write_text(json.dumps({"records": records}))
-    monkeypatch.setattr(fpga_bench, "RESULTS_PATH", path)
-    text = hw_cli.report_section(fpga_bench.DOCS_PATH.parent)
-    assert text.startswith("## Hardware cost (FPGA)\n")
-    assert "](fpga_cost.png)" in text
-    elsewhere = tmp_path / "out"
-    elsewhere.mkdir()
-    link = os.path.relpath(fpga_bench.PLOT_PATH, elsewhere)
-    assert f"]({link})" in hw_cli.report_section(elsewhere)
 
 
 def test_largest_square_verified_by_builds():
