@@ -33,7 +33,8 @@ from amaranth.lib.wiring import In
 from lowbit import LowbitError
 
 __all__ = ["BOARDS", "Board", "ScanWrapper", "FpgaResult", "FpgaDoesNotFit", "TOOL_DEFAULTS",
-           "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register"]
+           "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register",
+           "INT8_EQ_BINARY_MACS", "macs_text"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -525,7 +526,21 @@ def table_row(r: FpgaResult) -> list[str]:
     p = r.params
     return [r.board, r.unit, _params_text(r.unit, p), f"{p['rows']}x{p['cols']}", r.dsp_mode,
             f"{r.lut} ({100 * r.lut / r.lut_available:.1f}%)", str(r.ff), str(r.dsp),
-            str(r.bram), f"{r.fmax_mhz:.1f}", str(r.macs_per_cycle), f"{r.lut_per_mac:.2f}"]
+            str(r.bram), f"{r.fmax_mhz:.1f}", macs_text(r.unit, r.macs_per_cycle),
+            f"{r.lut_per_mac:.2f}"]
+
+
+# An 8-bit x 8-bit product decomposed into bit planes takes 8 activation x 8 weight plane pairs:
+# 64 binary (plane-pair) MACs. The XNOR unit's planes are residual +-1 planes with a scale per
+# weight plane, so this is a throughput equivalence, not INT8 arithmetic.
+INT8_EQ_BINARY_MACS = 64
+
+
+def macs_text(unit: str, macs: float) -> str:
+    """MACs per cycle for a table: XNOR's are 1-bit, shown with their INT8 equivalent."""
+    if unit == "xnor":
+        return f"{macs:g} 1-bit ({macs / INT8_EQ_BINARY_MACS:g} int8-eq)"
+    return f"{macs:g}"
 
 
 def format_table(results: list[FpgaResult], columns=TABLE_COLUMNS, row=table_row) -> str:

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from lowbit import LowbitError
 
-from .fpga import BOARDS, FpgaDoesNotFit, FpgaResult, format_table
+from .fpga import (BOARDS, INT8_EQ_BINARY_MACS, FpgaDoesNotFit, FpgaResult, format_table,
+                   macs_text)
 
 __all__ = ["Config", "default_configs", "run_bench", "fit_array_model", "fit_largest",
-           "hardware_table", "report_section",
+           "hardware_table", "report_section", "unit_cost", "cost_rows", "comparisons",
+           "plot_points", "dsp_lut_equivalent",
            "render_markdown", "plot_cost", "update_docs", "register_bench"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,12 +332,6 @@ def largest_table(records: dict) -> list[dict]:
     return rows
 
 
-# An 8-bit x 8-bit product decomposed into bit planes takes 8 activation x 8 weight plane pairs:
-# 64 binary (plane-pair) MACs. The XNOR unit's planes are residual +-1 planes with a scale per
-# weight plane, so this is a throughput equivalence, not INT8 arithmetic.
-INT8_EQ_BINARY_MACS = 64
-
-
 def dsp_lut_equivalent(result: FpgaResult) -> float:
     """LUTs one DSP block stands for on ``result``'s device: its share of the device's area,
     ``lut_available / dsp_available`` (iCE40UP5K 5280/8 = 660, ECP5-85F 83640/156 = 536)."""
@@ -529,8 +525,7 @@ def _cost_table(records: dict) -> str | None:
     rows = []
     for c in cost_rows(records):
         pe = c["per_pe"]
-        macs = (f"{c['macs_per_pe']:g} 1-bit ({c['macs_per_pe'] / INT8_EQ_BINARY_MACS:g} "
-                "int8-eq)" if c["unit"] == "xnor" else f"{c['macs_per_pe']:g}")
+        macs = macs_text(c["unit"], c["macs_per_pe"])
         per_mac = f"{c['lut_per_mac']:.2f}"
         if c["int8_eq_lut_per_mac"] is not None:
             per_mac += f" ({c['int8_eq_lut_per_mac']:.0f} per int8-eq)"
@@ -561,9 +556,8 @@ def _largest_rows(records: dict) -> list[list[str]]:
                  True: f"{n}x{n} built and fits; larger estimated",
                  False: "estimate; its build failed", None: "estimate"}[row["verified"]]
         macs = n * n * macs_per_pe(row["built"][0])
-        macs_text = f"{macs:.0f}" + (f" 1-bit ({macs / INT8_EQ_BINARY_MACS:g} int8-eq)"
-                                     if row["unit"] == "xnor" else "")
-        rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}", macs_text, fit["limit"],
+        rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}",
+                     macs_text(row["unit"], macs), fit["limit"],
                      f"{state}; per PE {model['LUT']['per_pe']:.0f} LUT "
                      f"{model['FF']['per_pe']:.0f} FF {model['DSP']['per_pe']:.1f} DSP, "
                      f"per column {model['LUT']['per_col']:.0f} LUT "

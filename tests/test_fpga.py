@@ -316,6 +316,11 @@ def test_comparisons_against_int8_on_the_same_board():
            if line.startswith("| icebreaker | xnor vs int8 | marginal: per-PE slope")]
     assert [c.strip() for c in row[0].strip("|").split("|")][3:] == ["230.0", "20.00", "11.5x"]
     assert "![LUT-equivalents per MAC against bits](img/fpga_cost_per_mac.png)" in md
+    # XNOR's MACs are 1-bit; the tables give the INT8 equivalent (64 plane-pair MACs).
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+             if line.startswith("| icebreaker | XNOR 1x1 planes, 32 lanes")]
+    assert cells[0][5:7] == ["32 1-bit (0.5 int8-eq)", "20.00 (1280 per int8-eq)"]
+    assert "| 64 1-bit (1 int8-eq)   |" in md       # the 2x1 build in the table of all builds
 
 
 def test_plot_points_and_plot(tmp_path):
