@@ -213,6 +213,21 @@ def _records_of(records: dict, board: str, unit: str, params: dict, dsp: str = M
 RESOURCES = {"LUT": "unit_lut", "FF": "unit_ff", "DSP": "dsp", "BRAM": "bram"}
 
 
+def model_basis(results: list[FpgaResult]) -> list[FpgaResult]:
+    """The builds the cost model is fitted to: those at the bench's own shapes (:data:`SIZES`,
+    and :data:`SWEEP_SIZES` on the sweep board), so that the per-PE slope stays the measured
+    difference between two of them; other builds (the largest-array verification) then check
+    the model instead of moving it. All builds if fewer than two shapes are at those sizes."""
+    if not results:
+        return []
+    board = results[0].board
+    shapes = set(SIZES.get(board, ())) | (set(SWEEP_SIZES) if board == SWEEP_BOARD else set())
+    basis = [r for r in results if (r.params["rows"], r.params["cols"]) in shapes]
+    if len({(r.params["rows"], r.params["cols"]) for r in basis}) < 2:
+        return list(results)
+    return basis
+
+
 def fit_array_model(results: list[FpgaResult]) -> dict | None:
     """Fit ``cost = fixed + per_col * cols + per_pe * rows * cols`` to each resource.
 
@@ -256,7 +271,7 @@ def predict(model: dict, resource: str, rows: int, cols: int) -> float:
 LUT_FILL = 0.9
 
 
-def fit_largest(results: list[FpgaResult], failed=()) -> dict | None:
+def fit_largest(results: list[FpgaResult], failed=(), also_built=()) -> dict | None:
     """Estimate the largest square ``n x n`` array of a unit that fits the board.
 
     Uses :func:`fit_array_model`; the wrapper's cost is added back (it is part of the build).
@@ -284,7 +299,8 @@ def fit_largest(results: list[FpgaResult], failed=()) -> dict | None:
     bad_squares = [rows for rows, cols in failed if rows == cols]
     if bad_squares and n >= min(bad_squares):
         n, limit = min(bad_squares) - 1, f"build of {min(bad_squares)}x{min(bad_squares)} failed"
-    good_squares = [r.params["rows"] for r in results if r.params["rows"] == r.params["cols"]]
+    good_squares = [r.params["rows"] for r in list(results) + list(also_built)
+                    if r.params["rows"] == r.params["cols"]]
     if good_squares and n < max(good_squares):
         n = max(good_squares)
     if n >= 64:
@@ -311,7 +327,7 @@ def largest_table(records: dict) -> list[dict]:
                 built, failed = _records_of(records, board, unit, BASE_PARAMS[unit], dsp)
                 if not built and not failed:
                     continue
-                fit = fit_largest(built, failed) if built else None
+                fit = fit_largest(model_basis(built), failed, built) if built else None
                 state = None
                 if fit is not None:
                     def built_fits(n):
@@ -376,13 +392,18 @@ def unit_cost(results: list[FpgaResult]) -> dict | None:
     * ``lut_per_mac``: marginal LUTs per native MAC, ``per_pe LUT / macs_per_pe``;
     * ``lut_eq_per_mac``: the same with the DSP slope counted as LUTs
       (:func:`dsp_lut_equivalent`), per MAC at the unit's precision;
-    * ``int8_eq_lut_per_mac``: XNOR only, LUTs per INT8-equivalent MAC (64 binary MACs).
+    * ``int8_eq_lut_per_mac``: XNOR only, LUTs per INT8-equivalent MAC (64 binary MACs);
+    * ``basis``: the shapes the model was fitted to (:func:`model_basis`) and ``checks``:
+      ``[(shape, predicted unit LUTs, built unit LUTs)]`` for every other build.
     """
-    model = fit_array_model(results)
+    basis = model_basis(results)
+    model = fit_array_model(basis)
     if model is None:
         return None
     r0 = results[0]
     per_pe = {k: model[k]["per_pe"] for k in ("LUT", "FF", "DSP")}
+    checks = [(_shape(r), predict(model, "LUT", r.params["rows"], r.params["cols"]), r.unit_lut)
+              for r in results if r not in basis]
     macs = macs_per_pe(r0)
     bit_macs = macs_per_pe(r0, per_bit_mac=True)
     lut_eq = per_pe["LUT"] + per_pe["DSP"] * dsp_lut_equivalent(r0)
@@ -392,7 +413,8 @@ def unit_cost(results: list[FpgaResult]) -> dict | None:
            "whole": [(_shape(r), r.lut_per_mac) for r in results],
            "per_pe": per_pe, "macs_per_pe": macs, "bit_macs_per_pe": bit_macs,
            "lut_per_mac": per_pe["LUT"] / macs, "lut_eq_per_mac": lut_eq / bit_macs,
-           "int8_eq_lut_per_mac": None, "fmax_mhz": min(r.fmax_mhz for r in results)}
+           "int8_eq_lut_per_mac": None, "fmax_mhz": min(r.fmax_mhz for r in results),
+           "basis": [_shape(r) for r in basis], "checks": checks}
     if r0.unit == "xnor":
         out["int8_eq_lut_per_mac"] = per_pe["LUT"] / macs * INT8_EQ_BINARY_MACS
     return out
@@ -600,6 +622,15 @@ def render_markdown(data: dict, plot_link: str | None = None) -> str:
                   "per PE per cycle). DSP mode requant: PE array in LUT logic; auto: INT8's "
                   "multipliers in DSP blocks.", "",
                   costs, "", f"![LUT-equivalents per MAC against bits]({plot_link})", ""]
+    checks = [[c["board"], c["precision"], c["dsp"], shape, f"{pred:.0f}", str(lut),
+               f"{100 * (lut - pred) / pred:+.1f}%", ", ".join(c["basis"])]
+              for c in cost_rows(records) for shape, pred, lut in c["checks"]]
+    if checks:
+        parts += ["### Model check: larger builds against the fitted model", "",
+                  "Unit LUTs of builds that the model was not fitted to (the largest-array "
+                  "builds) against the prediction `fixed + per_col*cols + per_pe*rows*cols`.", "",
+                  _md_table(["board", "unit", "DSP mode", "array", "predicted LUT", "built LUT",
+                             "error", "model fitted to"], checks), ""]
     largest = _largest_rows(records)
     if largest:
         parts += ["### Largest square array per board", "",

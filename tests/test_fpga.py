@@ -422,3 +422,25 @@ def test_largest_square_verified_by_builds():
     assert cells[3:6] == ["2x2", "4", "ICESTORM_LC 5600/5280 at 3x3"]
     assert cells[6].startswith("verified: 2x2 fits, 3x3 does not; per PE 200 LUT")
     assert "- `icebreaker|log|3x3|bits=4|dsp=requant`: log 3x3 does not fit" in md
+
+
+def test_verification_builds_check_the_model_without_moving_it():
+    """A 3x3 build (outside the bench's shapes) is compared with the model, not fitted to."""
+    records = _linear_records("icebreaker", "log", ICE_SHAPES, 100, 800, 160)
+    key, rec = _fake_record("icebreaker", "log", 3, 3, 100 + 2400 + 1440 + 5 + 98, 540,
+                            dsp=6, wrapper_lut=5)          # 98 LUTs above the prediction
+    records[key] = rec
+    results = [FpgaResult.from_dict(r["result"]) for r in records.values()]
+    cost = unit_cost(sorted(results, key=lambda r: r.macs_per_cycle))
+    assert cost["per_pe"]["LUT"] == pytest.approx(160)      # still the 1x1 -> 2x1 difference
+    assert cost["basis"] == ["1x1", "2x1", "2x2"]
+    assert [(s, round(p), b) for s, p, b in cost["checks"]] == [("3x3", 3940, 4038)]
+    assert dict(cost["whole"])["3x3"] == pytest.approx(4038 / 9)
+    md = render_markdown({"records": records})
+    row = [line for line in md.splitlines() if line.startswith("| icebreaker | log 4-bit")
+           and "| 3x3" in line]
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[3:7] == ["3x3", "3940", "4038", "+2.5%"]
+    # The largest-array estimate uses the same model, and a built square sets its floor.
+    basis = [r for r in results if r.params["rows"] < 3]
+    assert fit_largest(basis, also_built=results)["n"] >= 3
