@@ -8,7 +8,7 @@
 # The stages run in that order when no stage is named. All schemes train at the same time on one
 # GPU (each process is small); settings come from the environment:
 #   BASE (multi30k-en-de)  RUNS (runs/quant)  SCHEMES ("int8 int6 log4 log3 log2 log1 bmt1 bmt1a1 mixed")
-#   PTQ ("int8 log4": packed straight from the float model, no retraining)
+#   PTQ ("int8 log4": packed straight from the float model, no retraining; "" for none)
 #   QAT_MINUTES (5)  LR (4e-4)  WARMUP (300)  PHASE_STEPS (250)  PHASE_MINUTES (unset: by steps)
 #   EVAL_DEVICE (auto)  BEAM (5)
 #   RESULTS (RUNS/results.json)  DATA_DIR (lowbit's default data directory)
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 BASE=${BASE:-multi30k-en-de}
 RUNS=${RUNS:-runs/quant}
 SCHEMES=${SCHEMES:-"int8 int6 log4 log3 log2 log1 bmt1 bmt1a1 mixed"}
-PTQ=${PTQ:-"int8 log4"}
+PTQ=${PTQ-"int8 log4"}
 QAT_MINUTES=${QAT_MINUTES:-5}
 LR=${LR:-4e-4}
 WARMUP=${WARMUP:-300}

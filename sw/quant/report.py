@@ -130,34 +130,54 @@ def render(rows: list[dict], beam: int, targets: bool = True) -> str:
 
 
 def check_targets(rows: list[dict]) -> list[str]:
-    """The issue's targets, each with the measured value and whether it is met."""
+    """The issue's targets, each with the measured value on both test splits and whether it is
+    met on each (a target counts as met only where the line says so)."""
     # the retrained models (a scheme's best effort); FP32 is the unquantized package
     by = {r["scheme"]: r for r in rows if r.get("retrained") or r["scheme"] == "fp32"}
     ref = by.get("fp32")
-    out = []
     if ref is None or ref.get(SPLITS[0]) is None:
         return ["(no FP32 result: targets not evaluated)"]
-    f = ref[SPLITS[0]]
+    out = []
 
-    def line(ok, text):
-        out.append(f"- {'met' if ok else '**not met**'}: {text}")
+    def per_split(scheme, test, describe):
+        parts, verdicts = [], []
+        for split in SPLITS:
+            f, v = ref.get(split), by[scheme].get(split)
+            if f is None or v is None:
+                continue
+            ok = test(v, f)
+            verdicts.append(ok)
+            parts.append(f"{split[5:9]}: {describe(v, f)} ({'met' if ok else 'not met'})")
+        if verdicts:
+            word = "met" if all(verdicts) else ("**partly met**" if any(verdicts) else "**not met**")
+            out.append(f"- {word}: {TARGETS[scheme]}: " + "; ".join(parts))
 
-    if "int8" in by and by["int8"].get(SPLITS[0]) is not None:
-        v = by["int8"][SPLITS[0]]
-        line(v >= 0.995 * f, f"INT8 (all matmuls) >= 99.5% of FP32 BLEU: {100 * v / f:.1f}%")
-    if "log4" in by and by["log4"].get(SPLITS[0]) is not None:
-        v = by["log4"][SPLITS[0]]
-        line(f - v <= 0.3, f"log 4-bit loses <= 0.3 BLEU: loses {f - v:.2f}")
-    if "mixed" in by and by["mixed"].get(SPLITS[0]) is not None:
+    loss = lambda v, f: f"loses {f - v:.2f}" if f >= v else f"gains {v - f:.2f}"  # noqa: E731
+    if "int8" in by:
+        per_split("int8", lambda v, f: v >= 0.995 * f, lambda v, f: f"{100 * v / f:.1f}%")
+    if "log4" in by:
+        per_split("log4", lambda v, f: f - v <= 0.3, loss)
+    if "mixed" in by:
         r = by["mixed"]
-        comp = ref["size_bytes"] / r["size_bytes"] if r.get("size_bytes") and ref.get("size_bytes") else 0
-        line(r.get("bits_per_weight", 99) < 3, f"mixed < 3 bits per weight: {r.get('bits_per_weight', 0):.2f}")
-        line(comp >= 11.8, f"mixed >= 11.8x smaller than FP32: {comp:.1f}x")
-        line(f - r[SPLITS[0]] <= 0.5, f"mixed loses <= 0.5 BLEU: loses {f - r[SPLITS[0]]:.2f}")
-    if "bmt1" in by and by["bmt1"].get(SPLITS[0]) is not None:
-        v = by["bmt1"][SPLITS[0]]
-        line(f - v <= 1.0, f"BMT 1-bit weights lose <= 1.0 BLEU: loses {f - v:.2f}")
+        bits = r.get("bits_per_weight")
+        comp = (ref["size_bytes"] / r["size_bytes"]
+                if r.get("size_bytes") and ref.get("size_bytes") else None)
+        if bits is not None:
+            out.append(f"- {'met' if bits < 3 else '**not met**'}: mixed < 3 bits per weight: "
+                       f"{bits:.2f}")
+        if comp is not None:
+            out.append(f"- {'met' if comp >= 11.8 else '**not met**'}: mixed >= 11.8x smaller "
+                       f"than FP32: {comp:.1f}x")
+        per_split("mixed", lambda v, f: f - v <= 0.5, loss)
+    if "bmt1" in by:
+        per_split("bmt1", lambda v, f: f - v <= 1.0, loss)
     return out
+
+
+TARGETS = {"int8": "INT8 (all matmuls) >= 99.5% of FP32 BLEU",
+           "log4": "log 4-bit loses <= 0.3 BLEU",
+           "mixed": "mixed loses <= 0.5 BLEU",
+           "bmt1": "BMT 1-bit weights lose <= 1.0 BLEU"}
 
 
 def plot(rows: list[dict], docs_dir: Path) -> list[str]:
@@ -236,6 +256,10 @@ def write_report(results_path, docs_dir, beam: int = 5) -> Path:
                   f"attention.V, output projection) that run on an integer unit.", "",
                   render(rows, beam), "", "Targets (issue 4):", ""]
         parts += check_targets(rows) + [""]
+        parts += ["Retrained (QAT) models continue training the FP32 model for a few more epochs; "
+                  "the FP32 row was not trained further, so part of a retrained model's score is "
+                  "that extra training (how the models were made, and CPU/GPU token identity: "
+                  "[quantization.md](quantization.md)).", ""]
         names = plot(rows, docs_dir)
         parts += [f"![BLEU vs bits per weight]({names[0]})", "", f"![size vs BLEU]({names[1]})", ""]
     parts += other_sections(docs_dir)

@@ -1,0 +1,52 @@
+"""lowbit report: target verdicts on both test splits, and docs/results.md in sync with its records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lowbit.sw.quant.report import SPLITS, build_rows, check_targets, write_report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rec(model, scheme, b16, b17, *, size, bits, retrained=True):
+    out = []
+    for split, bleu in zip(SPLITS, (b16, b17)):
+        out.append({"model": model, "scheme": scheme, "retrained": retrained, "split": split,
+                    "beam": 5, "bleu": bleu, "size_bytes": size, "bits_per_weight": bits,
+                    "integer_matmuls": 67, "matmuls": 67, "device": "cpu",
+                    "date": "2026-01-01 00:00 UTC"})
+    return out
+
+
+def test_targets_are_judged_on_each_split():
+    records = (_rec("fp", "fp32", 40.0, 33.0, size=3000, bits=32.0, retrained=False)
+               + _rec("a", "int8", 39.81, 32.80, size=750, bits=8.0)      # 99.53%, 99.39%
+               + _rec("b", "log4", 39.70, 32.71, size=400, bits=4.0)      # -0.30, -0.29
+               + _rec("c", "mixed", 39.40, 32.60, size=250, bits=2.9)     # -0.60, -0.40
+               + _rec("d", "bmt1", 38.0, 31.0, size=900, bits=9.4))       # -2.0, -2.0
+    lines = check_targets(build_rows(records, 5))
+    text = "\n".join(lines)
+    assert "- **partly met**: INT8 (all matmuls) >= 99.5% of FP32 BLEU: 2016: 99.5% (met); " \
+           "2017: 99.4% (not met)" in text
+    assert "- met: log 4-bit loses <= 0.3 BLEU: 2016: loses 0.30 (met); 2017: loses 0.29 (met)" \
+        in text
+    assert "- met: mixed < 3 bits per weight: 2.90" in text
+    assert "- met: mixed >= 11.8x smaller than FP32: 12.0x" in text
+    assert "- **partly met**: mixed loses <= 0.5 BLEU: 2016: loses 0.60 (not met); " \
+           "2017: loses 0.40 (met)" in text
+    assert "- **not met**: BMT 1-bit weights lose <= 1.0 BLEU" in text
+
+
+def test_no_fp32_row_no_verdicts():
+    assert check_targets(build_rows(_rec("a", "int8", 39.0, 32.0, size=1, bits=8.0), 5)) == [
+        "(no FP32 result: targets not evaluated)"]
+
+
+def test_shipped_results_md_matches_its_records(tmp_path):
+    """docs/results.md's quality section is what `lowbit report` makes of docs/results.json."""
+    out = write_report(ROOT / "docs" / "results.json", tmp_path)
+    fresh = out.read_text().split("## Hardware")[0]
+    shipped = (ROOT / "docs" / "results.md").read_text().split("## Hardware")[0]
+    assert fresh == shipped
+    assert (tmp_path / "results_bleu_bits.png").stat().st_size > 1000
