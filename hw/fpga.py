@@ -351,9 +351,10 @@ def parse_overflow(log_text: str) -> dict:
 
 # Without DSPs, Yosys maps a multiply by default through `alumacc`/`maccmap` into a generic adder
 # tree that ABC turns into ~2.3x more LUTs than needed (measured: four 8x8 INT MACs with 32-bit
-# accumulators, 2,227 vs 957 LUTs on ECP5). Booth-encoding the multipliers first (as synth_lattice does for MachXO3 only) gives
-# carry-chain adders; `alumacc` then takes the multipliers too small for `booth` (below 4x4) so
-# that no selected multiplier is left for the DSP mapper.
+# accumulators, 2,227 vs 957 LUTs on ECP5). Booth-encoding the multipliers first (as
+# synth_lattice does for MachXO3 only) gives carry-chain adders; `alumacc` then takes the
+# multipliers too small for `booth` (below 4x4) so that no selected multiplier is left for the
+# DSP mapper.
 _PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth {sel}; alumacc {sel}"
 # The PE multipliers (INT a*w: 8 x 8 bits; XNOR dot*alpha: the 16-bit alpha becomes a 17-bit
 # signed operand) have operands of at most 17 bits; the per-column requantization multiply

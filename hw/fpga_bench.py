@@ -30,10 +30,10 @@ from lowbit import LowbitError
 from .fpga import (BOARDS, INT8_EQ_BINARY_MACS, FpgaDoesNotFit, FpgaResult, format_table,
                    macs_text)
 
-__all__ = ["Config", "default_configs", "run_bench", "fit_array_model", "fit_largest",
-           "hardware_table", "report_section", "unit_cost", "cost_rows", "comparisons",
-           "plot_points", "dsp_lut_equivalent",
-           "render_markdown", "plot_cost", "update_docs", "register_bench"]
+__all__ = ["Config", "default_configs", "fallback_configs", "run_bench", "fit_array_model",
+           "fit_largest", "model_basis", "hardware_table", "report_section", "unit_cost",
+           "cost_rows", "comparisons", "plot_points", "dsp_lut_equivalent", "render_markdown",
+           "plot_cost", "update_docs", "register_bench"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO / "bench" / "fpga.json"
@@ -52,6 +52,11 @@ SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2)), "ulx3s-85f": ((1, 2), (4, 2), (
 # multipliers in DSP blocks (`lowbit fpga --dsp requant`); INT8 is also built with every
 # multiplier in DSPs (`--dsp auto`).
 MODE = "requant"
+# A bench shape whose build fails inside a tool (not for lack of room) is replaced by the first
+# of these the unit has not failed at, so that the model still has three shapes. Yosys 0.70's
+# ABC9 reintegration asserts (`GetSize(conn.first) == GetSize(conn.second)`) on the log unit at
+# 2x4 on the ECP5; 1x4 with 1x2 and 4x2 still separates per-PE from per-column cost.
+ALT_SIZES = {"icebreaker": ((1, 2), (3, 1)), "ulx3s-85f": ((1, 4), (4, 4))}
 SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((1, 2), (4, 2))
 # (bits, params) per unit for the cost-per-MAC plot: INT a = w = b bits; log b-bit weight
 # codes (int8 activations); XNOR p activation and p weight planes. Parameters equal to the
@@ -111,6 +116,30 @@ def default_configs(boards=tuple(BOARDS), sweep: bool = True) -> list[Config]:
                     if c not in configs:
                         configs.append(c)
     return configs
+
+
+def fallback_configs(configs: list[Config], records: dict) -> list[Config]:
+    """Replacements for the builds of ``configs`` that failed inside a tool.
+
+    For each config whose record says the build failed (``fits`` None: a tool error, not a
+    design too large), the first shape of :data:`ALT_SIZES` for its board that the same unit,
+    parameters and DSP mode has not failed at. None if that unit already has a build at one of
+    them that fits. The caller builds these and calls again until nothing is left.
+    """
+    out = []
+    for c in configs:
+        if records.get(c.key, {}).get("fits", False) is not None:
+            continue
+        for shape in ALT_SIZES.get(c.board, ()):
+            alt = dataclasses.replace(c, rows=shape[0], cols=shape[1])
+            state = records.get(alt.key, {}).get("fits", "new")
+            if state is True:
+                break
+            if state == "new":
+                if alt not in out:
+                    out.append(alt)
+                break
+    return out
 
 
 def _build_one(config: Config, build_root: str, timeout: float | None) -> dict:
@@ -221,7 +250,8 @@ def model_basis(results: list[FpgaResult]) -> list[FpgaResult]:
     if not results:
         return []
     board = results[0].board
-    shapes = set(SIZES.get(board, ())) | (set(SWEEP_SIZES) if board == SWEEP_BOARD else set())
+    shapes = set(SIZES.get(board, ())) | set(ALT_SIZES.get(board, ())) \
+        | (set(SWEEP_SIZES) if board == SWEEP_BOARD else set())
     basis = [r for r in results if (r.params["rows"], r.params["cols"]) in shapes]
     if len({(r.params["rows"], r.params["cols"]) for r in basis}) < 2:
         return list(results)
@@ -853,6 +883,15 @@ def _bench_command(args) -> int:
         configs = default_configs(boards, sweep=not (args.no_sweep or args.quick))
         data = run_bench(configs, results_path=results, build_root=args.build_root,
                          jobs=args.jobs, reuse=not args.rebuild, timeout=args.timeout)
+        while True:     # replace shapes a tool failed at (ALT_SIZES), as long as any are left
+            more = fallback_configs(configs, data["records"])
+            if not more:
+                break
+            print(f"{len(more)} build(s) failed in a tool; trying other shapes: "
+                  + ", ".join(c.key for c in more), file=sys.stderr, flush=True)
+            configs = configs + more
+            data = run_bench(more, results_path=results, build_root=args.build_root,
+                             jobs=args.jobs, reuse=True, timeout=args.timeout)
         verify_on = tuple(b for b in verify_on if b in boards)
         if verify_on:
             data = verify_largest(data, results_path=results, build_root=args.build_root,

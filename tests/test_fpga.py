@@ -444,3 +444,26 @@ def test_verification_builds_check_the_model_without_moving_it():
     # The largest-array estimate uses the same model, and a built square sets its floor.
     basis = [r for r in results if r.params["rows"] < 3]
     assert fit_largest(basis, also_built=results)["n"] >= 3
+
+
+def test_fallback_shapes_replace_tool_failures():
+    """A shape a tool failed at is replaced by the next ALT_SIZES shape not yet failed."""
+    configs = default_configs(("ulx3s-85f",), sweep=False)
+    bad = _config("ulx3s-85f", "log", (2, 4), BASE_PARAMS["log"])
+    assert bad in configs
+    records = {bad.key: {"key": bad.key, "fits": None, "error": "synthesis failed: ERROR: ..."}}
+    first = fpga_bench.fallback_configs(configs, records)
+    assert [c.key for c in first] == ["ulx3s-85f|log|1x4|bits=4|dsp=requant"]
+    records[first[0].key] = {"key": first[0].key, "fits": None, "error": "again"}
+    second = fpga_bench.fallback_configs(configs + first, records)
+    assert [c.key for c in second] == ["ulx3s-85f|log|4x4|bits=4|dsp=requant"]
+    records[second[0].key] = {"key": second[0].key, "fits": True}
+    assert fpga_bench.fallback_configs(configs + first + second, records) == []
+    # Too large is not a tool failure: no replacement.
+    records = {bad.key: {"key": bad.key, "fits": False}}
+    assert fpga_bench.fallback_configs(configs, records) == []
+    # The replacement shape counts as a model shape (per-PE slope stays a measured difference).
+    recs = _linear_records("ulx3s-85f", "log", ((1, 2), (4, 2), (1, 4)), 300, 700, 150)
+    results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
+    assert len(fpga_bench.model_basis(results)) == 3
+    assert unit_cost(results)["per_pe"]["LUT"] == pytest.approx(150)
