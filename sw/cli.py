@@ -137,6 +137,10 @@ def register(sub) -> None:
     p.add_argument("--limit", type=_positive_int, default=1000, help="sentences scored (1000 = all)")
     p.add_argument("--beam", type=_positive_int, default=5, help="beam size for the score (5)")
     p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--packed", default=",".join(DEMO_PACKED),
+                   help="comma-separated packed models that also translate the examples, every "
+                        "quantized matmul through the golden integer kernels ('' for none; "
+                        f"default {','.join(DEMO_PACKED)})")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -254,6 +258,9 @@ def _cmd_export_hf(args):
     print(f"wrote {out}")
 
 
+DEMO_PACKED = ("multi30k-en-de-int8", "multi30k-en-de-mixed")
+
+
 def _cmd_demo(args):
     from .checkpoint import load_model
     from .data import read_parallel, resolve_data_dir
@@ -268,6 +275,14 @@ def _cmd_demo(args):
     print(f"model: {meta['path']}")
     for src, hyp in zip(examples, translate(model, tokenizer, examples, DecodeOptions(beam=5))):
         print(f"  EN: {src}\n  DE: {hyp}")
+    for name in [n.strip() for n in args.packed.split(",") if n.strip()]:
+        packed, packed_tok, packed_meta = load_model(name)
+        stats = packed_meta.get("stats", {})
+        print(f"packed model {name}: scheme {packed_meta.get('scheme')}, "
+              f"{stats.get('bits_per_weight', 0):.2f} bits per weight, "
+              f"{stats.get('integer_matmuls')}/{stats.get('matmuls')} matmuls on integer kernels")
+        for hyp in translate(packed, packed_tok, examples, DecodeOptions(beam=5)):
+            print(f"  DE: {hyp}")
     data_dir = resolve_data_dir(args.data_dir)
     src, ref = read_parallel(data_dir, args.split, limit=args.limit)
     t0 = time.time()
