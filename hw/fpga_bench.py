@@ -776,29 +776,39 @@ def report_section(docs_dir) -> str:
 
 
 def verify_largest(data: dict, *, results_path: Path, build_root: str,
-                   timeout: float | None, boards) -> dict:
+                   timeout: float | None, boards, jobs: int = 1) -> dict:
     """Confirm each estimated largest square array by building it and its neighbour.
 
     From the estimate ``n``: if ``n x n`` fits, build ``n+1`` (and upward while those fit);
     if it does not, step down until a size fits. Every build is recorded, so the table then
-    shows the largest size that fits next to the smallest that does not.
+    shows the largest size that fits next to the smallest that does not. The units are
+    verified ``jobs`` at a time (each unit's builds in order); the results file is rewritten
+    after every build.
     """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
     records = data["records"]
+    lock = threading.Lock()     # records and the file are shared by the worker threads
 
     def fits(row, n) -> bool:
         config = _config(row["board"], row["unit"], (n, n), BASE_PARAMS[row["unit"]],
                          row["dsp"])
-        if records.get(config.key, {}).get("fits") is None:
+        with lock:
+            known = records.get(config.key, {}).get("fits")
+        if known is None:
             print(f"verifying {config.key} ...", file=sys.stderr, flush=True)
-            records[config.key] = _build_one(config, build_root, timeout)
-            _write_json_atomic(Path(results_path), data)
-            print(f"  {'fits' if records[config.key]['fits'] else 'does not fit'} "
-                  f"({records[config.key]['seconds']:.0f} s)", file=sys.stderr, flush=True)
-        return bool(records[config.key].get("fits"))
+            record = _build_one(config, build_root, timeout)    # tools run as subprocesses
+            with lock:
+                records[config.key] = record
+                _write_json_atomic(Path(results_path), data)
+            state = {True: "fits", False: "does not fit", None: "failed"}[record["fits"]]
+            print(f"  {config.key}: {state} ({record['seconds']:.0f} s)", file=sys.stderr,
+                  flush=True)
+            known = record["fits"]
+        return bool(known)
 
-    for row in largest_table(records):
-        if row["board"] not in boards or row["fit"] is None:
-            continue
+    def verify(row) -> None:
         n = row["fit"]["n"]
         if fits(row, n):
             while n < 64 and fits(row, n + 1):
@@ -806,6 +816,12 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
         else:
             while n > 1 and not fits(row, n - 1):
                 n -= 1
+
+    rows = [row for row in largest_table(records)
+            if row["board"] in boards and row["fit"] is not None]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(verify, row) for row in rows]:
+            future.result()
     return data
 
 
@@ -895,7 +911,7 @@ def _bench_command(args) -> int:
         verify_on = tuple(b for b in verify_on if b in boards)
         if verify_on:
             data = verify_largest(data, results_path=results, build_root=args.build_root,
-                                  timeout=args.timeout, boards=verify_on)
+                                  timeout=args.timeout, boards=verify_on, jobs=args.jobs)
     if lock is not None:
         lock.close()
     markdown = render_markdown(

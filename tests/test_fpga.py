@@ -467,3 +467,37 @@ def test_fallback_shapes_replace_tool_failures():
     results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
     assert len(fpga_bench.model_basis(results)) == 3
     assert unit_cost(results)["per_pe"]["LUT"] == pytest.approx(150)
+
+
+def test_verify_largest_steps_to_the_largest_that_fits(monkeypatch, tmp_path):
+    """Builds (faked) confirm the estimate or step down; every build is saved to the file."""
+    records = _linear_records("icebreaker", "log", ICE_SHAPES, 100, 800, 160)
+    records.update(_linear_records("icebreaker", "int8", ICE_SHAPES, 100, 800, 230))
+    room = {"log": 3, "int8": 2}        # the largest square each "device" really takes
+    built = []
+
+    def fake_build(config, build_root, timeout):
+        built.append(config.key)
+        n = config.rows
+        if n > room[config.unit]:
+            return {"key": config.key, "config": dataclasses.asdict(config), "fits": False,
+                    "error": "does not fit", "overflow": {"ICESTORM_LC": [6000, 5280]},
+                    "seconds": 1.0}
+        key, rec = _fake_record("icebreaker", config.unit, n, n, 100 + 800 * n + 180 * n * n,
+                                60 * n * n, dsp=2 * n)
+        return dict(rec, seconds=1.0)
+
+    monkeypatch.setattr(fpga_bench, "_build_one", fake_build)
+    path = tmp_path / "fpga.json"
+    data = fpga_bench.verify_largest({"records": records}, results_path=path,
+                                     build_root=str(tmp_path), timeout=None,
+                                     boards=("icebreaker",), jobs=2)
+    # Both estimates are 3x3: log confirms 3x3 and fails 4x4; int8 fails 3x3 and has 2x2.
+    assert sorted(built) == ["icebreaker|int8|3x3||dsp=requant",
+                             "icebreaker|log|3x3|bits=4|dsp=requant",
+                             "icebreaker|log|4x4|bits=4|dsp=requant"]
+    assert json.loads(path.read_text())["records"].keys() == data["records"].keys()
+    rows = {r["unit"]: r for r in fpga_bench.largest_table(data["records"])}
+    assert (rows["log"]["fit"]["n"], rows["log"]["verified"]) == (3, "verified")
+    assert (rows["int8"]["fit"]["n"], rows["int8"]["verified"]) == (2, "verified")
+    assert rows["log"]["fit"]["limit"] == "ICESTORM_LC 6000/5280 at 4x4"
