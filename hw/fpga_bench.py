@@ -711,6 +711,7 @@ def plot_cost(data: dict, path: Path = PLOT_PATH) -> Path | None:
                 ax.annotate(f"{y:.0f}" if y >= 10 else f"{y:.1f}", (x, y),
                             textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xticks(range(1, 9))
@@ -718,7 +719,7 @@ def plot_cost(data: dict, path: Path = PLOT_PATH) -> Path | None:
         ax.set_ylabel("LUT-equivalents per MAC (marginal, per PE)")
         ax.set_title(f"{board} ({BOARDS[board].device})")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="lower right")
     fig.suptitle("Cost per MAC: LUTs + DSPs x (device LUTs / DSPs)", fontsize=9)
     fig.tight_layout()
     path = Path(path)
