@@ -42,7 +42,7 @@ from lowbit import LowbitError
 from lowbit.sw import golden
 
 __all__ = ["RtlKernels", "CosimMismatch", "UnitStats", "BatchedPacker", "cosim_split",
-           "CosimReport", "describe_site"]
+           "CosimReport", "GoldenRecord", "describe_site"]
 
 CHUNK_BEATS = 1 << 20          # x beats per harness call (bounds host memory: ~20 MB at 8x8)
 UNIT_OF_KERNEL = {"int_matmul": "int8", "log_matmul": "log", "xnor_matmul": "xnor"}
@@ -154,6 +154,7 @@ class BatchedPacker:
         self._BeatPacker = BeatPacker
         self.xw = (self.hw.x_layout.size + 31) // 32
         self.fault = None   # test hook, see RtlKernels.plant_fault
+        self._w_parts: dict = {}
 
     # -- cfg: one beat per tile, depends only on the tile column ------------------------------
     def _cfg_row(self, bias: np.ndarray, tn: int) -> np.ndarray:
@@ -192,11 +193,24 @@ class BatchedPacker:
                 .reshape(units, self.rows, tn * self.cols))
 
     # -- INT / log ------------------------------------------------------------------------------
-    def run(self, a: np.ndarray, w: np.ndarray, bias: np.ndarray):
+    def _weights(self, w_key, make):
+        """The weight part of the beats, built by ``make()`` once per ``w_key`` (a model's
+        weights are constant: packing them again at every decode step is wasted work).
+        ``w_key`` is ``(key tuple, tensor)``: the tensor is held with its entry, so its storage
+        cannot be freed and reused by another tensor with the same key."""
+        if w_key is None:
+            return make()
+        key, tensor = w_key
+        if key not in self._w_parts:
+            self._w_parts[key] = (make(), tensor)
+        return self._w_parts[key][0]
+
+    def run(self, a: np.ndarray, w, bias: np.ndarray, w_key=None):
+        """``w``: the weights ``[Bw, N, K]``, or a callable returning them (called only when
+        ``w_key``, a key of the constant weights, has no packed weight part yet)."""
         rows, cols, xw = self.rows, self.cols, self.xw
         b, m, k = a.shape
-        bw, n, _ = w.shape
-        tm, tn = -(-m // rows), -(-n // cols)
+        tm = -(-m // rows)
         # A part: beat (b, i, k) holds A[b, i*rows + r, k]; W part: (bw, j, k) holds
         # W[bw, j*cols + c, k] and the tile's `last` flag on k = K-1.
         a_p = np.zeros((b, tm * rows, k), np.int64)
@@ -204,14 +218,21 @@ class BatchedPacker:
         pa = self._BeatPacker(self.hw.x_layout, b * tm * k)
         pa.put("a", a_p.reshape(b, tm, rows, k).transpose(0, 1, 3, 2).reshape(-1, rows))
         a_part = pa.words.reshape(b * tm, k, xw)
-        w_p = np.zeros((bw, tn * cols, k), np.int64)
-        w_p[:, :n] = w
-        pw = self._BeatPacker(self.hw.x_layout, bw * tn * k)
-        pw.put("w", w_p.reshape(bw, tn, cols, k).transpose(0, 1, 3, 2).reshape(-1, cols))
-        last = np.zeros((bw * tn, k), np.int64)
-        last[:, -1] = 1
-        pw.put("last", last.reshape(-1))
-        w_part = pw.words.reshape(bw, tn, k, xw)
+
+        def weight_part():
+            wv = w() if callable(w) else w
+            bw, n, _ = wv.shape
+            tn = -(-n // cols)
+            w_p = np.zeros((bw, tn * cols, k), np.int64)
+            w_p[:, :n] = wv
+            pw = self._BeatPacker(self.hw.x_layout, bw * tn * k)
+            pw.put("w", w_p.reshape(bw, tn, cols, k).transpose(0, 1, 3, 2).reshape(-1, cols))
+            last = np.zeros((bw * tn, k), np.int64)
+            last[:, -1] = 1
+            pw.put("last", last.reshape(-1))
+            return pw.words.reshape(bw, tn, k, xw), n
+        w_part, n = self._weights(w_key, weight_part)
+        bw, tn = w_part.shape[:2]
         units = b * tm                                                # (batch, tile row) pairs
         step = max(1, self.chunk_beats // (tn * k))
 
@@ -278,11 +299,78 @@ class BatchedPacker:
 
 
 # ---------------------------------------------------------------------------------------------
+# Golden results of a decode, replayed
+
+
+class GoldenRecord:
+    """The golden kernel calls of one decode, in order: operands and results.
+
+    :meth:`kernels` gives recording wrappers of the golden kernels (for
+    :func:`lowbit.sw.quant.kernels.use_kernels`). :meth:`lookup` answers the next call of a
+    second decode of the same batch: the recorded result if that call had the same kernel and
+    equal operands (tensors compared with ``torch.equal``, other arguments with ``==``, after
+    binding both to the kernel's signature), else None. The golden kernels are pure functions,
+    so a replayed result is exactly what recomputing would give.
+    """
+
+    def __init__(self):
+        import inspect
+
+        self.calls: list = []
+        self.pos = 0
+        self.replayed = 0
+        self._sig = {name: inspect.signature(getattr(golden, name))
+                     for name in UNIT_OF_KERNEL}
+
+    def _bind(self, name, args, kwargs) -> dict:
+        bound = self._sig[name].bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
+
+    def kernels(self) -> dict:
+        def recorder(name):
+            fn = getattr(golden, name)
+
+            def run(*args, **kwargs):
+                out = fn(*args, **kwargs)
+                self.calls.append((name, self._bind(name, args, kwargs), out))
+                return out
+            return run
+        return {name: recorder(name) for name in UNIT_OF_KERNEL}
+
+    def lookup(self, name: str, args, kwargs):
+        i = self.pos
+        self.pos += 1
+        if i >= len(self.calls) or self.calls[i][0] != name:
+            return None
+        _, rec, out = self.calls[i]
+        now = self._bind(name, args, kwargs)
+        for key, v in now.items():
+            r = rec[key]
+            if v is r:
+                continue
+            if isinstance(v, torch.Tensor) or isinstance(r, torch.Tensor):
+                if not (isinstance(v, torch.Tensor) and isinstance(r, torch.Tensor)
+                        and v.shape == r.shape and v.dtype == r.dtype and torch.equal(v, r)):
+                    return None
+            elif v != r:
+                return None
+        self.replayed += 1
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Kernels with the golden signatures, run on the RTL and checked against the golden kernel
 
 
 def _np64(t) -> np.ndarray:
     return t.detach().cpu().numpy().astype(np.int64, copy=False)
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    """Identifies a tensor's current contents without reading them: storage address, version
+    counter (bumped by every in-place change), shape and strides."""
+    return (t.data_ptr(), t._version, tuple(t.shape), t.stride(), t.dtype)
 
 
 def _covers(kind: str, have: dict, need: dict) -> bool:
@@ -323,10 +411,6 @@ def units_for_model(model) -> list[tuple[str, dict]]:
     return [(key[0], params) for key, params in sorted(need.items(), key=lambda kv: str(kv[0]))]
 
 
-def _np64(t) -> np.ndarray:
-    return t.detach().cpu().numpy().astype(np.int64, copy=False)
-
-
 class RtlKernels:
     """Substitutes for the golden kernels that run the Verilated unit and check every result.
 
@@ -338,6 +422,8 @@ class RtlKernels:
     lanes : XNOR unit lanes (bits of K per beat).
     units : ``[(kind, params)]`` built up front (:func:`units_for_model`); a call that none of
         them covers gets a unit of its own parameters.
+    fault : test only: build every unit as the faulty variant ``fault`` of
+        :data:`lowbit.hw.faults.FAULTS` (co-simulation must then report a mismatch).
 
     Use :meth:`kernels` with :func:`lowbit.sw.quant.kernels.use_kernels`. Each call computes the
     golden result, runs the RTL on the same operands, compares them with equality and returns
@@ -346,8 +432,10 @@ class RtlKernels:
     """
 
     def __init__(self, *, rows: int = 8, cols: int = 8, max_k: int = golden.DEFAULT_MAX_K,
-                 lanes: int = 32, units=()):
+                 lanes: int = 32, units=(), fault: str | None = None):
         self.rows, self.cols, self.max_k, self.lanes = rows, cols, max_k, lanes
+        self.fault = fault
+        self.replay: GoldenRecord | None = None   # set per batch by the worker
         self._units: list = []          # [(kind, params, VerilatedUnit, BatchedPacker, stats)]
         self.calls = 0
         self._fault = None
@@ -362,6 +450,8 @@ class RtlKernels:
         if kind == "xnor":
             params["lanes"] = self.lanes
         params.update(need)
+        if self.fault is not None:
+            params["fault"] = self.fault
         rtl = VerilatedUnit(kind, **params)
         packer = BatchedPacker(rtl)
         packer.fault = self._fault
@@ -415,7 +505,8 @@ class RtlKernels:
     # -- the three kernels (the golden signatures) ---------------------------------------------
     def int_matmul(self, a, w, bias=None, *, a_bits=8, w_bits=8, max_k=golden.DEFAULT_MAX_K):
         t0 = time.perf_counter()
-        want = golden.int_matmul(a, w, bias, a_bits=a_bits, w_bits=w_bits, max_k=max_k)
+        want = self._golden("int_matmul", a, w, bias, a_bits=a_bits, w_bits=w_bits,
+                            max_k=max_k)
         unit = self.unit("int8", {"a_bits": a_bits, "w_bits": w_bits})
         p = unit[0].hw.params
         return self._run_int(unit, "int_matmul", a, w, bias, want, time.perf_counter() - t0,
@@ -424,8 +515,8 @@ class RtlKernels:
     def log_matmul(self, a, codes, bias=None, *, bits, a_bits=8, zero_code=False,
                    max_k=golden.DEFAULT_MAX_K):
         t0 = time.perf_counter()
-        want = golden.log_matmul(a, codes, bias, bits=bits, a_bits=a_bits, zero_code=zero_code,
-                                 max_k=max_k)
+        want = self._golden("log_matmul", a, codes, bias, bits=bits, a_bits=a_bits,
+                            zero_code=zero_code, max_k=max_k)
         unit = self.unit("log", {"bits": bits, "a_bits": a_bits, "zero_code": zero_code})
         p = unit[0].hw.params
         return self._run_int(unit, "log_matmul", a, codes, bias, want, time.perf_counter() - t0,
@@ -434,7 +525,7 @@ class RtlKernels:
     def xnor_matmul(self, a_words, w_words, alpha, k, bias=None, *,
                     max_k=golden.DEFAULT_MAX_K):
         t0 = time.perf_counter()
-        want = golden.xnor_matmul(a_words, w_words, alpha, k, bias, max_k=max_k)
+        want = self._golden("xnor_matmul", a_words, w_words, alpha, k, bias, max_k=max_k)
         tg = time.perf_counter() - t0
         pa, pw = a_words.shape[0], w_words.shape[0]
         rtl, packer, st = self.unit("xnor", {"a_planes": pa, "w_planes": pw})
@@ -453,6 +544,16 @@ class RtlKernels:
                              [tuple(a_words.shape), tuple(w_words.shape), f"K={k}"])
 
     # -- shared ---------------------------------------------------------------------------------
+    def _golden(self, name: str, *args, **kwargs) -> torch.Tensor:
+        """The golden kernel's result for these operands: replayed from the golden decode of
+        the same batch (:class:`GoldenRecord`) when that call had exactly these operands,
+        computed otherwise."""
+        if self.replay is not None:
+            want = self.replay.lookup(name, args, kwargs)
+            if want is not None:
+                return want
+        return getattr(golden, name)(*args, **kwargs)
+
     @staticmethod
     def _site_name() -> str:
         from lowbit.sw.quant import kernels
@@ -484,13 +585,13 @@ class RtlKernels:
         # Batched operands (Q.K^T, attention.V): one independent matmul per batch element.
         batch = tuple(torch.broadcast_shapes(a.shape[:-2], w.shape[:-2]))
         an = _np64(a.expand(*batch, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
-        if w.dim() == 2:
-            wn = _np64(w)[None]                 # shared weights: packed once
+        if w.dim() == 2:    # a layer's weights: shared by the batch, packed once per model
+            wn, key = (lambda: _np64(w)[None]), (_tensor_key(w), w)
         else:
-            wn = _np64(w.expand(*batch, *w.shape[-2:])).reshape(-1, *w.shape[-2:])
+            wn, key = _np64(w.expand(*batch, *w.shape[-2:])).reshape(-1, *w.shape[-2:]), None
         b = self._bias(bias, w.shape[-2], pmax, hw)
         t1 = time.perf_counter()
-        acc, run = packer.run(an, wn, b)
+        acc, run = packer.run(an, wn, b, key)
         nb, m, n = acc.shape
         self._account(st, run, tg, time.perf_counter() - t1, nb * m * n * k,
                       nb * m * n * k / (hw.rows * hw.cols))
@@ -545,6 +646,8 @@ class CosimOptions:
     jobs: int = 1
     plant_fault: int | None = None      # test hook: RtlKernels.plant_fault(call) in the job
     # that decodes the first batch
+    rtl_fault: str | None = None        # test only: faulty RTL variant (lowbit.hw.faults)
+    harnesses: dict = field(default_factory=dict)  # built libraries, handed to the workers
 
 
 @dataclass
@@ -612,7 +715,8 @@ class _Worker:
 
         self.model, self.tokenizer, _ = load_model(model_dir)
         self.rtl = RtlKernels(rows=opts.rows, cols=opts.cols, max_k=opts.max_k,
-                              lanes=opts.lanes, units=units_for_model(self.model))
+                              lanes=opts.lanes, units=units_for_model(self.model),
+                              fault=opts.rtl_fault)
         self.decode_opts = DecodeOptions(beam=opts.beam, batch_size=opts.batch_size)
 
     def batch(self, encoded: list, plant_fault: int | None = None) -> tuple[list, list]:
@@ -628,15 +732,27 @@ class _Worker:
         if plant_fault is not None:
             self.rtl.calls = 0
             self.rtl.plant_fault(plant_fault)
-        with kernels.use_kernels(**self.rtl.kernels()):
-            rtl_ids = decode_batch(self.model, src, self.decode_opts)
-        gold_ids = decode_batch(self.model, src, self.decode_opts)
+        # The golden decode first, recording its kernel results: the RTL decode then compares
+        # each RTL result with the recorded golden result of the same call when the operands
+        # are equal (checked), instead of running every golden kernel a second time.
+        record = GoldenRecord()
+        with kernels.use_kernels(**record.kernels()):
+            gold_ids = decode_batch(self.model, src, self.decode_opts)
+        self.rtl.replay = record
+        try:
+            with kernels.use_kernels(**self.rtl.kernels()):
+                rtl_ids = decode_batch(self.model, src, self.decode_opts)
+        finally:
+            self.rtl.replay = None
         return rtl_ids, gold_ids
 
 
 def _job_main(model_dir, opts, tasks, results):
     """Worker process: take ``(batch number, [(index, ids)])`` from ``tasks`` until None."""
+    from lowbit.sim.verilator import remember_harnesses
+
     torch.set_num_threads(1)
+    remember_harnesses(opts.harnesses)
     try:
         worker = _Worker(model_dir, opts)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which exits
@@ -682,6 +798,8 @@ def build_units(model, opts: CosimOptions, log=None) -> float:
         params = {"rows": opts.rows, "cols": opts.cols, "max_k": opts.max_k, **need}
         if kind == "xnor":
             params["lanes"] = opts.lanes
+        if opts.rtl_fault is not None:
+            params["fault"] = opts.rtl_fault
         if log:
             log(f"unit {kind}: " + " ".join(f"{k}={v}" for k, v in params.items()))
         VerilatedUnit(kind, **params).close()
@@ -705,6 +823,8 @@ def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, pro
         warn = lambda m: print(f"lowbit: warning: {m}", file=sys.stderr)  # noqa: E731
     report = CosimReport(sentences=len(sentences))
     report.build_seconds = build_units(model, opts, log)
+    from lowbit.sim.verilator import harness_memo
+    opts.harnesses = harness_memo()
     limit = min(256, model.config.max_position_embeddings)
     encoded = _encode(tokenizer, sentences, limit, warn)
     empty = sum(1 for e in encoded if e is None)

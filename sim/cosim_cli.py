@@ -54,6 +54,9 @@ def register_cosim(subparsers) -> None:
     # Test hook (docs/cosim.md): flip one bit of the RTL's output in matmul call N of the first
     # batch; the run must then report a mismatch.
     p.add_argument("--plant-mismatch", type=int, metavar="CALL", help=argparse_suppress())
+    # Test hook (docs/cosim.md): build every unit as a faulty RTL variant (lowbit.hw.faults,
+    # e.g. drop-lsb: every PE product loses bit 0); the run must report the first mismatch.
+    p.add_argument("--rtl-fault", metavar="FAULT", help=argparse_suppress())
     p.set_defaults(func=_cmd_cosim)
 
 
@@ -91,7 +94,16 @@ def _options(args):
             raise LowbitError(f"{flag} must be an integer in {lo}..{hi}, not {value}")
     return CosimOptions(rows=args.rows, cols=args.cols, max_k=args.max_k, lanes=args.lanes,
                         beam=args.beam, batch_size=args.batch_size, jobs=args.jobs,
-                        plant_fault=getattr(args, "plant_mismatch", None))
+                        plant_fault=getattr(args, "plant_mismatch", None),
+                        rtl_fault=_rtl_fault(getattr(args, "rtl_fault", None)))
+
+
+def _rtl_fault(name):
+    from lowbit.hw.faults import FAULTS
+
+    if name is not None and name not in FAULTS:
+        raise LowbitError(f"--rtl-fault must be one of {', '.join(FAULTS)}, not {name!r}")
+    return name
 
 
 def _read(args, limit):
@@ -210,7 +222,9 @@ def _cmd_cosim(args) -> int:
         os.replace(tmp, args.output)
     if args.json:
         _write_json(args.json, {"model": args.model, "split": args.split,
-                                "scheme": scheme, "options": vars(opts), **summary})
+                                "scheme": scheme,
+                                "options": {k: v for k, v in vars(opts).items()
+                                            if k != "harnesses"}, **summary})
     return _finish(report)
 
 

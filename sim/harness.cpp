@@ -23,6 +23,10 @@
 #include "ports.h"
 #include VUNIT_HEADER
 
+// Set by Harness::edge() around the rising-edge eval, read by the model's _eval when
+// sim/verilator.py could patch it (LB_ICO_PATCHED in ports.h): see edge().
+bool lb_skip_ico = false;
+
 namespace {
 
 // Copy between a port member (whatever C type Verilator chose for its width) and words.
@@ -68,9 +72,16 @@ struct Harness {
 
     // One rising edge. The inputs of the next cycle are set while clk is low and evaluated
     // together with the falling edge (one eval), so a cycle costs two evals, not three.
+    // Verilator re-evaluates all input-driven combinational logic (its "ico" region) at every
+    // eval, and Amaranth's next-state logic depends on the stream inputs, so that region holds
+    // most of the design (the whole PE array's next state). The inputs are unchanged since the
+    // last eval here (only clk rises, and no logic reads clk as data), so its values are still
+    // current: the patched model skips it for this eval and a cycle costs one ico pass, not two.
     void edge() {
         top->clk = 1;
+        lb_skip_ico = true;
         top->eval();
+        lb_skip_ico = false;
         top->clk = 0;
         ++cycles;
     }

@@ -161,8 +161,11 @@ class VerilatedUnit:
         from lowbit.hw.driver import Protocol
         from lowbit.sim.verilator import build_harness
 
+        # ``fault``: a test-only unit with wrong arithmetic (lowbit.hw.faults); the protocol
+        # (layouts, tile order) is the normal unit's.
+        proto_params = {k: v for k, v in params.items() if k != "fault"}
         try:
-            self.protocol = Protocol.for_unit(unit, **params)
+            self.protocol = Protocol.for_unit(unit, **proto_params)
         except (TypeError, ValueError) as e:
             raise LowbitError(str(e)) from None
         self.kind, self.params = unit, dict(params)

@@ -67,7 +67,9 @@ def verilator_version() -> str:
 def unit_verilog(unit: str, **params) -> tuple[str, str]:
     """``(module name, Verilog text)`` of a matmul unit built with ``params``.
 
-    Raises :class:`lowbit.LowbitError` for an unknown unit or a bad parameter (the unit's own
+    ``params`` may hold ``fault`` (a key of :data:`lowbit.hw.faults.FAULTS`): the test-only
+    variant with wrong arithmetic, same ports and module name. Raises
+    :class:`lowbit.LowbitError` for an unknown unit or a bad parameter (the unit's own
     validation message).
     """
     from lowbit.hw.verilog import MODULE_NAMES, generate_verilog
@@ -75,8 +77,16 @@ def unit_verilog(unit: str, **params) -> tuple[str, str]:
     if unit not in MODULE_NAMES:
         raise LowbitError(f"unknown unit {unit!r} (choose from {', '.join(MODULE_NAMES)})")
     name = MODULE_NAMES[unit]
+    fault = params.pop("fault", None)
     try:
-        text = generate_verilog(unit, name=name, **params)
+        if fault is None:
+            text = generate_verilog(unit, name=name, **params)
+        else:   # test-only variant with wrong arithmetic (lowbit.hw.faults)
+            from amaranth.back import verilog as amaranth_verilog
+
+            from lowbit.hw.faults import make_faulty_unit
+            text = amaranth_verilog.convert(make_faulty_unit(unit, fault, **params), name=name,
+                                            emit_src=False)
     except (TypeError, ValueError) as e:
         raise LowbitError(str(e)) from None
     return name, text
@@ -202,8 +212,53 @@ def _port_words(verilog: str, top: str) -> dict[str, int]:
     return words
 
 
+ICO_FIRST = "vlSelfRef.__VicoFirstIteration = 1U;"
+
+
+def _skip_ico_patch(obj: Path) -> bool:
+    """Let the harness skip the input-combinational region of the rising-edge eval.
+
+    Verilator's ``_eval`` runs the "ico" region (all logic driven by top-level inputs) on every
+    call by setting ``__VicoFirstIteration``. In the harness the inputs never change between the
+    falling-edge eval and the rising-edge eval that follows (only ``clk`` does), so that second
+    pass recomputes identical values: for these units, whose next-state logic depends on the
+    stream inputs, about a third of all simulation work (see sim/harness.cpp, ``edge()``). The
+    line is made conditional on the harness flag ``lb_skip_ico``. Returns False, leaving the
+    code as Verilator wrote it, when the line is not found exactly once (another Verilator
+    version): the harness is then correct, only slower.
+    """
+    hits = [f for f in obj.glob("Vunit___024root__*.cpp")
+            if "___eval(Vunit___024root* vlSelf)" in (t := f.read_text()) and ICO_FIRST in t]
+    if len(hits) != 1 or hits[0].read_text().count(ICO_FIRST) != 1:
+        return False
+    text = hits[0].read_text().replace(
+        ICO_FIRST, "vlSelfRef.__VicoFirstIteration = !lb_skip_ico;")
+    hits[0].write_text("extern bool lb_skip_ico;  // sim/harness.cpp\n" + text)
+    return True
+
+
+# Libraries this process already built or found: (unit, params) -> path. Finding one in the
+# cache needs its key, i.e. the unit's Verilog, which takes seconds to generate for a large
+# array; a process asks once per parameter set. Co-simulation hands the parent's entries to its
+# worker processes (:func:`remember_harnesses`), so they generate nothing.
+_HARNESSES: dict = {}
+
+
+def harness_memo() -> dict:
+    """The ``(unit, params) -> library`` entries known to this process (picklable)."""
+    return dict(_HARNESSES)
+
+
+def remember_harnesses(memo: dict) -> None:
+    """Adopt entries of :func:`harness_memo` from another process running the same code."""
+    _HARNESSES.update(memo)
+
+
 def build_harness(unit: str, **params) -> Path:
     """Build (once) the unit with the compiled harness; returns the shared library's path."""
+    memo = (unit, json.dumps(params, sort_keys=True))
+    if memo in _HARNESSES and _HARNESSES[memo].exists():
+        return _HARNESSES[memo]
     top, verilog = unit_verilog(unit, **params)
     flags = HARNESS_FLAGS + LINT_WAIVERS + [OPT_FAST]
     key = build_key("harness", top, verilog, params, flags)
@@ -217,10 +272,12 @@ def build_harness(unit: str, **params) -> Path:
               "--top-module", top, "--prefix", "Vunit", "-Mdir", str(obj),
               "-CFLAGS", cflags, "-LDFLAGS", "-shared -Wl,-Bsymbolic", "-o", "libunit.so",
               str(tmp / "unit.v"), str(HARNESS_SOURCE)], tmp, log, "verilator")
+        patched = _skip_ico_patch(obj)
         members = _port_members((obj / "Vunit.h").read_text())
         words = _port_words(verilog, top)
         lines = ["#pragma once", "#define VUNIT Vunit", '#define VUNIT_HEADER "Vunit.h"']
         lines += [f"#define {macro} {member}" for macro, member in members.items()]
+        lines += [f"#define LB_ICO_PATCHED {int(patched)}"]
         lines += [f"#define X_WORDS {words['x__payload']}",
                   f"#define CFG_WORDS {words['cfg__payload']}",
                   f"#define Y_WORDS {words['y__payload']}"]
@@ -237,7 +294,8 @@ def build_harness(unit: str, **params) -> Path:
         shutil.copy(obj / "libunit.so", tmp / "libunit.so")
         shutil.rmtree(obj)  # objects are large; the library is all we need
 
-    return _cached_build(key, "libunit.so", build)
+    _HARNESSES[memo] = _cached_build(key, "libunit.so", build)
+    return _HARNESSES[memo]
 
 
 def _ports_public_vlt(top: str) -> str:

@@ -1,0 +1,65 @@
+"""Test-only faulty variants of the matmul units: wrong arithmetic planted on purpose.
+
+Co-simulation (``lowbit cosim``, docs/cosim.md) claims to catch any difference between the RTL
+and the golden kernels. These variants prove it: each is a normal unit whose processing
+elements get one deliberate arithmetic error, so the RTL disagrees with the golden kernel on
+some (not all) elements. They are reachable only from tests and a hidden ``lowbit cosim`` flag;
+nothing else builds them.
+
+Faults (:data:`FAULTS`):
+
+``drop-lsb``
+    Every PE product loses its least significant bit (``p & ~1``) before it is accumulated:
+    an accumulator that is wrong exactly when an odd number of odd products fall into it.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Signal
+
+from .matmul import make_unit
+
+__all__ = ["FAULTS", "make_faulty_unit"]
+
+FAULTS = {"drop-lsb": "every PE product loses its least significant bit before accumulation"}
+
+
+class _DropLsbPE:
+    """A processing-element kind whose products are the wrapped kind's with bit 0 cleared.
+
+    Same beat fields, product shape and latency as the wrapped kind: the unit's ports,
+    layouts and timing are unchanged, only the arithmetic is wrong.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.latency = inner.latency
+        self.product_shape = inner.product_shape
+
+    def beat_fields(self, rows, cols):
+        return self.inner.beat_fields(rows, cols)
+
+    def elaborate(self, m, en, beat, rows, cols):
+        prods = self.inner.elaborate(m, en, beat, rows, cols)
+        out = []
+        for r, row in enumerate(prods):
+            faulty = []
+            for c, p in enumerate(row):
+                f = Signal(self.product_shape, name=f"fault_prod_{r}_{c}")
+                m.d.comb += f.eq(p & ~1)
+                faulty.append(f)
+            out.append(faulty)
+        return out
+
+
+def make_faulty_unit(unit: str, fault: str, **params):
+    """The unit ``make_unit(unit, **params)`` with ``fault`` (a key of :data:`FAULTS`) planted.
+
+    Raises ValueError for an unknown fault (and the unit's own errors for bad parameters).
+    """
+    if fault not in FAULTS:
+        raise ValueError(f"unknown fault {fault!r} (choose from {', '.join(FAULTS)})")
+    top = make_unit(unit, **params)
+    top.pe = _DropLsbPE(top.pe)
+    top.fault = fault
+    return top

@@ -1,0 +1,234 @@
+"""Whole-model co-simulation (``lowbit cosim``, sim/cosim.py): packed models decoded with every
+quantized matmul run on the Verilated unit of its scheme and compared with the golden kernel.
+
+* the batched beats of :class:`lowbit.sim.cosim.BatchedPacker` are the driver's payloads, word
+  for word (no Verilator);
+* a few real test sentences per scheme (INT8, log4, binary-coding mixed, BMT 1-bit weights and
+  1-bit weights + activations) come out identical, inline and with two jobs;
+* a planted arithmetic fault in the RTL (lowbit.hw.faults ``drop-lsb``) is caught and reported
+  with the first mismatching matmul and element, and the unit really computes what the fault
+  says (golden minus the number of odd products);
+* bad arguments exit with status 2 and one clear line.
+
+Models: the shipped packed models (``lowbit models``); while they are not shipped yet, the
+packages under .devrun/ of a development checkout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lowbit.cli import main
+from lowbit.hw.driver import Protocol
+from lowbit.sim.operands import random_operands
+
+pytestmark = pytest.mark.timeout(900)
+
+ROOT = Path(__file__).resolve().parents[1]
+# scheme -> (shipped name, development package)
+MODELS = {
+    "int8": ("multi30k-en-de-int8", ".devrun/pkA/int8"),
+    "log4": ("multi30k-en-de-log4", ".devrun/pkA/log4"),
+    "mixed": ("multi30k-en-de-mixed", ".devrun/pkA/mixed"),
+    "bmt1": ("multi30k-en-de-bmt1", ".devrun/pkB/bmt1"),
+    "bmt1a1": ("multi30k-en-de-bmt1a1", ".devrun/pkB/bmt1a1"),
+}
+
+
+def packed_model(scheme: str) -> str:
+    """The packed model of ``scheme``: shipped name if shipped, else the development package."""
+    shipped, dev = MODELS[scheme]
+    if (ROOT / "lowbit" / "models" / shipped).is_dir():
+        return shipped
+    if (ROOT / dev).is_dir():
+        return str(ROOT / dev)
+    pytest.fail(f"no packed {scheme} model: neither lowbit/models/{shipped} nor {dev}")
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    # Decoding a couple of sentences: a thread pool only adds latency on a busy 2-core machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _cosim(capsys, *argv) -> tuple[int, list[str]]:
+    status = main(["cosim", *argv])
+    out = capsys.readouterr().out.strip().splitlines()
+    return status, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Beats of batched matmuls = the driver's payloads
+
+
+class _RecordingUnit:
+    """Stands in for a VerilatedUnit: records the beats, answers with empty output rows."""
+
+    def __init__(self, unit, **params):
+        from lowbit.sim.harness import BeatPacker, MatmulPacker
+
+        self.protocol = Protocol.for_unit(unit, **params)
+        self.hw = self.protocol.unit
+        self.kind = unit
+        self.packer = MatmulPacker(self.protocol)
+        self.cfg, self.x = [], []
+        self._BeatPacker = BeatPacker
+
+    def run_beats(self, cfg, x, n_y):
+        self.cfg += _ints(cfg)
+        self.x += _ints(x)
+        pk = self._BeatPacker(self.hw.y_layout, n_y)
+        last = np.zeros(n_y, np.int64)
+        last[self.hw.rows - 1::self.hw.rows] = 1
+        pk.put("last", last)
+        return pk.words, 0
+
+
+def _ints(words: np.ndarray) -> list[int]:
+    return [int.from_bytes(row.astype("<u4").tobytes(), "little") for row in words]
+
+
+@pytest.mark.parametrize("unit,params", [
+    ("int8", dict(rows=3, cols=2, a_bits=5, w_bits=7, max_k=64)),
+    ("log", dict(rows=2, cols=3, bits=3, max_k=64)),
+    ("xnor", dict(rows=2, cols=3, a_planes=3, w_planes=2, lanes=20, max_k=200)),
+])
+def test_batched_beats_equal_driver_payloads(unit, params):
+    """A batch of matmuls (own weights per element, or shared weights) streamed as one: the
+    beats are those of the driver's plans of the elements, one after the other, in raw mode;
+    small chunks make several harness calls, as for a large batch."""
+    from lowbit.sim.cosim import BatchedPacker
+
+    rtl = _RecordingUnit(unit, **params)
+    packer = BatchedPacker(rtl, chunk_beats=40)
+    rng = np.random.default_rng(11)
+    m, k, n = 5, 37, 7
+    ops = [random_operands(rtl.hw, rng, m, k, n, raw=True) for _ in range(3)]
+    bias = ops[0]["bias"]
+    want_cfg, want_x = [], []
+    if unit == "xnor":
+        kw = ops[0]
+        packer.run_xnor(kw["a"], kw["w"], kw["alpha"], k, bias)
+        plans = [rtl.protocol.plan(kw["a"], kw["w"], bias, raw=True, alpha=kw["alpha"], k=k)]
+    else:
+        a = np.stack([o["a"] for o in ops])
+        for w in (np.stack([o["w"] for o in ops]), ops[0]["w"][None]):     # own, shared
+            packer.run(a, w, bias)
+            plans = [rtl.protocol.plan(a[i], w[i % len(w)], bias, raw=True)
+                     for i in range(len(a))]
+            for plan in plans:
+                want_cfg += [t.cfg for t in plan.tiles]
+                want_x += [beat for t in plan.tiles for beat in t.x]
+        plans = []
+    for plan in plans:
+        want_cfg += [t.cfg for t in plan.tiles]
+        want_x += [beat for t in plan.tiles for beat in t.x]
+    assert rtl.cfg == want_cfg
+    assert rtl.x == want_x
+
+
+# ---------------------------------------------------------------------------------------------
+# Real models, real sentences
+
+
+@pytest.mark.parametrize("scheme", list(MODELS))
+def test_cosim_identical(scheme, capsys):
+    status, out = _cosim(capsys, "--model", packed_model(scheme), "--limit", "2",
+                         "--batch-size", "2", "--jobs", "1")
+    assert out[-1] == "identical: 2/2 sentences", "\n".join(out)
+    assert status == 0
+    assert any(line.startswith("simulated ") and "array utilisation" in line for line in out)
+
+
+def test_cosim_two_jobs(capsys, tmp_path):
+    """Two worker processes share the batches; the translations are written in order."""
+    hyp = tmp_path / "hyp.de"
+    status, out = _cosim(capsys, "--model", packed_model("int8"), "--limit", "3",
+                         "--batch-size", "1", "--jobs", "2", "--output", str(hyp))
+    assert out[-1] == "identical: 3/3 sentences", "\n".join(out)
+    assert status == 0
+    lines = hyp.read_text().splitlines()
+    assert len(lines) == 3 and all(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# A planted mismatch
+
+
+def test_planted_rtl_fault_is_caught(capsys):
+    """Every unit built with the drop-lsb fault: the first matmul of the encoder differs, and
+    cosim names it with its layer, shapes and first differing element, then exits 1."""
+    status, out = _cosim(capsys, "--model", packed_model("int8"), "--limit", "2",
+                         "--batch-size", "2", "--jobs", "1", "--rtl-fault", "drop-lsb")
+    assert status == 1
+    assert out[-1] == "identical: 0/2 sentences"
+    (line,) = [x for x in out if x.startswith("MISMATCH")]
+    assert ("MISMATCH in matmul #1 int_matmul at model.encoder.layers.0.self_attn.q_proj "
+            "(layer encoder.0, role self_attn.q_proj, shapes [") in line
+    assert "first differing element [0, 0]:" in line
+    rtl, gold = (int(v) for v in
+                 line.split("first differing element [0, 0]: rtl ")[1].split(" (")[0]
+                 .split(" vs golden "))
+    # Each product loses at most 1 (p & ~1), so the RTL sum is at most K = 256 below.
+    assert 0 < gold - rtl <= 256
+
+
+def test_fault_variant_computes_what_it_says():
+    """The drop-lsb unit's raw sums are the golden sums minus the count of odd products: the
+    fault is the arithmetic error it is named after, and nothing else."""
+    from lowbit.sim.harness import VerilatedUnit
+
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (9, 40))
+    w = rng.integers(-128, 128, (11, 40))
+    bias = rng.integers(-1000, 1000, 11)
+    with VerilatedUnit("int8", rows=8, cols=8, max_k=32768, a_bits=8, w_bits=8,
+                       fault="drop-lsb") as unit:
+        got = unit.matmul(a, w, bias, raw=True).y
+    odd = ((a[:, None, :] * w[None, :, :]) % 2 != 0).sum(-1)
+    assert np.array_equal(got, a @ w.T + bias - odd)
+    assert odd.sum() > 0
+
+
+def test_planted_output_bit_flip_is_caught(capsys):
+    """The host-side hook: one flipped bit in the RTL's first output beat of matmul 3."""
+    status, out = _cosim(capsys, "--model", packed_model("int8"), "--limit", "1",
+                         "--jobs", "1", "--plant-mismatch", "3")
+    assert status == 1
+    (line,) = [x for x in out if x.startswith("MISMATCH")]
+    assert "MISMATCH in matmul #3 " in line and "first differing element [0, 0]:" in line
+    assert "(1 of " in line
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad arguments
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--model", "multi30k-en-de"], "multi30k-en-de is not a packed model"),
+    (["--model", "MODEL", "--jobs", "0"], "--jobs must be an integer in 1..256, not 0"),
+    (["--model", "MODEL", "--limit", "0"], "--limit must be a positive integer, not 0"),
+    (["--model", "MODEL", "--rows", "0"], "--rows must be an integer in 1..64, not 0"),
+    (["--model", "MODEL", "--split", "nosuchsplit"], "nosuchsplit"),
+    (["--model", "MODEL", "--rtl-fault", "bogus"], "--rtl-fault must be one of drop-lsb"),
+    (["--model", "/nonexistent/model"], "/nonexistent/model"),
+])
+def test_cosim_bad_arguments(argv, message, capsys):
+    argv = [packed_model("int8") if a == "MODEL" else a for a in argv]
+    assert main(["cosim", *argv, "--limit" if "--limit" not in argv else "--jobs",
+                 "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("lowbit: error: ") and message in err[0], err
+
+
+def test_bench_cosim_bad_arguments(capsys):
+    assert main(["bench", "cosim", "--model", packed_model("int8"), "--sentences", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "lowbit: error: --sentences must be a positive integer, not 0"
