@@ -154,13 +154,20 @@ def _build_one(config: Config, build_root: str, timeout: float | None) -> dict:
                             build_dir=build_dir, dsp=config.dsp, progress=lambda line: None,
                             timeout=timeout)
         record.update(fits=True, result=result.to_dict())
+        record["result"]["build_dir"] = _portable(record["result"]["build_dir"])
     except FpgaDoesNotFit as e:
-        record.update(fits=False, error=str(e),
+        record.update(fits=False, error=_portable(str(e)),
                       overflow={k: list(v) for k, v in e.overflow.items()})
     except LowbitError as e:
-        record.update(fits=None, error=str(e))
+        record.update(fits=None, error=_portable(str(e)))
     record["seconds"] = round(time.monotonic() - start, 1)
     return record
+
+
+def _portable(text: str) -> str:
+    """``text`` with the checkout's absolute path taken off (the records are committed, so
+    paths in them are relative to the repository)."""
+    return text.replace(f"{REPO}{os.sep}", "")
 
 
 def _write_json_atomic(path: Path, obj) -> None:

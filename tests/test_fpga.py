@@ -459,6 +459,9 @@ def test_fallback_shapes_replace_tool_failures():
     assert [c.key for c in second] == ["ulx3s-85f|log|4x4|bits=4|dsp=requant"]
     records[second[0].key] = {"key": second[0].key, "fits": True}
     assert fpga_bench.fallback_configs(configs + first + second, records) == []
+    # Committed records carry paths relative to the checkout.
+    assert fpga_bench._portable(f"failed (log: {fpga_bench.REPO}/build/x/top.rpt)") == \
+        "failed (log: build/x/top.rpt)"
     # Too large is not a tool failure: no replacement.
     records = {bad.key: {"key": bad.key, "fits": False}}
     assert fpga_bench.fallback_configs(configs, records) == []
