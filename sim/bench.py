@@ -155,16 +155,8 @@ def _print_table(table) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (temporary file, then ``os.replace``)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``obj`` as JSON to ``path`` atomically (the project's one atomic text writer)."""
+    from lowbit.sw.data import write_text_atomic
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_text_atomic(Path(path), json.dumps(obj, indent=2) + "\n")

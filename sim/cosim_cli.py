@@ -6,10 +6,10 @@ Both are registered by :mod:`lowbit.sim.cli`; the work is done by :mod:`lowbit.s
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from lowbit import LowbitError
 
@@ -187,11 +187,9 @@ def _print_report(report) -> dict:
 
 
 def _write_json(path, data) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    from lowbit.sim.bench import write_json
+
+    write_json(path, data)
 
 
 def _finish(report) -> int:
@@ -216,10 +214,9 @@ def _cmd_cosim(args) -> int:
         _, tokenizer, _ = load_model(_model_dir(args.model))
         lines = [tokenizer.decode(report.translations[i], "target")
                  if i in report.translations else "" for i in range(len(sentences))]
-        tmp = f"{args.output}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in lines))
-        os.replace(tmp, args.output)
+        from lowbit.sw.data import write_text_atomic
+
+        write_text_atomic(Path(args.output), "".join(line + "\n" for line in lines))
     if args.json:
         _write_json(args.json, {"model": args.model, "split": args.split,
                                 "scheme": scheme,

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from lowbit.cli import main
 from lowbit.hw.driver import Protocol
 from lowbit.sim.operands import random_operands
+from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -48,14 +48,6 @@ def packed_model(scheme: str) -> str:
         return str(ROOT / dev)
     pytest.fail(f"no packed {scheme} model: neither lowbit/models/{shipped} nor {dev}")
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # Decoding a couple of sentences: a thread pool only adds latency on a busy 2-core machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cosim(capsys, *argv) -> tuple[int, list[str]]:

@@ -11,23 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from lowbit.cli import main
 from lowbit.hw.driver import Protocol
 from lowbit.sim.harness import MatmulPacker, VerilatedUnit
 from lowbit.sim.operands import corner_cases, random_operands
+from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(600)
 
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    # The golden kernels run many tiny products here; a thread pool only adds latency.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _protocol(unit, **params):
