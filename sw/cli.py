@@ -88,6 +88,12 @@ def register(sub) -> None:
     p.add_argument("--spm-type", choices=("unigram", "bpe"), default=defaults.spm_type)
     p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=defaults.save_dtype,
                    help="dtype of the saved weights (float16 halves the size; loaded as float32)")
+    p.add_argument("--distill", metavar="MODEL",
+                   help="word-level knowledge distillation from this teacher model (same vocabulary), "
+                        "e.g. the FP32 model during --qat (a deviation from the quantization papers)")
+    p.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
+                   help="weight a of the teacher term: (1-a)*CE(labels) + a*CE(teacher) "
+                        f"(default {defaults.distill_weight})")
     p.add_argument("--qat", metavar="SCHEME",
                    help="quantization-aware training with this scheme (int8, int6, log1..log8, bmt1, "
                         "bmt1a1, mixed); needs --init (see docs/quantization.md)")
@@ -169,7 +175,8 @@ def _cmd_train(args):
                         clip_norm=args.clip_norm, seed=args.seed, avg_last=args.avg_last,
                         vocab_size=args.vocab_size, spm_type=args.spm_type, eval_every=args.eval_every,
                         max_train_tokens=args.max_train_tokens, limit=args.limit, val_limit=args.val_limit,
-                        save_dtype=args.save_dtype, max_minutes=args.max_minutes)
+                        save_dtype=args.save_dtype, max_minutes=args.max_minutes,
+                        distill=args.distill, distill_weight=args.distill_weight)
     log = lambda m: print(m, flush=True)  # noqa: E731
     hooks = {}
     if args.qat:

@@ -9,6 +9,10 @@ and averaging of the last epochs' weights at the end. Two hooks serve quantizati
   loaded, before a resumed state is restored): swap modules for quantized ones here;
 * ``after_step(model, step)`` runs after every optimizer step (error feedback, re-quantization).
 
+Optional word-level knowledge distillation (``TrainOptions.distill``, Kim & Rush 2016): a frozen
+teacher model with the same vocabulary scores every training batch, and the loss becomes
+``(1 - a) * label-smoothed CE + a * CE(teacher's distribution, student)`` per target token.
+
 And ``finalize(model, tokenizer, directory, meta)`` replaces the default writer of the finished
 checkpoint (default: :func:`lowbit.sw.checkpoint.save_checkpoint`).
 """
@@ -71,6 +75,8 @@ class TrainOptions:
     val_limit: int | None = None  # use only the first N validation pairs (smoke tests)
     save_dtype: str = "float32"  # dtype of the final model.safetensors: float32 | float16
     max_minutes: float | None = None  # safety stop: finish early (averaging, saving) after this
+    distill: str | None = None   # teacher model spec for word-level knowledge distillation
+    distill_weight: float = 0.5  # a: loss = (1 - a) * CE(labels) + a * CE(teacher probs)
 
     def __post_init__(self):
         for name in ("epochs", "max_tokens", "warmup", "avg_last", "vocab_size", "eval_every",
@@ -79,6 +85,8 @@ class TrainOptions:
                 raise LowbitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise LowbitError(f"save dtype must be float32, float16 or bfloat16, not {self.save_dtype!r}")
+        if not 0 < self.distill_weight <= 1:
+            raise LowbitError(f"--distill-weight must be in (0, 1], not {self.distill_weight}")
 
 
 def resolve_config(spec: str | None, vocab_size: int) -> TransformerConfig:
@@ -251,6 +259,9 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
                 raise LowbitError(f"config {name}_token_id {getattr(cfg, f'{name}_token_id')} differs from "
                                   f"the tokenizer's {tid}")
         model = Transformer(cfg)
+    teacher = _load_teacher(opts.distill, cfg, tokenizer, dev) if opts.distill else None
+    if teacher is not None:
+        log(f"distillation: teacher {opts.distill}, weight {opts.distill_weight}")
     if transform_model is not None:
         model = transform_model(model)
     model.to(dev)
@@ -312,6 +323,9 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
                 logits = model(src, tgt_in)
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=pad,
                                    label_smoothing=opts.label_smoothing, reduction="sum")
+            if teacher is not None:
+                loss = ((1 - opts.distill_weight) * loss
+                        + opts.distill_weight * _distill_loss(teacher, src, tgt_in, labels, logits, pad, amp))
             optimizer.zero_grad(set_to_none=True)
             (loss / ntok).backward()
             if opts.clip_norm > 0:
@@ -375,6 +389,28 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
         save_checkpoint(model.cpu(), tokenizer, out_dir, meta, dtype=getattr(torch, opts.save_dtype))
     log(f"done: {json.dumps(summary)}; checkpoint in {out_dir}")
     return summary
+
+
+def _load_teacher(spec: str, cfg: TransformerConfig, tokenizer: Tokenizer, dev):
+    """The frozen teacher of ``--distill``: a float model whose ids mean the same pieces."""
+    teacher, teacher_tok, _ = load_model(spec)
+    if teacher_tok.vocab != tokenizer.vocab or teacher.config.vocab_size != cfg.vocab_size:
+        raise LowbitError(f"--distill {spec}: the teacher's vocabulary differs from the student's "
+                          f"(distillation compares their distributions id by id)")
+    teacher.to(dev).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _distill_loss(teacher, src, tgt_in, labels, logits, pad: int, amp: bool):
+    """Sum over target tokens of the cross-entropy between the teacher's next-word distribution
+    and the student's (word-level distillation; padding positions are left out)."""
+    with torch.no_grad(), torch.autocast(device_type=src.device.type, dtype=torch.bfloat16, enabled=amp):
+        t_logits = teacher(src, tgt_in)
+    t_prob = F.softmax(t_logits.float(), dim=-1)
+    per_token = -(t_prob * F.log_softmax(logits.float(), dim=-1)).sum(-1)   # [B, T]
+    return per_token.masked_fill(labels == pad, 0.0).sum()
 
 
 def _val_bleu(model, tokenizer, src_val, tgt_val, dev) -> float:
