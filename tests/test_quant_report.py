@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lowbit.sw.quant.report import SPLITS, build_rows, check_targets, write_report
+from lowbit.sw.quant.report import SPLITS, build_rows, check_targets, render, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +36,24 @@ def test_targets_are_judged_on_each_split():
     assert "- **partly met**: mixed loses <= 0.5 BLEU: 2016: loses 0.60 (not met); " \
            "2017: loses 0.40 (met)" in text
     assert "- **not met**: BMT 1-bit weights lose <= 1.0 BLEU" in text
+
+
+def test_fp32_control_is_no_reference_and_shipped_packages_are_judged():
+    """An FP32 control (the float model trained further: retrained, scheme fp32) gets its own row
+    but the targets stay measured against the FP32 reference; among several retrained runs of a
+    scheme the shipped package (named after the shipped model) is the one judged."""
+    records = (_rec("fp32-control", "fp32", 40.6, 33.5, size=3000, bits=32.0)
+               + _rec("multi30k-en-de", "fp32", 40.0, 33.0, size=3000, bits=32.0, retrained=False)
+               + _rec("log4-other", "log4", 35.0, 30.0, size=400, bits=4.0)
+               + _rec("multi30k-en-de-log4", "log4", 39.8, 32.9, size=400, bits=4.0)
+               + _rec("zz-log4-other", "log4", 35.0, 30.0, size=400, bits=4.0))
+    rows = build_rows(records, 5)
+    text = "\n".join(check_targets(rows))
+    assert "- met: log 4-bit loses <= 0.3 BLEU: 2016: loses 0.20 (met); 2017: loses 0.10 (met)" \
+        in text
+    table = render(rows, 5)
+    assert "| fp32-control | fp32 | FP32, longer | 40.60 | 33.50 | +0.60 | 101.5% |" in table
+    assert "| multi30k-en-de | fp32 | no | 40.00 | 33.00 | +0.00 | 100.0% |" in table
 
 
 def test_no_fp32_row_no_verdicts():
