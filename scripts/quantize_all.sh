@@ -8,9 +8,13 @@
 # The stages run in that order when no stage is named. All schemes train at the same time on one
 # GPU (each process is small); settings come from the environment:
 #   BASE (multi30k-en-de)  RUNS (runs/quant)  SCHEMES ("int8 int6 log4 log3 log2 log1 bmt1 bmt1a1 mixed")
+#     an entry S-kd trains scheme S with word-level distillation from BASE (--distill BASE
+#     --distill-weight KD_WEIGHT); the entry fp32-control trains BASE further for the same time
+#     with the same schedule and no quantization (the control for QAT's extra training)
+#   TAG ("": appended to each packed model's name, e.g. "-20m")
 #   PTQ ("int8 log4": packed straight from the float model, no retraining; "" for none)
 #   QAT_MINUTES (5)  LR (4e-4)  WARMUP (300)  PHASE_STEPS (250)  PHASE_MINUTES (unset: by steps)
-#   EVAL_DEVICE (auto)  BEAM (5)
+#   AVG_LAST (3)  KD_WEIGHT (0.5)  EVAL_DEVICE (auto)  BEAM (5)
 #   RESULTS (RUNS/results.json)  DATA_DIR (lowbit's default data directory)
 #   TRAIN_ARGS, EVAL_ARGS (extra arguments, e.g. "--limit 100" for a smoke run)
 set -uo pipefail
@@ -24,6 +28,9 @@ QAT_MINUTES=${QAT_MINUTES:-5}
 LR=${LR:-4e-4}
 WARMUP=${WARMUP:-300}
 PHASE_STEPS=${PHASE_STEPS:-250}
+AVG_LAST=${AVG_LAST:-3}
+KD_WEIGHT=${KD_WEIGHT:-0.5}
+TAG=${TAG:-}
 EVAL_DEVICE=${EVAL_DEVICE:-auto}
 BEAM=${BEAM:-5}
 RESULTS=${RESULTS:-$RUNS/results.json}
@@ -32,11 +39,20 @@ DATA=()
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 mkdir -p "$RUNS"
 
+# the scheme of a SCHEMES entry (S, S-kd, fp32-control)
+scheme_of() { case "$1" in fp32-control) echo fp32 ;; *) echo "${1%-kd}" ;; esac; }
+
 stage_train() {
     local pids=()
     for s in $SCHEMES; do
-        lowbit train --init "$BASE" --qat "$s" --out "$RUNS/qat-$s" "${DATA[@]}" --epochs 1000 \
-            --max-minutes "$QAT_MINUTES" --lr "$LR" --warmup "$WARMUP" --avg-last 3 \
+        local extra=()
+        case "$s" in
+            fp32-control) ;;
+            *-kd) extra=(--qat "${s%-kd}" --distill "$BASE" --distill-weight "$KD_WEIGHT") ;;
+            *) extra=(--qat "$s") ;;
+        esac
+        lowbit train --init "$BASE" "${extra[@]}" --out "$RUNS/qat-$s" "${DATA[@]}" --epochs 1000 \
+            --max-minutes "$QAT_MINUTES" --lr "$LR" --warmup "$WARMUP" --avg-last "$AVG_LAST" \
             --eval-every 1000 --qat-phase-steps "$PHASE_STEPS" \
             ${PHASE_MINUTES:+--qat-phase-minutes "$PHASE_MINUTES"} ${TRAIN_ARGS:-} \
             > "$RUNS/train-$s.log" 2>&1 &
@@ -51,7 +67,7 @@ stage_train() {
 stage_pack() {
     local pids=()
     for s in $SCHEMES; do
-        lowbit quantize --model "$RUNS/qat-$s" --scheme "$s" -o "$RUNS/packed/$s" "${DATA[@]}" \
+        lowbit quantize --model "$RUNS/qat-$s" --scheme "$(scheme_of "$s")" -o "$RUNS/packed/$s$TAG" "${DATA[@]}" \
             > "$RUNS/pack-$s.log" 2>&1 &
         pids+=($!)
     done
