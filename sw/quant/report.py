@@ -83,8 +83,11 @@ def _latest(records: list[dict], beam: int) -> dict:
     return out
 
 
-def _order_key(scheme: str, model: str):
-    return (ORDER.index(scheme) if scheme in ORDER else len(ORDER), model)
+def _order_key(row: dict):
+    """Rows by scheme (:data:`ORDER`), the FP32 reference before an FP32 control, then by name."""
+    scheme = row["scheme"]
+    return (ORDER.index(scheme) if scheme in ORDER else len(ORDER),
+            scheme == "fp32" and bool(row["retrained"]), row["model"])
 
 
 def build_rows(records: list[dict], beam: int) -> list[dict]:
@@ -98,7 +101,7 @@ def build_rows(records: list[dict], beam: int) -> list[dict]:
             if r.get(key) is not None:
                 row[key] = r[key]
         row.setdefault("dates", set()).add(r["date"][:10])
-    return sorted(models.values(), key=lambda row: _order_key(row["scheme"], row["model"]))
+    return sorted(models.values(), key=_order_key)
 
 
 def _fmt(x, spec="{:.2f}"):
