@@ -75,9 +75,9 @@ def check_acc_width(width: int, max_k: int) -> int:
     return width
 
 
-def _popcount(bits: list):
-    """Balanced adder tree over single bits (depth log2(n), not an n-long carry chain)."""
-    level = list(bits)
+def _adder_tree(values: list):
+    """Balanced adder tree (depth log2(n), not an n-long carry chain)."""
+    level = list(values)
     if not level:
         return C(0, 1)
     while len(level) > 1:
@@ -86,6 +86,56 @@ def _popcount(bits: list):
             nxt.append(level[-1])
         level = nxt
     return level[0]
+
+
+SWAR_STEPS = 2      # word-wide popcount levels before the adder tree (fields of 2^STEPS bits)
+
+
+def _swar_masks(m, width: int, steps: int = SWAR_STEPS, prefix: str = "swar") -> list:
+    """The constant masks of :func:`_popcount` for ``width``-bit words, as registers.
+
+    Mask ``j`` holds the low ``2^j`` bits of every ``2^(j+1)``-bit field. The registers are
+    never written (``init`` value, no reset), so they are constants; synthesis folds them
+    (Yosys ``opt_dff``). They are registers rather than literals only because Amaranth splits
+    an AND with a literal into single-bit wiring, which Verilator then evaluates bit by bit;
+    against a register the AND stays one word-wide operation.
+    """
+    p = 1 << max(width - 1, 1).bit_length()
+    masks = []
+    for j in range(steps):
+        s = 1 << j
+        if 2 * s > p:
+            break
+        value = sum(((1 << s) - 1) << (2 * s * i) for i in range(p // (2 * s)))
+        reg = Signal(p, init=value, reset_less=True, name=f"{prefix}_mask{j}")
+        m.d.sync += reg.eq(reg)
+        masks.append(reg)
+    return masks
+
+
+def _popcount(m, word, width: int, masks: list, name: str):
+    """Number of ones in ``word[:width]`` (unsigned, ``width.bit_length()`` bits).
+
+    The first ``len(masks)`` levels of the adder tree are computed on the whole word at once
+    (SIMD within a register): ``x = (x & m_j) + ((x >> 2^j) & m_j)`` adds neighbouring
+    ``2^j``-bit fields in place (a ``2^(j+1)``-bit field holds a count of at most ``2^(j+1)``,
+    so no carry crosses fields). The resulting ``2^len(masks)``-bit counts go through an
+    ordinary balanced adder tree. The function is the tree's over single bits and the logic
+    about the same size (the word-wide adders' slices replace the tree's half adders); what
+    changes is simulation speed: each word-wide step is one operation in Verilator, where the
+    tree's first levels were one operation per bit.
+    """
+    if width <= 2 or not masks:
+        return _adder_tree([word[i] for i in range(width)])
+    p = len(masks[0])
+    x = Signal(p, name=f"{name}_w")
+    m.d.comb += x.eq(word[:width])
+    s = 1
+    for j, mask in enumerate(masks):
+        nxt = Signal(p, name=f"{name}_l{j + 1}")
+        m.d.comb += nxt.eq((x & mask) + ((x >> s) & mask))
+        x, s = nxt, 2 * s
+    return _adder_tree([x[i:i + s] for i in range(0, p, s)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,6 +251,7 @@ class _XnorPE:
         with m.If(en):
             m.d.sync += [alpha[c].eq(beat.alpha[c]) for c in range(cols)]
             m.d.sync += plane.eq(beat.plane)
+        masks = _swar_masks(m, self.lanes)     # shared by every PE
         prods = []
         for r in range(rows):
             row = []
@@ -208,7 +259,7 @@ class _XnorPE:
                 agree = Signal(self.lanes, name=f"agree_{r}_{c}")
                 m.d.comb += agree.eq(~(beat.a[r] ^ beat.w[c]) & mask)
                 pop = Signal(self.dot_shape, name=f"pop_{r}_{c}")
-                m.d.comb += pop.eq(_popcount([agree[i] for i in range(self.lanes)]))
+                m.d.comb += pop.eq(_popcount(m, agree, self.lanes, masks, f"pop_{r}_{c}"))
                 dot = Signal(self.dot_shape, name=f"dot_{r}_{c}")
                 p = Signal(self.product_shape, name=f"prod_{r}_{c}")
                 with m.If(en):

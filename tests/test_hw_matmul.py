@@ -466,3 +466,46 @@ def test_assemble_checks_beats():
         proto.assemble(plan, [0, 0])
     got = proto.assemble(plan, [3 | (5 << proto.unit.y_width), 7 | last_bit])
     assert got.tolist() == [[3, 5], [7, 0]]
+
+
+# --- the XNOR PE's popcount (word-wide SWAR levels + adder tree) --------------------------------
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 31, 32, 33, 64, 100, 256])
+def test_popcount_counts_ones(width):
+    """``_popcount`` equals the number of ones for random words and the corner words."""
+    from amaranth import Elaboratable, Module, Signal
+    from amaranth.sim import Simulator
+
+    from lowbit.hw.matmul import _popcount, _swar_masks
+
+    class Dut(Elaboratable):
+        def __init__(self):
+            self.word = Signal(width)
+            self.count = Signal(width.bit_length())
+
+        def elaborate(self, platform):
+            m = Module()
+            masks = _swar_masks(m, width)
+            m.d.comb += self.count.eq(_popcount(m, self.word, width, masks, "pop"))
+            return m
+
+    rng = np.random.default_rng(width)
+    full = (1 << width) - 1
+    words = [0, full, 1, 1 << (width - 1), full ^ 1, 0x5555_5555_5555 & full, full >> 1]
+    words += [int(rng.integers(0, 2**62)) ** 5 & full for _ in range(40)]
+    words += [sum(1 << int(i) for i in rng.choice(width, size=k, replace=False))
+              for k in rng.integers(0, width + 1, size=20)]
+    dut = Dut()
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    got = []
+
+    async def bench(ctx):
+        for word in words:
+            ctx.set(dut.word, word)
+            await ctx.tick()
+            got.append(ctx.get(dut.count))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [bin(w).count("1") for w in words]
