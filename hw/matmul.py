@@ -91,7 +91,7 @@ def _adder_tree(values: list):
 SWAR_STEPS = 2      # word-wide popcount levels before the adder tree (fields of 2^STEPS bits)
 
 
-def _swar_masks(m, width: int, steps: int = SWAR_STEPS, prefix: str = "swar") -> list:
+def _swar_masks(m, width: int, steps: int = SWAR_STEPS) -> list:
     """The constant masks of :func:`_popcount` for ``width``-bit words, as registers.
 
     Mask ``j`` holds the low ``2^j`` bits of every ``2^(j+1)``-bit field. The registers are
@@ -107,7 +107,7 @@ def _swar_masks(m, width: int, steps: int = SWAR_STEPS, prefix: str = "swar") ->
         if 2 * s > p:
             break
         value = sum(((1 << s) - 1) << (2 * s * i) for i in range(p // (2 * s)))
-        reg = Signal(p, init=value, reset_less=True, name=f"{prefix}_mask{j}")
+        reg = Signal(p, init=value, reset_less=True, name=f"swar_mask{j}")
         m.d.sync += reg.eq(reg)
         masks.append(reg)
     return masks
@@ -120,8 +120,8 @@ def _popcount(m, word, width: int, masks: list, name: str):
     (SIMD within a register): ``x = (x & m_j) + ((x >> 2^j) & m_j)`` adds neighbouring
     ``2^j``-bit fields in place (a ``2^(j+1)``-bit field holds a count of at most ``2^(j+1)``,
     so no carry crosses fields). The resulting ``2^len(masks)``-bit counts go through an
-    ordinary balanced adder tree. The function is the tree's over single bits and the logic
-    about the same size (the word-wide adders' slices replace the tree's half adders); what
+    ordinary balanced adder tree. The function is the tree's over single bits; on the iCE40 the
+    PE costs the same LUTs as with a tree over single bits (docs/fpga.md, caveats). What
     changes is simulation speed: each word-wide step is one operation in Verilator, where the
     tree's first levels were one operation per bit.
     """
