@@ -238,7 +238,7 @@ def log_matmul(a: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None =
 
 
 def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
-                 scale: float | None = None, refine_iters: int = 0):
+                 scale: float | None = None, refine_iters: int = 0, check: bool = True):
     """Aji & Heafield's logarithmic quantizer for one tensor.
 
     ``S`` starts at ``max|w|`` (or ``scale``); ``r = clip(w, -S, S)``;
@@ -248,11 +248,15 @@ def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
     ``refine_iters`` rounds of ``S <- sum(a*w) / sum(a*a)`` with ``a = q / S`` (sums correctly
     rounded with :func:`math.fsum`, so ``S`` is the same on every device).
 
+    ``check=False`` skips the finiteness check, a device sync per call that quantization-aware
+    training's error feedback cannot afford on every weight matrix of every step (a non-finite
+    weight shows up there as a non-finite loss).
+
     Returns ``(codes int64 like w, S float)``; dequantized ``S * 2**-(depth-1) * values``.
     """
     depth = log_depth(bits, zero_code)
     w = w.detach().to(torch.float64)
-    if w.numel() and not bool(torch.isfinite(w).all()):
+    if check and w.numel() and not bool(torch.isfinite(w).all()):
         raise ValueError("cannot log-quantize a tensor with non-finite values")
     if scale is None:
         s = float(w.abs().max()) if w.numel() else 0.0

@@ -192,9 +192,9 @@ def quantize_log(w: torch.Tensor, bits: int, refine_iters: int = 10,
     if refine_iters == 0 and scale is not None:
         s = _f32(scale)
     else:
-        _, s = golden.log_quantize(w, bits, refine_iters=refine_iters, scale=scale)
+        _, s = golden.log_quantize(w, bits, refine_iters=refine_iters, scale=scale, check=False)
         s = _f32(s)
-    codes, _ = golden.log_quantize(w, bits, scale=s)
+    codes, _ = golden.log_quantize(w, bits, scale=s, check=False)  # checked above when asked
     return LogWeights(codes, s, bits)
 
 
