@@ -178,33 +178,37 @@ def log_depth(bits: int, zero_code: bool = False) -> int:
     return depth - 1 if zero_code else depth
 
 
-def log_code_fields(codes: torch.Tensor, bits: int, zero_code: bool = False):
+def log_code_fields(codes: torch.Tensor, bits: int, zero_code: bool = False, check: bool = True):
     """Split codes into ``(sign, exponent_index, is_zero)``; checks that every code is valid.
 
     Layout: bit ``bits-1`` is the sign (1 = negative), bits ``bits-2..0`` the exponent index
     ``e`` (0 = the largest magnitude). Valid ``e`` are ``0 .. log_depth-1`` plus, with
     ``zero_code``, ``e == log_depth`` meaning zero (with either sign bit).
+    ``check=False`` skips the validity checks (three device syncs) for codes that come straight
+    from :func:`log_quantize` or were validated when read; the kernels always check.
     """
     depth = log_depth(bits, zero_code)
-    codes = check_range("log codes", codes, 0, (1 << bits) - 1)
+    codes = (check_range("log codes", codes, 0, (1 << bits) - 1) if check
+             else _as_int("log codes", codes))
     sign = codes >> (bits - 1)
     e = codes & ((1 << (bits - 1)) - 1)
     top = depth if zero_code else depth - 1
-    if e.numel() and int(e.max()) > top:
+    if check and e.numel() and int(e.max()) > top:
         raise ValueError(f"log codes have exponent index {int(e.max())} > {top}, "
                          f"invalid for {bits}-bit codes (zero_code={zero_code})")
     is_zero = (e == depth) if zero_code else torch.zeros_like(e, dtype=torch.bool)
     return sign, e, is_zero
 
 
-def log_weight_values(codes: torch.Tensor, bits: int, zero_code: bool = False) -> torch.Tensor:
+def log_weight_values(codes: torch.Tensor, bits: int, zero_code: bool = False,
+                      check: bool = True) -> torch.Tensor:
     """Integer weight of each code: ``(-1)**sign * 2**(depth-1-e)`` (0 for the zero code).
 
     The real weight is ``scale * 2**-(depth-1) * value``, where ``scale`` is the tensor's
-    log scale ``S`` (the largest magnitude).
+    log scale ``S`` (the largest magnitude). ``check`` as in :func:`log_code_fields`.
     """
     depth = log_depth(bits, zero_code)
-    sign, e, is_zero = log_code_fields(codes, bits, zero_code)
+    sign, e, is_zero = log_code_fields(codes, bits, zero_code, check)
     shift = (depth - 1 - e).clamp(min=0)
     mag = torch.ones_like(e) << shift
     val = torch.where(sign.bool(), -mag, mag)
@@ -283,7 +287,8 @@ def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
             idx = torch.where(tiny, torch.full_like(idx, depth), idx)
         codes = (neg << (bits - 1)) | idx
         if it < refine_iters:
-            a = log_weight_values(codes, bits, zero_code).to(torch.float64) * 2.0 ** (1 - depth)
+            a = log_weight_values(codes, bits, zero_code, check=False).to(torch.float64)
+            a = a * 2.0 ** (1 - depth)
             # math.fsum is correctly rounded, so the refined scale does not depend on the
             # device or on a parallel reduction's summation order (CPU and CUDA agree).
             den = math.fsum((a * a).flatten().cpu().tolist())
