@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy
 import torch
 
 from lowbit.sw import golden
@@ -205,7 +206,7 @@ def _f32(x):
     """Round a float (or float tensor) to float32 precision, kept as float64."""
     if isinstance(x, torch.Tensor):
         return x.to(torch.float32).to(torch.float64)
-    return float(torch.tensor(x, dtype=torch.float32))
+    return float(numpy.float32(x))  # no tensor: QAT's hot path reads no tensor scalars
 
 
 def quantize_binary(w: torch.Tensor, planes: int, check: bool = True) -> BinaryWeights:
