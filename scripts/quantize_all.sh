@@ -10,7 +10,8 @@
 #   BASE (multi30k-en-de)  RUNS (runs/quant)  SCHEMES ("int8 int6 log4 log3 log2 log1 bmt1 bmt1a1 mixed")
 #     an entry S-kd trains scheme S with word-level distillation from BASE (--distill BASE
 #     --distill-weight KD_WEIGHT); the entry fp32-control trains BASE further for the same time
-#     with the same schedule and no quantization (the control for QAT's extra training)
+#     with the same schedule and no quantization (the control for QAT's extra training); a
+#     suffix -sN (e.g. log4-kd-s2) trains that entry with --seed N (repeated runs of one recipe)
 #   TAG ("": appended to each packed model's name, e.g. "-20m")
 #   PTQ ("int8 log4": packed straight from the float model, no retraining; "" for none)
 #   QAT_MINUTES (5)  LR (4e-4)  WARMUP (300)  PHASE_STEPS (250)  PHASE_MINUTES (unset: by steps)
@@ -39,18 +40,24 @@ DATA=()
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 mkdir -p "$RUNS"
 
-# the scheme of a SCHEMES entry (S, S-kd, fp32-control)
-scheme_of() { case "$1" in fp32-control) echo fp32 ;; *) echo "${1%-kd}" ;; esac; }
+# a SCHEMES entry without its seed suffix (-sN), and the seed arguments of that suffix
+recipe_of() { if [[ "$1" =~ ^(.*)-s([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi; }
+seed_args() { if [[ "$1" =~ -s([0-9]+)$ ]]; then echo "--seed ${BASH_REMATCH[1]}"; fi; }
+# the scheme of a SCHEMES entry (S, S-kd, fp32-control, each optionally with -sN)
+scheme_of() { local r; r=$(recipe_of "$1"); case "$r" in fp32-control) echo fp32 ;; *) echo "${r%-kd}" ;; esac; }
 
 stage_train() {
     local pids=()
     for s in $SCHEMES; do
-        local extra=()
-        case "$s" in
+        local extra=() r
+        r=$(recipe_of "$s")
+        case "$r" in
             fp32-control) ;;
-            *-kd) extra=(--qat "${s%-kd}" --distill "$BASE" --distill-weight "$KD_WEIGHT") ;;
-            *) extra=(--qat "$s") ;;
+            *-kd) extra=(--qat "${r%-kd}" --distill "$BASE" --distill-weight "$KD_WEIGHT") ;;
+            *) extra=(--qat "$r") ;;
         esac
+        # shellcheck disable=SC2207
+        extra+=($(seed_args "$s"))
         lowbit train --init "$BASE" "${extra[@]}" --out "$RUNS/qat-$s" "${DATA[@]}" --epochs 1000 \
             --max-minutes "$QAT_MINUTES" --lr "$LR" --warmup "$WARMUP" --avg-last "$AVG_LAST" \
             --eval-every 1000 --qat-phase-steps "$PHASE_STEPS" \
