@@ -19,6 +19,15 @@
 #   RESULTS (RUNS/results.json)  DATA_DIR (lowbit's default data directory)
 #   TRAIN_ARGS, EVAL_ARGS (extra arguments, e.g. "--limit 100" for a smoke run)
 set -uo pipefail
+
+# a SCHEMES entry without its seed suffix (-sN), and the seed arguments of that suffix
+recipe_of() { if [[ "$1" =~ ^(.*)-s([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi; }
+seed_args() { if [[ "$1" =~ -s([0-9]+)$ ]]; then echo "--seed ${BASH_REMATCH[1]}"; fi; }
+# the scheme of a SCHEMES entry (S, S-kd, fp32-control, each optionally with -sN)
+scheme_of() { local r; r=$(recipe_of "$1"); case "$r" in fp32-control) echo fp32 ;; *) echo "${r%-kd}" ;; esac; }
+# sourced (tests): the functions above only
+(return 0 2>/dev/null) && return 0
+
 cd "$(dirname "$0")/.."
 
 BASE=${BASE:-multi30k-en-de}
@@ -40,11 +49,6 @@ DATA=()
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 mkdir -p "$RUNS"
 
-# a SCHEMES entry without its seed suffix (-sN), and the seed arguments of that suffix
-recipe_of() { if [[ "$1" =~ ^(.*)-s([0-9]+)$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi; }
-seed_args() { if [[ "$1" =~ -s([0-9]+)$ ]]; then echo "--seed ${BASH_REMATCH[1]}"; fi; }
-# the scheme of a SCHEMES entry (S, S-kd, fp32-control, each optionally with -sN)
-scheme_of() { local r; r=$(recipe_of "$1"); case "$r" in fp32-control) echo fp32 ;; *) echo "${r%-kd}" ;; esac; }
 
 stage_train() {
     local pids=()
