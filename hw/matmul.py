@@ -120,10 +120,10 @@ def _popcount(m, word, width: int, masks: list, name: str):
     (SIMD within a register): ``x = (x & m_j) + ((x >> 2^j) & m_j)`` adds neighbouring
     ``2^j``-bit fields in place (a ``2^(j+1)``-bit field holds a count of at most ``2^(j+1)``,
     so no carry crosses fields). The resulting ``2^len(masks)``-bit counts go through an
-    ordinary balanced adder tree. The function is the tree's over single bits; on the iCE40 the
-    PE costs the same LUTs as with a tree over single bits (docs/fpga.md, caveats). What
-    changes is simulation speed: each word-wide step is one operation in Verilator, where the
-    tree's first levels were one operation per bit.
+    ordinary balanced adder tree. The function is the tree's over single bits, and so is the
+    FPGA cost, within a few LUTs: per PE 652 LUTs on the iCE40 either way, 654 against 672 on
+    the ECP5 (docs/fpga.md, caveats). What changes is simulation speed: each word-wide step is
+    one operation in Verilator, where the tree's first levels were one operation per bit.
     """
     if width <= 2 or not masks:
         return _adder_tree([word[i] for i in range(width)])

@@ -49,7 +49,6 @@ DATA=()
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} PYTHONUNBUFFERED=1
 mkdir -p "$RUNS"
 
-
 stage_train() {
     local pids=()
     for s in $SCHEMES; do
