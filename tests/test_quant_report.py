@@ -56,6 +56,22 @@ def test_fp32_control_is_no_reference_and_shipped_packages_are_judged():
     assert "| multi30k-en-de | fp32 | no | 40.00 | 33.00 | +0.00 | 100.0% |" in table
 
 
+def test_results_md_names_every_fp32_control(tmp_path):
+    """The note under the table names each FP32 control, in the singular or the plural."""
+    import json
+    ref = _rec("multi30k-en-de", "fp32", 40.0, 33.0, size=3000, bits=32.0, retrained=False)
+    for controls, phrase in ((["c-16m"], "The FP32 control (c-16m) is that FP32 model"),
+                             (["c-16m", "c-lr5e-5"],
+                              "The FP32 controls (c-16m, c-lr5e-5) are that FP32 model")):
+        records = ref + [r for c in controls
+                         for r in _rec(c, "fp32", 39.9, 32.5, size=3000, bits=32.0)]
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps(records))
+        text = write_report(path, tmp_path).read_text()
+        assert phrase in text
+        assert all(f"| {c} | fp32 | FP32, longer |" in text for c in controls)
+
+
 def test_no_fp32_row_no_verdicts():
     assert check_targets(build_rows(_rec("a", "int8", 39.0, 32.0, size=1, bits=8.0), 5)) == [
         "(no FP32 result: targets not evaluated)"]

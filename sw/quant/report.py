@@ -275,13 +275,14 @@ def write_report(results_path, docs_dir, beam: int = 5) -> Path:
         parts += check_targets(rows) + [""]
         controls = [r["model"] for r in rows if r["scheme"] == "fp32" and r.get("retrained")]
         if controls:
+            what = ("The FP32 control ({}) is that FP32 model" if len(controls) == 1 else
+                    "The FP32 controls ({}) are that FP32 model").format(", ".join(controls))
             parts += ["Retrained (QAT) models continue training the FP32 model for more epochs; the "
-                      "FP32 reference row was not trained further. The FP32 control "
-                      f"({', '.join(controls)}) is that FP32 model trained further for the same time "
-                      "with the same schedule and no quantization: it shows how much of a retrained "
-                      "model's score is extra training (the targets are measured against the "
-                      "reference row; how the models were made, and CPU/GPU token identity: "
-                      "[quantization.md](quantization.md)).", ""]
+                      f"FP32 reference row was not trained further. {what} trained further for the "
+                      "same time with a retraining run's schedule and no quantization: it shows how "
+                      "much of a retrained model's score is extra training (the targets are measured "
+                      "against the reference row; how the models were made, and CPU/GPU token "
+                      "identity: [quantization.md](quantization.md)).", ""]
         else:
             parts += ["Retrained (QAT) models continue training the FP32 model for a few more "
                       "epochs; the FP32 row was not trained further, so part of a retrained model's "
