@@ -4,6 +4,7 @@ FP32 model they were retrained from, with every quantized matmul through the gol
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,8 @@ from lowbit.sw.data import read_parallel, resolve_data_dir
 from lowbit.sw.decode import DecodeOptions, corpus_bleu, translate
 from lowbit.sw.quant.packed import read_manifest
 from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # scheme -> the most BLEU a 100-sentence greedy slice may lose against FP32 on the same slice
 # (full-split beam-5 losses are in docs/results.md; slices are noisier than whole splits)
@@ -44,6 +47,24 @@ def test_every_scheme_is_shipped_and_valid():
         meta = json.loads((models[name] / "meta.json").read_text())
         assert meta["scores"]["test_2016_flickr"]["beam5"] > 0
         assert size < 10 * 2 ** 20
+
+
+def test_shipped_scores_match_the_results_records():
+    """Each shipped package's meta.json scores are the latest beam-5 records under its name in
+    docs/results.json (what results.md and the README show), and those records' size is the
+    package's size on disk."""
+    records = json.loads((ROOT / "docs" / "results.json").read_text())
+    models = shipped_models()
+    for scheme in SHIPPED:
+        name = f"{DEFAULT_MODEL}-{scheme}"
+        meta = json.loads((models[name] / "meta.json").read_text())
+        size = sum((models[name] / f).stat().st_size for f in ("weights.bin", "manifest.json"))
+        for split in ("test_2016_flickr", "test_2017_flickr"):
+            mine = [r for r in records if r["model"] == name and r["split"] == split
+                    and r["beam"] == 5]
+            assert mine, (name, split)
+            assert mine[-1]["bleu"] == meta["scores"][split]["beam5"], (name, split)
+            assert mine[-1]["size_bytes"] == size, (name, split)
 
 
 def test_mixed_precision_claims_hold_on_the_shipped_package():
