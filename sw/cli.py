@@ -196,7 +196,8 @@ def _cmd_translate(args):
     opts = _decode_options(args)
     model, tokenizer, _ = load_model(args.model, _device(args.device))
     lines = [line.rstrip("\r\n") for line in sys.stdin]
-    for out in translate(model, tokenizer, lines, opts):
+    # a progress bar (stderr) once the input needs more than one batch
+    for out in translate(model, tokenizer, lines, opts, progress=len(lines) > args.batch_size):
         sys.stdout.write(out + "\n")
     sys.stdout.flush()
 

@@ -47,6 +47,18 @@ def test_translate_beam_and_no_trailing_newline(capsys, monkeypatch):
     assert status == 0 and out.count("\n") == 1 and out.strip()
 
 
+def test_translate_shows_progress_only_for_more_than_one_batch(capsys, monkeypatch):
+    """Long inputs (e.g. a training set for sequence-level distillation) get a progress bar on
+    stderr; a few lines, as typed or piped by hand, do not; stdout is the translations either way."""
+    lines = "A man is playing a guitar.\nTwo dogs.\nA girl is jumping into a swimming pool.\n"
+    status, out, err = run(["translate", "--beam", "1", "--device", "cpu", "--batch-size", "2"],
+                           capsys, stdin=lines, monkeypatch=monkeypatch)
+    assert status == 0 and "translating" in err and out.count("\n") == 3
+    status, out2, err = run(["translate", "--beam", "1", "--device", "cpu", "--batch-size", "3"],
+                            capsys, stdin=lines, monkeypatch=monkeypatch)
+    assert status == 0 and "translating" not in err and out2 == out
+
+
 def test_eval_prints_signature_then_score_line(capsys, tmp_path):
     status, out, _ = run(["eval", "--split", "val", "--limit", "12", "--beam", "2", "--device", "cpu",
                           "--output", str(tmp_path / "hyp.de")], capsys)

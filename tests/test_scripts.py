@@ -71,3 +71,71 @@ def test_entry_parsing_functions(entry, recipe, scheme, seed):
                           f'echo "[$(seed_args {entry})]"'], capture_output=True, text=True,
                          timeout=30).stdout.split("\n")
     assert out[:3] == [recipe, scheme, f"[{seed}]"]
+
+
+SEQKD = ROOT / "scripts" / "seqkd_data.sh"
+
+
+def _tiny_data(tmp_path, n=6):
+    """A data directory with the first n training pairs of Multi30k and its real val split."""
+    import gzip
+
+    from lowbit.sw.data import read_parallel, resolve_data_dir
+
+    real = resolve_data_dir()
+    src, ref = read_parallel(real, "train", limit=n)
+    data = tmp_path / "data"
+    data.mkdir()
+    for lang, lines in (("en", src), ("de", ref)):
+        with gzip.open(data / f"train.{lang}.gz", "wt", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    for lang in ("en", "de"):
+        (data / f"val.{lang}.gz").symlink_to(real / f"val.{lang}.gz")
+    return data, src, ref
+
+
+def _seqkd(out, data, **env):
+    full_env = dict(os.environ, DATA_DIR=str(data), BEAM="1", DEVICE="cpu", **env)
+    return subprocess.run(["bash", str(SEQKD), str(out)], env=full_env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_seqkd_data_replaces_training_targets_with_the_teachers_translations(tmp_path):
+    """Sources unchanged, targets = the FP32 model's own (greedy here) translations, line for
+    line; the other splits are links to the originals; the result reads as a data directory."""
+    from lowbit.sw.checkpoint import load_model
+    from lowbit.sw.data import read_parallel
+    from lowbit.sw.decode import DecodeOptions, translate
+
+    data, src, ref = _tiny_data(tmp_path)
+    out = tmp_path / "seqkd"
+    proc = _seqkd(out, data)
+    assert proc.returncode == 0, proc.stderr
+    kd_src, kd_tgt = read_parallel(out, "train")
+    model, tok, _ = load_model("multi30k-en-de")
+    assert kd_src == src
+    assert kd_tgt == translate(model, tok, src, DecodeOptions(beam=1))
+    assert kd_tgt != ref  # the teacher does not reproduce the references word for word
+    assert (out / "val.en.gz").resolve() == (data / "val.en.gz").resolve()
+    assert read_parallel(out, "val", limit=3) == read_parallel(data, "val", limit=3)
+    assert [p.name for p in tmp_path.iterdir() if ".tmp." in p.name] == []
+
+
+def test_seqkd_data_limit_and_bad_input(tmp_path):
+    from lowbit.sw.data import read_parallel
+
+    data, src, _ = _tiny_data(tmp_path)
+    out = tmp_path / "first2"
+    assert _seqkd(out, data, LIMIT="2").returncode == 0
+    assert read_parallel(out, "train")[0] == src[:2]
+    proc = _seqkd(out, data)  # exists: refused, left as it was
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+    assert read_parallel(out, "train")[0] == src[:2]
+    proc = _seqkd(tmp_path / "x", data, LIMIT="two")
+    assert proc.returncode == 2 and "LIMIT must be a positive whole number" in proc.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _seqkd(tmp_path / "y", empty)
+    assert proc.returncode == 2 and "no train.en.gz or train.en" in proc.stderr
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp." in p.name] == []
