@@ -19,7 +19,9 @@ def _run(tmp_path, *stages, **env):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     fake = bin_dir / "lowbit"
-    fake.write_text('#!/usr/bin/env bash\nprintf "%q " "$@" >> "$CALLS"; echo >> "$CALLS"\n')
+    # one write per call: the script runs its packs and trainings in parallel, and two writes
+    # (arguments, then newline) from concurrent calls could interleave into one line
+    fake.write_text('#!/usr/bin/env bash\nline=$(printf "%q " "$@"); printf "%s\\n" "$line" >> "$CALLS"\n')
     fake.chmod(0o755)
     calls = tmp_path / "calls.txt"
     full_env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
