@@ -279,7 +279,8 @@ def write_report(results_path, docs_dir, beam: int = 5) -> Path:
                     "The FP32 controls ({}) are that FP32 model").format(", ".join(controls))
             parts += ["Retrained (QAT) models continue training the FP32 model for more epochs; the "
                       f"FP32 reference row was not trained further. {what} trained further for the "
-                      "same time with a retraining run's schedule and no quantization: this shows how "
+                      "same time with a retraining run's schedule and training data and no "
+                      "quantization: this shows how "
                       "much of a retrained model's score is extra training (the targets are measured "
                       "against the reference row; how the models were made, and CPU/GPU token "
                       "identity: [quantization.md](quantization.md)).", ""]
