@@ -10,8 +10,7 @@ quantized matmul run on the Verilated unit of its scheme and compared with the g
   says (golden minus the number of odd products);
 * bad arguments exit with status 2 and one clear line.
 
-Models: the shipped packed models (``lowbit models``); while they are not shipped yet, the
-packages under .devrun/ of a development checkout.
+Models: the shipped packed models (``lowbit models``).
 """
 
 from __future__ import annotations
@@ -29,25 +28,22 @@ from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 pytestmark = pytest.mark.timeout(900)
 
 ROOT = Path(__file__).resolve().parents[1]
-# scheme -> (shipped name, development package)
+# scheme -> shipped packed model
 MODELS = {
-    "int8": ("multi30k-en-de-int8", ".devrun/pkA/int8"),
-    "log4": ("multi30k-en-de-log4", ".devrun/pkA/log4"),
-    "mixed": ("multi30k-en-de-mixed", ".devrun/pkA/mixed"),
-    "bmt1": ("multi30k-en-de-bmt1", ".devrun/pkB/bmt1"),
-    "bmt1a1": ("multi30k-en-de-bmt1a1", ".devrun/pkB/bmt1a1"),
+    "int8": "multi30k-en-de-int8",
+    "log4": "multi30k-en-de-log4",
+    "mixed": "multi30k-en-de-mixed",
+    "bmt1": "multi30k-en-de-bmt1",
+    "bmt1a1": "multi30k-en-de-bmt1a1",
 }
 
 
 def packed_model(scheme: str) -> str:
-    """The packed model of ``scheme``: shipped name if shipped, else the development package."""
-    shipped, dev = MODELS[scheme]
-    if (ROOT / "lowbit" / "models" / shipped).is_dir():
-        return shipped
-    if (ROOT / dev).is_dir():
-        return str(ROOT / dev)
-    pytest.fail(f"no packed {scheme} model: neither lowbit/models/{shipped} nor {dev}")
-
+    """The shipped packed model of ``scheme`` (fails clearly if the package is missing)."""
+    shipped = MODELS[scheme]
+    if not (ROOT / "lowbit" / "models" / shipped).is_dir():
+        pytest.fail(f"no packed {scheme} model: lowbit/models/{shipped} is missing")
+    return shipped
 
 
 def _cosim(capsys, *argv) -> tuple[int, list[str]]:
