@@ -280,10 +280,10 @@ def write_report(results_path, docs_dir, beam: int = 5) -> Path:
             parts += ["Retrained (QAT) models continue training the FP32 model for more epochs; the "
                       f"FP32 reference row was not trained further. {what} trained further for the "
                       "same time with a retraining run's schedule and training data and no "
-                      "quantization: this shows how "
-                      "much of a retrained model's score is extra training (the targets are measured "
-                      "against the reference row; how the models were made, and CPU/GPU token "
-                      "identity: [quantization.md](quantization.md)).", ""]
+                      "quantization: this shows how much of a retrained model's score is extra "
+                      "training (the targets are measured against the reference row; how the models "
+                      "were made, and CPU/GPU token identity: [quantization.md](quantization.md)).",
+                      ""]
         else:
             parts += ["Retrained (QAT) models continue training the FP32 model for a few more "
                       "epochs; the FP32 row was not trained further, so part of a retrained model's "
