@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 
 from lowbit import LowbitError
+from lowbit.io import check_output_file, write_text_atomic
 
 from .matmul import MAX_ARRAY, MAX_LANES, UNITS, check_int, check_size, make_unit
 
@@ -125,20 +124,6 @@ def _flag_message(message: str) -> str:
     return message
 
 
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".v", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _verilog(args) -> int:
     from amaranth.back import verilog as amaranth_verilog
 
@@ -152,8 +137,8 @@ def _verilog(args) -> int:
         name = args.name or MODULE_NAMES[unit]
     if not name.isidentifier():
         raise LowbitError(f"--name must be a Verilog identifier, not {name!r}")
-    if args.output != "-" and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        raise LowbitError(f"cannot write {args.output}: its folder does not exist")
+    if args.output != "-":
+        check_output_file(args.output, "-o")
     if args.top:
         try:
             accel = Accelerator(unit=unit, **params)
@@ -175,6 +160,6 @@ def _verilog(args) -> int:
         sys.stdout.write(source)
         print(summary, file=sys.stderr)
     else:
-        write_atomic(args.output, source)
+        write_text_atomic(args.output, source)
         print(f"wrote {args.output} ({summary})")
     return 0

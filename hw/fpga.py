@@ -31,6 +31,7 @@ from amaranth.lib import io
 from amaranth.lib.wiring import In
 
 from lowbit import LowbitError
+from lowbit.io import check_build_dir
 
 __all__ = ["BOARDS", "Board", "ScanWrapper", "FpgaResult", "FpgaDoesNotFit", "TOOL_DEFAULTS",
            "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register",
@@ -623,8 +624,7 @@ def default_build_dir(board: str, unit: str, params: dict, dsp: str = "auto") ->
 def _fpga_command(args) -> int:
     board, unit, params = validate_args(args)
     build_dir = args.build_dir or default_build_dir(board, unit, params, args.dsp)
-    if os.path.exists(build_dir) and not os.path.isdir(build_dir):
-        raise LowbitError(f"-o {build_dir} exists and is not a folder")
+    check_build_dir(build_dir, "-o")
     out = sys.stderr if args.json else sys.stdout
     say = lambda line: print(line, file=out, flush=True)  # noqa: E731
     say(f"building {unit} {params['rows']}x{params['cols']} for {board} in {build_dir}")

@@ -16,6 +16,7 @@ marginal cost, the fitted per-PE slope divided by the MACs one PE does per cycle
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.io import check_build_dir, check_output_file, write_bytes_atomic, write_text_atomic
 
 from .fpga import (BOARDS, INT8_EQ_BINARY_MACS, FpgaDoesNotFit, FpgaResult, format_table,
                    macs_text)
@@ -172,11 +174,7 @@ def _portable(text: str) -> str:
 
 def _write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def load_results(path: Path = RESULTS_PATH) -> dict:
@@ -731,15 +729,12 @@ def plot_cost(data: dict, path: Path = PLOT_PATH) -> Path | None:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=path.parent)
-    os.close(fd)
+    png = io.BytesIO()
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        fig.savefig(png, format="png", dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_bytes_atomic(path, png.getvalue())
     return path
 
 
@@ -751,11 +746,7 @@ def update_docs(markdown: str, path: Path = DOCS_PATH) -> None:
         tail = rest.split(END, 1)[1]
     else:
         head, tail = text.rstrip() + "\n\n## Measured results\n\n", "\n"
-    new = f"{head}{BEGIN}\n{markdown}{END}{tail}"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=Path(path).parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(new)
-    os.replace(tmp, path)
+    write_text_atomic(path, f"{head}{BEGIN}\n{markdown}{END}{tail}")
 
 
 def hardware_table(results_path: Path = RESULTS_PATH, plot_link: str | None = None) -> str:
@@ -894,6 +885,9 @@ def _bench_command(args) -> int:
         raise LowbitError(f"--jobs must be a positive integer, not {args.jobs}")
     if not args.timeout > 0:
         raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    for flag in ("--results", "--docs", "--plot"):
+        check_output_file(getattr(args, flag[2:]), flag)
+    check_build_dir(args.build_root, "--build-root")
     boards, verify_on = tuple(args.boards), tuple(args.verify_on)
     if args.quick:
         boards, verify_on = ("icebreaker",), ()

@@ -18,6 +18,7 @@ from lowbit import LowbitError, __version__
 # Modules that contribute sub-commands, in the order they appear in ``lowbit --help``.
 _COMMAND_MODULES = [
     "lowbit.sw.cli",
+    "lowbit.sw.data_cli",
     "lowbit.sw.quant.cli",
     "lowbit.hw.cli",
     "lowbit.sim.cli",
@@ -26,8 +27,7 @@ _COMMAND_MODULES = [
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse's own convention)
-        self.print_usage(sys.stderr)
-        print(f"lowbit: error: {message}", file=sys.stderr)
+        print(f"lowbit: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -67,6 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lowbit: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:     # the reader of stdout went away (`lowbit ... | head`)
+        sys.stdout = None
+        return 141
+    except OSError as e:        # the machine refused (disk full, permissions changed mid-run)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lowbit: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("lowbit: error: out of memory (try smaller sizes or batches)", file=sys.stderr)
+        return 2
     return 0 if status is None else int(status)
 
 

@@ -77,12 +77,12 @@ stage_train() {
 stage_pack() {
     local pids=()
     for s in $SCHEMES; do
-        lowbit quantize --model "$RUNS/qat-$s" --scheme "$(scheme_of "$s")" -o "$RUNS/packed/$s$TAG" "${DATA[@]}" \
+        lowbit quantize --model "$RUNS/qat-$s" --scheme "$(scheme_of "$s")" -o "$RUNS/packed/$s$TAG" --force "${DATA[@]}" \
             > "$RUNS/pack-$s.log" 2>&1 &
         pids+=($!)
     done
     for s in $PTQ fp32; do
-        lowbit quantize --model "$BASE" --scheme "$s" -o "$RUNS/packed/$s-ptq" "${DATA[@]}" \
+        lowbit quantize --model "$BASE" --scheme "$s" -o "$RUNS/packed/$s-ptq" --force "${DATA[@]}" \
             > "$RUNS/pack-$s-ptq.log" 2>&1 &
         pids+=($!)
     done

@@ -155,8 +155,8 @@ def _print_table(table) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON to ``path`` atomically (the project's one atomic text writer)."""
-    from lowbit.sw.data import write_text_atomic
+    """Write ``obj`` as JSON to ``path`` atomically (through :func:`lowbit.io.write_text_atomic`)."""
+    from lowbit.io import write_text_atomic
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_text_atomic(Path(path), json.dumps(obj, indent=2) + "\n")

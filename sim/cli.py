@@ -9,6 +9,10 @@ import time
 from lowbit import LowbitError
 
 
+# Largest operand (elements of A, W or Y) `lowbit verify` accepts: 16 Mi int64 values, 128 MiB.
+MAX_OPERAND_ELEMENTS = 1 << 24
+
+
 def register(subparsers) -> None:
     from lowbit.hw.fpga import add_unit_flags
 
@@ -73,6 +77,7 @@ def verify_params(args) -> tuple[str, dict]:
     for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
         if value < 1:
             raise LowbitError(f"{flag} must be a positive integer, not {value}")
+    _check_operand_sizes(args.m, args.k, args.n)
     if args.seed < 0:
         raise LowbitError(f"--seed must be a non-negative integer, not {args.seed}")
     if not 0 <= args.backpressure <= 0.9:
@@ -91,6 +96,15 @@ def verify_params(args) -> tuple[str, dict]:
         args.bits = None
     unit, params = unit_params(args)
     return unit, params
+
+
+def _check_operand_sizes(m: int, k: int, n: int) -> None:
+    """Bounded before anything is built: the operands and the result live in host memory."""
+    for what, elements in (("A (--m x --k)", m * k), ("W (--n x --k)", n * k),
+                           ("Y (--m x --n)", m * n)):
+        if elements > MAX_OPERAND_ELEMENTS:
+            raise LowbitError(f"{what} would hold {elements:,} elements; at most "
+                              f"{MAX_OPERAND_ELEMENTS:,} (2**24) are allowed")
 
 
 def _describe(params: dict) -> str:
@@ -153,6 +167,13 @@ def _bench(args) -> int:
                         ("--n", args.n)):
         if value < 1:
             raise LowbitError(f"{flag} must be a positive integer, not {value}")
+    if args.seed < 0:
+        raise LowbitError(f"--seed must be a non-negative integer, not {args.seed}")
+    _check_operand_sizes(args.m, max(args.k, args.k_xnor), args.n)
+    if args.json:
+        from lowbit.io import check_output_file
+
+        check_output_file(args.json, "--json")
     rows = bench_units(units, m=args.m, k=args.k, k_xnor=args.k_xnor, n=args.n,
                        rows=args.rows, cols=args.cols, seed=args.seed, skip=skip)
     if args.json:

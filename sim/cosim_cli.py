@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.io import write_text_atomic
 
 FULL_SPLIT = 1000   # sentences of a Multi30k test split: the size the benchmark projects to
 
@@ -20,7 +21,7 @@ def _add_common(p, *, jobs_default) -> None:
     p.add_argument("--model", required=True,
                    help="packed model directory (written by `lowbit quantize`) or shipped name")
     p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz (default: "
-                                      "$LOWBIT_DATA_DIR or ../shared/data/multi30k)")
+                                      "$LOWBIT_DATA_DIR or ~/.local/share/lowbit/multi30k)")
     p.add_argument("--split", default="test_2016_flickr",
                    help="split name (default test_2016_flickr)")
     p.add_argument("--jobs", type=int, default=jobs_default,
@@ -203,8 +204,22 @@ def _finish(report) -> int:
     return 0 if report.ok else 1
 
 
+def _check_outputs(args, *flags) -> None:
+    """Every output path of the run, checked before the co-simulation starts."""
+    from lowbit.io import check_output_file
+    from lowbit.sw.checkpoint import resolve_model_dir
+
+    model = resolve_model_dir(args.model)
+    for flag in flags:
+        path = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if path is not None:
+            check_output_file(path, flag, inputs=[model])
+
+
 def _cmd_cosim(args) -> int:
     opts = _options(args)
+    _model_dir(args.model)
+    _check_outputs(args, "--output", "--json")
     sentences = _read(args, args.limit)
     report, scheme = _run(args, sentences, opts, "cosim")
     summary = _print_report(report)
@@ -214,8 +229,6 @@ def _cmd_cosim(args) -> int:
         _, tokenizer, _ = load_model(_model_dir(args.model))
         lines = [tokenizer.decode(report.translations[i], "target")
                  if i in report.translations else "" for i in range(len(sentences))]
-        from lowbit.sw.data import write_text_atomic
-
         write_text_atomic(Path(args.output), "".join(line + "\n" for line in lines))
     if args.json:
         _write_json(args.json, {"model": args.model, "split": args.split,
@@ -229,6 +242,8 @@ def _cmd_bench(args) -> int:
     opts = _options(args)
     if args.sentences < 1:
         raise LowbitError(f"--sentences must be a positive integer, not {args.sentences}")
+    _model_dir(args.model)
+    _check_outputs(args, "--json")
     sentences = _read(args, args.sentences)
     t0 = time.perf_counter()
     report, scheme = _run(args, sentences, opts, "bench cosim")

@@ -24,7 +24,7 @@ import torch
 
 from lowbit import LowbitError
 
-from .data import write_text_atomic
+from lowbit.io import write_text_atomic
 from .model import Transformer, TransformerConfig
 from .tokenizer import Tokenizer
 

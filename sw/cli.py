@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.io import check_output_dir, check_output_file, write_text_atomic
+from lowbit.argtypes import finite_float, nonneg_float, nonneg_int, positive_float
+from lowbit.argtypes import positive_int as _positive_int
 
 
 def _device(name: str | None) -> str:
@@ -31,23 +34,13 @@ def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
-    return value
-
-
 def _add_decode_args(p: argparse.ArgumentParser, beam_default: int) -> None:
     p.add_argument("--beam", type=_positive_int, default=beam_default,
                    help=f"beam size, 1 = greedy (default {beam_default})")
-    p.add_argument("--length-penalty", type=float, default=1.0,
+    p.add_argument("--length-penalty", type=finite_float, default=1.0,
                    help="beam score = log-probability / length ** this (default 1.0)")
-    p.add_argument("--max-len-a", type=float, default=1.5, help="output length limit a*src+b: a (1.5)")
-    p.add_argument("--max-len-b", type=int, default=10, help="output length limit a*src+b: b (10)")
+    p.add_argument("--max-len-a", type=nonneg_float, default=1.5, help="output length limit a*src+b: a (1.5)")
+    p.add_argument("--max-len-b", type=nonneg_int, default=10, help="output length limit a*src+b: b (10)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="sentences per batch (64)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
     p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
@@ -68,7 +61,7 @@ def register(sub) -> None:
                        description="Train an English->German Transformer. Writes a checkpoint "
                                    "directory usable with --model.")
     p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz (default: $LOWBIT_DATA_DIR or "
-                                      "../shared/data/multi30k)")
+                                      "~/.local/share/lowbit/multi30k)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
     p.add_argument("--config", help="preset (tiny, small, deep-enc, wide), JSON file or inline JSON "
                                     "with TransformerConfig fields (default: small)")
@@ -78,11 +71,14 @@ def register(sub) -> None:
     from .train import TrainOptions
 
     defaults = TrainOptions()
-    for name, kind in (("epochs", int), ("max_tokens", int), ("lr", float), ("warmup", int),
-                       ("label_smoothing", float), ("weight_decay", float), ("clip_norm", float),
-                       ("seed", int), ("avg_last", int), ("vocab_size", int), ("eval_every", int),
-                       ("max_train_tokens", int), ("limit", int), ("val_limit", int),
-                       ("max_minutes", float)):
+    for name, kind in (("epochs", _positive_int), ("max_tokens", _positive_int),
+                       ("lr", positive_float), ("warmup", _positive_int),
+                       ("label_smoothing", nonneg_float), ("weight_decay", nonneg_float),
+                       ("clip_norm", nonneg_float), ("seed", nonneg_int),
+                       ("avg_last", _positive_int), ("vocab_size", _positive_int),
+                       ("eval_every", _positive_int), ("max_train_tokens", _positive_int),
+                       ("limit", _positive_int), ("val_limit", _positive_int),
+                       ("max_minutes", positive_float)):
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=getattr(defaults, name),
                        help=f"(default {getattr(defaults, name)})")
     p.add_argument("--spm-type", choices=("unigram", "bpe"), default=defaults.spm_type)
@@ -91,16 +87,16 @@ def register(sub) -> None:
     p.add_argument("--distill", metavar="MODEL",
                    help="word-level knowledge distillation from this teacher model (same vocabulary), "
                         "e.g. the FP32 model during --qat (a deviation from the quantization papers)")
-    p.add_argument("--distill-weight", type=float, default=defaults.distill_weight,
+    p.add_argument("--distill-weight", type=finite_float, default=defaults.distill_weight,
                    help="weight a of the teacher term: (1-a)*CE(labels) + a*CE(teacher) "
                         f"(default {defaults.distill_weight})")
     p.add_argument("--qat", metavar="SCHEME",
                    help="quantization-aware training with this scheme (int8, int6, log1..log8, bmt1, "
                         "bmt1a1, mixed); needs --init (see docs/quantization.md)")
-    p.add_argument("--qat-phase-steps", type=int, default=1000,
+    p.add_argument("--qat-phase-steps", type=_positive_int, default=1000,
                    help="steps per QAT phase for phased schemes (mixed: embedding, decoder, encoder; "
                         "bmt: float with BMT norms, then binarized) (1000)")
-    p.add_argument("--qat-phase-minutes", type=float,
+    p.add_argument("--qat-phase-minutes", type=positive_float,
                    help="advance QAT phases by training time instead of steps (minutes per phase)")
     p.set_defaults(func=_cmd_train)
 
@@ -170,6 +166,18 @@ def _cmd_train(args):
     from .train import TrainOptions, train
 
     data_dir = resolve_data_dir(args.data_dir)
+    if args.init is None and not args.resume:
+        from .train import resolve_config
+
+        resolve_config(args.config, args.vocab_size)     # a bad --config fails before --out
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "train_state.pt").is_file():
+            raise LowbitError(f"cannot resume: {out / 'train_state.pt'} does not exist")
+    else:
+        check_output_dir(out, "--out", inputs=[args.init, args.distill, data_dir],
+                         replaceable=lambda p: (p / "train_state.pt").is_file(),
+                         kind="training run (use --resume to continue it)")
     opts = TrainOptions(epochs=args.epochs, max_tokens=args.max_tokens, lr=args.lr, warmup=args.warmup,
                         label_smoothing=args.label_smoothing, weight_decay=args.weight_decay,
                         clip_norm=args.clip_norm, seed=args.seed, avg_last=args.avg_last,
@@ -188,6 +196,26 @@ def _cmd_train(args):
           device=_device(args.device), log=log, **hooks)
 
 
+def read_input_lines(stream) -> list[str]:
+    """Lines of a binary input stream as text. Bytes that are not UTF-8 are replaced by U+FFFD
+    (the tokenizer maps it to <unk>) with one warning per such line, so one stray Latin-1 byte
+    does not cost the whole input."""
+    lines = []
+    for number, raw in enumerate(stream, start=1):
+        if isinstance(raw, str):    # a text stream (already decoded)
+            lines.append(raw.rstrip("\r\n"))
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            text = raw.decode("utf-8", errors="replace")
+            print(f"lowbit: warning: input line {number} is not valid UTF-8 (byte "
+                  f"{raw[e.start]:#04x} at offset {e.start}); undecodable bytes replaced by "
+                  f"U+FFFD", file=sys.stderr)
+        lines.append(text.rstrip("\r\n"))
+    return lines
+
+
 def _cmd_translate(args):
     from .checkpoint import load_model
     from .decode import translate
@@ -195,7 +223,7 @@ def _cmd_translate(args):
     _set_threads(args.threads)
     opts = _decode_options(args)
     model, tokenizer, _ = load_model(args.model, _device(args.device))
-    lines = [line.rstrip("\r\n") for line in sys.stdin]
+    lines = read_input_lines(getattr(sys.stdin, "buffer", sys.stdin))
     # a progress bar (stderr) once the input needs more than one batch
     for out in translate(model, tokenizer, lines, opts, progress=len(lines) > args.batch_size):
         sys.stdout.write(out + "\n")
@@ -203,13 +231,21 @@ def _cmd_translate(args):
 
 
 def _cmd_eval(args):
-    from .checkpoint import load_model
-    from .data import read_parallel, resolve_data_dir, write_text_atomic
+    from .checkpoint import load_model, resolve_model_dir
+    from .data import read_parallel, resolve_data_dir
     from .decode import corpus_bleu, translate
 
     _set_threads(args.threads)
     opts = _decode_options(args)
     data_dir = resolve_data_dir(args.data_dir)
+    model_dir = resolve_model_dir(args.model)
+    for flag, path in (("--output", args.output), ("--json", args.json)):
+        if path is not None:
+            check_output_file(path, flag, inputs=[data_dir, model_dir])
+    if args.json:
+        from .quant.report import read_results
+
+        read_results(args.json)     # a file that is not a results list fails now, not at the end
     src, ref = read_parallel(data_dir, args.split, limit=args.limit)
     model, tokenizer, meta = load_model(args.model, _device(args.device))
     t0 = time.time()
@@ -253,6 +289,7 @@ def _cmd_models(args):
 def _cmd_import_hf(args):
     from .hf import import_hf
 
+    check_output_dir(args.out, "--out", inputs=[args.dir])
     out = import_hf(Path(args.dir), Path(args.out))
     print(f"wrote {out}")
 
@@ -271,9 +308,13 @@ DEMO_PACKED = ("multi30k-en-de-int8", "multi30k-en-de-mixed")
 
 def _cmd_demo(args):
     from .checkpoint import load_model
-    from .data import read_parallel, resolve_data_dir
+    from .data import FETCH_COMMAND, default_data_dir, read_parallel, resolve_data_dir
     from .decode import DecodeOptions, corpus_bleu, translate
 
+    # Without data the demo still translates; the score part then names the command that fetches
+    # the data. A --data-dir that does not exist stays an error (and is found before any work).
+    have_data = args.data_dir is not None or default_data_dir().is_dir()
+    data_dir = resolve_data_dir(args.data_dir) if have_data else None
     _set_threads(args.threads)
     model, tokenizer, meta = load_model(args.model)
     examples = ["A dog is running through the snow.",  # written for the demo, not from Multi30k
@@ -291,7 +332,10 @@ def _cmd_demo(args):
               f"{stats.get('integer_matmuls')}/{stats.get('matmuls')} matmuls on integer kernels")
         for hyp in translate(packed, packed_tok, examples, DecodeOptions(beam=5)):
             print(f"  DE: {hyp}")
-    data_dir = resolve_data_dir(args.data_dir)
+    if data_dir is None:
+        print(f"no Multi30k data in {default_data_dir()}; for the BLEU score on {args.split}, "
+              f"fetch it with:\n  {FETCH_COMMAND}")
+        return 0
     src, ref = read_parallel(data_dir, args.split, limit=args.limit)
     t0 = time.time()
     hyps = translate(model, tokenizer, src, DecodeOptions(beam=args.beam), progress=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lowbit import LowbitError
 
-from .data import write_text_atomic
+from lowbit.io import write_text_atomic
 
 PAD, UNK, EOS = "<pad>", "<unk>", "</s>"
 
@@ -60,7 +60,8 @@ class Tokenizer:
         self.sp = {}
         for side, path in self.files.items():
             if not Path(path).is_file():
-                raise LowbitError(f"SentencePiece model {path} does not exist")
+                state = "is not a file" if Path(path).exists() else "does not exist"
+                raise LowbitError(f"SentencePiece model {path} {state}")
             sp = spm.SentencePieceProcessor()
             try:
                 sp.load(str(path))
@@ -118,14 +119,29 @@ class Tokenizer:
         if (directory / "spm.model").is_file():
             return cls(directory / "spm.model")
         if (directory / "source.spm").is_file() and (directory / "vocab.json").is_file():
-            try:
-                vocab = json.loads((directory / "vocab.json").read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise LowbitError(f"cannot read {directory / 'vocab.json'}: {e}") from None
-            target = directory / "target.spm"
-            return cls(directory / "source.spm", target if target.is_file() else None, vocab)
+            return cls.from_marian_files(directory)
         raise LowbitError(f"no tokenizer in {directory}: expected spm.model, or source.spm + "
                           f"target.spm + vocab.json")
+
+    @classmethod
+    def from_marian_files(cls, directory: Path) -> "Tokenizer":
+        """Load Marian's ``source.spm`` + ``target.spm`` (optional) + ``vocab.json``.
+
+        ``vocab.json`` must map pieces to non-negative integer ids; anything else
+        raises :class:`LowbitError` naming the file.
+        """
+        directory = Path(directory)
+        path = directory / "vocab.json"
+        try:
+            vocab = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise LowbitError(f"cannot read {path}: {e}") from None
+        if (not isinstance(vocab, dict) or not vocab
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                           for i in vocab.values())):
+            raise LowbitError(f"{path} must map pieces to non-negative integer ids")
+        target = directory / "target.spm"
+        return cls(directory / "source.spm", target if target.is_file() else None, vocab)
 
 
 def _copy_atomic(src: Path, dst: Path, shutil) -> None:

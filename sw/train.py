@@ -85,6 +85,8 @@ class TrainOptions:
                 raise LowbitError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
         if self.save_dtype not in ("float32", "float16", "bfloat16"):
             raise LowbitError(f"save dtype must be float32, float16 or bfloat16, not {self.save_dtype!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise LowbitError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 < self.distill_weight <= 1:
             raise LowbitError(f"--distill-weight must be in (0, 1], not {self.distill_weight}")
 

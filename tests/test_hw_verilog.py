@@ -126,4 +126,4 @@ def test_cli_errors(argv, message, tmp_path, capsys):
 
 def test_cli_missing_folder(tmp_path, capsys):
     assert main(["hw", "verilog", "--unit", "int8", "-o", str(tmp_path / "no" / "x.v")]) == 2
-    assert "its folder does not exist" in capsys.readouterr().err
+    assert "no does not exist" in capsys.readouterr().err

@@ -10,6 +10,8 @@ import random
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.argtypes import positive_int
+from lowbit.io import check_output_dir
 
 
 def _repo_docs() -> Path:
@@ -26,10 +28,15 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="shipped name or checkpoint directory")
     p.add_argument("--scheme", required=True,
                    help="int8, int6 (int2..int8), log1..log8, bmt1, bmt1a1, mixed, fp32")
-    p.add_argument("-o", "--out", required=True, help="output directory of the packed model")
+    p.add_argument("-o", "--out", required=True,
+                   help="output directory of the packed model; it must not exist yet or be "
+                        "empty (an existing packed model is replaced only with --force)")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUT if it holds a packed model (never anything else, never "
+                        "the input model)")
     p.add_argument("--data-dir", help="training data for calibration / word frequencies "
-                                      "(default: $LOWBIT_DATA_DIR or ../shared/data/multi30k)")
-    p.add_argument("--calibrate-batches", type=int, default=50,
+                                      "(default: $LOWBIT_DATA_DIR or ~/.local/share/lowbit/multi30k)")
+    p.add_argument("--calibrate-batches", type=positive_int, default=50,
                    help="training batches used to calibrate activation ranges when the model "
                         "has none (50)")
     p.set_defaults(func=_cmd_quantize)
@@ -38,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--results", help="JSON list written by `lowbit eval --json` "
                                      "(default docs/results.json)")
     p.add_argument("--docs", help="output folder (default: the repository's docs/)")
-    p.add_argument("--beam", type=int, default=5, help="which beam size to tabulate (5)")
+    p.add_argument("--beam", type=positive_int, default=5, help="which beam size to tabulate (5)")
     p.set_defaults(func=_cmd_report)
 
     from .consistency import register as register_check
@@ -141,8 +148,14 @@ def _cmd_quantize(args):
 
     from .packed import is_packed, package_size, write_packed
 
-    if is_packed(resolve_model_dir(args.model)):
+    from .schemes import get_scheme
+
+    source = resolve_model_dir(args.model)
+    if is_packed(source):
         raise LowbitError(f"{args.model} is already a packed model")
+    get_scheme(args.scheme)     # an unknown scheme fails before the model is loaded
+    check_output_dir(args.out, "-o", inputs=[source, args.data_dir], force=args.force,
+                     replaceable=is_packed, kind="packed model")
     model, tokenizer, meta = load_model(args.model)
     model = quantize_model(model, tokenizer, args.scheme, args.data_dir, args.calibrate_batches)
     out = write_packed(model, tokenizer, Path(args.out),

@@ -18,6 +18,7 @@ import sys
 import time
 
 from lowbit import LowbitError
+from lowbit.argtypes import positive_int
 
 
 def sentence_ids(model_spec, sentences: list[str], device: str, beam: int, batch_size: int = 64):
@@ -83,9 +84,9 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, help="shipped name or directory")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test_2016_flickr")
-    p.add_argument("--limit", type=int, help="only the first N sentences")
-    p.add_argument("--beam", type=int, default=1, help="beam size (1 = greedy)")
-    p.add_argument("--jobs", type=int, default=1, help="CPU worker processes (1)")
+    p.add_argument("--limit", type=positive_int, help="only the first N sentences")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="CPU worker processes (1)")
     p.set_defaults(func=_cmd_check)
 
 

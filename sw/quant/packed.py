@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from lowbit import LowbitError, __version__
+from lowbit.io import atomic_dir
 from lowbit.sw import golden
 
 from .modules import ActQuant, QuantEmbedding, QuantLinear, QuantMatMul
@@ -212,9 +212,10 @@ def write_packed(model, tokenizer, out_dir, meta: dict | None = None) -> Path:
     """Write prepared ``model`` (fake-quant, calibrated) as a packed model directory ``out_dir``.
 
     The directory is assembled beside ``out_dir`` and renamed into place, so a reader never sees
-    a half-written package. Returns ``out_dir``.
+    a half-written package (:func:`lowbit.io.atomic_dir`); callers check ``out_dir`` first with
+    :func:`lowbit.io.check_output_dir`. Returns ``out_dir``.
     """
-    from .qat import matmul_inventory, scheme_of
+    from .qat import scheme_of
 
     model.eval()
     scheme = scheme_of(model)
@@ -230,10 +231,15 @@ def write_packed(model, tokenizer, out_dir, meta: dict | None = None) -> Path:
         chunks.append(data)
         offset += len(data)
     blob = b"".join(chunks)
-    tmp = out_dir.with_name(f"{out_dir.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with atomic_dir(out_dir) as tmp:
+        _write_package(tmp, model, tokenizer, scheme, entries, blob, meta)
+    return out_dir
+
+
+def _write_package(tmp: Path, model, tokenizer, scheme, entries: dict, blob: bytes,
+                   meta: dict | None) -> None:
+    from .qat import matmul_inventory
+
     (tmp / BLOB).write_bytes(blob)
     tokenizer.save(tmp)
     tok = {f: _sha256((tmp / f).read_bytes()) for f in TOKENIZER_FILES if (tmp / f).is_file()}
@@ -253,13 +259,6 @@ def write_packed(model, tokenizer, out_dir, meta: dict | None = None) -> Path:
     (tmp / "meta.json").write_text(json.dumps(
         {"description": f"packed {scheme.name}: {scheme.description}"}, indent=2) + "\n",
         encoding="utf-8")
-    old = out_dir.with_name(f"{out_dir.name}.old-{os.getpid()}")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old.exists():
-        shutil.rmtree(old)
-    return out_dir
 
 
 def package_size(directory) -> int:
@@ -276,116 +275,181 @@ def is_packed(directory) -> bool:
     return (Path(directory) / MANIFEST).is_file()
 
 
+# Every field write_packed writes, and the JSON type it must have.
+_MANIFEST_FIELDS = {"format": str, "version": int, "scheme": str, "description": str,
+                    "config": dict, "blob": dict, "tokenizer": dict, "tensors": dict,
+                    "matmuls": list, "stats": dict, "created_by": str, "meta": dict}
+_ENTRY_FIELDS = ("dtype", "bits", "shape", "offset", "nbytes")
+_DTYPE_BITS = {"f32": (32, 32), "int": (2, 8), "uint": (1, 16), "sign": (1, 1)}
+# The tokenizer file sets a package may hold: a joint model, or Marian's three files.
+_TOKENIZER_SETS = ({"spm.model"}, {"source.spm", "target.spm", "vocab.json"})
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_sha256(value) -> bool:
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))
+
+
 def read_manifest(directory) -> dict:
+    """Read ``manifest.json`` of a packed model and check its whole schema.
+
+    Checked before anything is built: every field present with its JSON type and nothing
+    else, the blob and tokenizer records (file names, sizes, sha256 digests), and every
+    tensor entry (dtype, bits in the dtype's range, shape, ``nbytes`` exactly what the shape
+    needs, tensors back to back in manifest order, filling the blob). Raises
+    :class:`LowbitError` naming ``manifest.json`` and the first problem found.
+    """
     path = Path(directory) / MANIFEST
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:   # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise LowbitError(f"cannot read packed model manifest {path}: {e}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise LowbitError(f"{path} is not a lowbit packed-model manifest (format must be {FORMAT!r})")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") != VERSION or not _is_int(manifest["version"]):
         raise LowbitError(f"{path}: unsupported packed-model version {manifest.get('version')!r} "
                           f"(this lowbit reads version {VERSION})")
-    for key, kind in (("scheme", str), ("config", dict), ("blob", dict), ("tensors", dict),
-                      ("tokenizer", dict)):
+    for key, kind in _MANIFEST_FIELDS.items():
         if not isinstance(manifest.get(key), kind):
             raise LowbitError(f"{path}: field {key!r} is missing or not a {kind.__name__}")
+    unknown = sorted(set(manifest) - set(_MANIFEST_FIELDS))
+    if unknown:
+        raise LowbitError(f"{path}: unknown field(s) {', '.join(map(repr, unknown))}")
+    blob = manifest["blob"]
+    if (set(blob) != {"file", "bytes", "sha256"} or blob["file"] != BLOB
+            or not _is_int(blob["bytes"]) or blob["bytes"] < 0 or not _is_sha256(blob["sha256"])):
+        raise LowbitError(f"{path}: field 'blob' must be {{\"file\": \"{BLOB}\", \"bytes\": "
+                          f"<size>, \"sha256\": <64 hex digits>}}, not {_short(blob)}")
+    tok = manifest["tokenizer"]
+    if set(tok) not in _TOKENIZER_SETS or not all(_is_sha256(v) for v in tok.values()):
+        raise LowbitError(f"{path}: field 'tokenizer' must map spm.model (or source.spm, "
+                          f"target.spm and vocab.json) to sha256 digests, not {_short(tok)}")
+    offset = 0
+    for name, e in manifest["tensors"].items():
+        _check_entry(path, name, e, offset, blob["bytes"])
+        offset += e["nbytes"]
+    if offset != blob["bytes"]:
+        raise LowbitError(f"{path}: the tensors fill {offset} bytes of the {blob['bytes']}-byte "
+                          f"blob")
+    if not all(isinstance(m, dict) for m in manifest["matmuls"]):
+        raise LowbitError(f"{path}: field 'matmuls' must be a list of objects")
     return manifest
 
 
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _nbytes_of(dtype: str, bits: int, shape: list) -> int:
+    # math.prod on Python ints: a corrupted shape must not overflow into a plausible size
+    n = math.prod(shape)
+    if dtype == "sign":
+        p, rows, k = shape
+        return p * rows * ((k + golden.WORD_BITS - 1) // golden.WORD_BITS) * 4
+    return 4 * n if dtype == "f32" else (n * bits + 7) // 8
+
+
+def _check_entry(path: Path, name: str, e, offset: int, blob_len: int) -> None:
+    """One tensor entry of the manifest; ``offset``: where the previous tensor ended."""
+    where = f"{path}: tensor {name}"
+    if not isinstance(e, dict) or set(e) != set(_ENTRY_FIELDS):
+        raise LowbitError(f"{where}: entry must be an object with the fields "
+                          f"{', '.join(_ENTRY_FIELDS)}, not {_short(e)}")
+    dtype, bits, shape = e["dtype"], e["bits"], e["shape"]
+    if dtype not in _DTYPE_BITS:
+        raise LowbitError(f"{where}: unknown dtype {_short(dtype)}")
+    lo, hi = _DTYPE_BITS[dtype]
+    if not _is_int(bits) or not lo <= bits <= hi:
+        raise LowbitError(f"{where}: bits {_short(bits)} invalid for dtype {dtype} ({lo}..{hi})")
+    if (not isinstance(shape, list) or not all(_is_int(d) and d >= 1 for d in shape)
+            or (dtype == "sign" and len(shape) != 3)):
+        raise LowbitError(f"{where}: bad shape {_short(shape)}")
+    off, n = e["offset"], e["nbytes"]
+    if not _is_int(off) or not _is_int(n) or off < 0 or n < 0:
+        raise LowbitError(f"{where}: bad offset/nbytes {_short(off)}/{_short(n)}")
+    need = _nbytes_of(dtype, bits, shape)
+    if n != need:
+        raise LowbitError(f"{where}: {n} bytes do not hold shape {_short(shape)} of {dtype}{bits} "
+                          f"({need} bytes)")
+    if off + n > blob_len:
+        raise LowbitError(f"{where}: bytes {off}..{off + n} lie outside the {blob_len}-byte blob")
+    if off != offset:   # write_packed stores the tensors back to back, in manifest order
+        what = "overlaps the tensor before it" if off < offset else "leaves a gap after the tensor before it"
+        raise LowbitError(f"{where}: bytes {off}..{off + n} {what} (which ends at byte {offset})")
+
+
+def _read_file(directory: Path, name: str, what: str) -> bytes:
+    path = directory / name
+    if not path.is_file():
+        state = "is not a file" if path.exists() else "is missing"
+        raise LowbitError(f"packed model {directory}: {what} {name} {state}")
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise LowbitError(f"packed model {directory}: cannot read {what} {name}: "
+                          f"{e.strerror or e}") from None
+
+
 def _read_blob(directory: Path, manifest: dict) -> bytes:
+    """The blob, checked against its size and sha256, and the tokenizer files' digests."""
     info = manifest["blob"]
-    path = directory / str(info.get("file", BLOB))
-    if path.name != BLOB or not path.is_file():
-        raise LowbitError(f"packed model {directory}: weights file {path.name} is missing")
-    data = path.read_bytes()
-    if not isinstance(info.get("bytes"), int) or len(data) != info["bytes"]:
+    data = _read_file(directory, BLOB, "weights file")
+    if len(data) != info["bytes"]:
         raise LowbitError(f"packed model {directory}: {BLOB} has {len(data)} bytes, the manifest "
-                          f"says {info.get('bytes')} (truncated or modified file)")
-    if _sha256(data) != info.get("sha256"):
+                          f"says {info['bytes']} (truncated or modified file)")
+    if _sha256(data) != info["sha256"]:
         raise LowbitError(f"packed model {directory}: {BLOB} does not match its sha256 in the "
                           f"manifest (corrupted or modified file)")
     for name, digest in manifest["tokenizer"].items():
-        if name not in TOKENIZER_FILES:
-            raise LowbitError(f"packed model {directory}: unknown tokenizer file {name!r}")
-        tpath = directory / name
-        if not tpath.is_file():
-            raise LowbitError(f"packed model {directory}: tokenizer file {name} is missing")
-        if _sha256(tpath.read_bytes()) != digest:
+        if _sha256(_read_file(directory, name, "tokenizer file")) != digest:
             raise LowbitError(f"packed model {directory}: tokenizer file {name} does not match "
                               f"its sha256 in the manifest")
     return data
 
 
-_DTYPE_BITS = {"f32": (32, 32), "int": (2, 8), "uint": (1, 16), "sign": (1, 1)}
-
-
-def _check_entry(directory, name: str, e, blob_len: int) -> None:
-    where = f"packed model {directory}: tensor {name}"
-    if not isinstance(e, dict):
-        raise LowbitError(f"{where}: entry must be an object")
-    dtype, bits, shape = e.get("dtype"), e.get("bits"), e.get("shape")
-    if dtype not in _DTYPE_BITS:
-        raise LowbitError(f"{where}: unknown dtype {dtype!r}")
-    lo, hi = _DTYPE_BITS[dtype]
-    if not isinstance(bits, int) or isinstance(bits, bool) or not lo <= bits <= hi:
-        raise LowbitError(f"{where}: bits {bits!r} invalid for dtype {dtype} ({lo}..{hi})")
-    if (not isinstance(shape, list) or not all(isinstance(d, int) and d >= 1 for d in shape)
-            or (dtype == "sign" and len(shape) != 3)):
-        raise LowbitError(f"{where}: bad shape {shape!r}")
-    off, n = e.get("offset"), e.get("nbytes")
-    if not isinstance(off, int) or not isinstance(n, int) or off < 0 or n < 0:
-        raise LowbitError(f"{where}: bad offset/nbytes {off!r}/{n!r}")
-    if n != _nbytes(dtype, bits, shape):
-        raise LowbitError(f"{where}: {n} bytes do not hold shape {shape} of {dtype}{bits} "
-                          f"({_nbytes(dtype, bits, shape)} bytes)")
-    if off + n > blob_len:
-        raise LowbitError(f"{where}: bytes {off}..{off + n} lie outside the {blob_len}-byte blob")
-
-
 class _Reader:
-    """Decodes manifest tensors from the blob, checking each against what the model expects."""
+    """Decodes manifest tensors from the blob, checking each against what the model expects.
 
-    def __init__(self, directory, manifest, blob):
-        self.directory, self.entries, self.blob = directory, manifest["tensors"], blob
+    Entries were checked by :func:`read_manifest`. Problems with what the manifest declares
+    name ``manifest.json``; problems with decoded values name ``weights.bin``.
+    """
+
+    def __init__(self, directory: Path, manifest, blob):
+        self.entries, self.blob = manifest["tensors"], blob
+        self.where, self.data_where = directory / MANIFEST, directory / BLOB
         self.used = set()
-        spans = []
-        for name, e in self.entries.items():
-            _check_entry(directory, name, e, len(blob))
-            spans.append((e["offset"], e["offset"] + e["nbytes"], name))
-        spans.sort()
-        for (a0, a1, an), (b0, b1, bn) in zip(spans, spans[1:]):
-            if b0 < a1:
-                raise LowbitError(f"packed model {directory}: tensors {an} and {bn} overlap")
 
     def get(self, name: str, dtype: str, shape, bits: int | None = None) -> torch.Tensor:
         e = self.entries.get(name)
         if e is None:
-            raise LowbitError(f"packed model {self.directory}: tensor {name} is missing")
+            raise LowbitError(f"{self.where}: tensor {name} is missing")
         if e["dtype"] != dtype or (bits is not None and e["bits"] != bits):
-            raise LowbitError(f"packed model {self.directory}: tensor {name} is "
-                              f"{e['dtype']}{e['bits']}, the scheme needs {dtype}"
-                              f"{bits if bits is not None else ''}")
+            raise LowbitError(f"{self.where}: tensor {name} is {e['dtype']}{e['bits']}, the "
+                              f"scheme needs {dtype}{bits if bits is not None else ''}")
         if shape is not None and list(shape) != e["shape"]:
-            raise LowbitError(f"packed model {self.directory}: tensor {name} has shape {e['shape']}, "
-                              f"the model needs {list(shape)}")
+            raise LowbitError(f"{self.where}: tensor {name} has shape {e['shape']}, the model "
+                              f"needs {list(shape)}")
         self.used.add(name)
         t = decode(self.blob[e["offset"]:e["offset"] + e["nbytes"]], dtype, e["bits"], e["shape"])
         if dtype == "f32" and t.numel() and not bool(torch.isfinite(t).all()):
-            raise LowbitError(f"packed model {self.directory}: tensor {name} has non-finite values")
+            raise LowbitError(f"{self.data_where}: tensor {name} has non-finite values")
         return t
 
     def positive(self, name: str, shape, allow_zero: bool = False) -> torch.Tensor:
         t = self.get(name, "f32", shape).to(torch.float64)
         if t.numel() and (float(t.min()) < 0 or (not allow_zero and float(t.min()) == 0)):
-            raise LowbitError(f"packed model {self.directory}: tensor {name} must be positive")
+            raise LowbitError(f"{self.data_where}: tensor {name} must be positive")
         return t
 
     def finish(self) -> None:
         extra = sorted(set(self.entries) - self.used)
         if extra:
-            raise LowbitError(f"packed model {self.directory}: unexpected tensor(s) "
+            raise LowbitError(f"{self.where}: unexpected tensor(s) "
                               f"{', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}")
 
 
@@ -395,8 +459,7 @@ def _read_binary(r: _Reader, prefix: str, planes: int | None, rows: int, k: int,
     if planes is None:
         planes = e["shape"][0] if e else 1
     if not 1 <= planes <= 8:
-        raise LowbitError(f"packed model {r.directory}: tensor {prefix}.weight has {planes} planes "
-                          f"(1..8 allowed)")
+        raise LowbitError(f"{r.where}: tensor {prefix}.weight has {planes} planes (1..8 allowed)")
     signs = r.get(f"{prefix}.weight", "sign", (planes, rows, k), 1)
     alpha = r.get(f"{prefix}.alpha", "uint", (planes, rows), golden.ALPHA_BITS)
     scale = r.positive(f"{prefix}.weight_scale", (rows,), allow_zero=bmt)
@@ -413,58 +476,82 @@ def _read_weight(r: _Reader, name: str, m: QuantLinear):
         try:
             golden.log_code_fields(codes, spec.w_bits)
         except ValueError as e:
-            raise LowbitError(f"packed model {r.directory}: tensor {name}.weight: {e}") from None
+            raise LowbitError(f"{r.data_where}: tensor {name}.weight: {e}") from None
         s = r.positive(f"{name}.weight_scale", ())
         return LogWeights(codes, float(s), spec.w_bits)
     if spec.weights in ("binary", "bmt"):
         planes = spec.w_bits
         qw = _read_binary(r, name, planes, n, k, spec.weights == "bmt")
         if spec.weights == "bmt" and bool((qw.alpha != 1).any()):
-            raise LowbitError(f"packed model {r.directory}: tensor {name}.alpha must be all 1 "
-                              f"(BMT weights)")
+            raise LowbitError(f"{r.data_where}: tensor {name}.alpha must be all 1 (BMT weights)")
         return qw
     if spec.weights == "rows":
         planes = r.get(f"{name}.row_planes", "uint", (n,), 4)
         allowed = set(range(1, spec.w_bits + 1))
         used = sorted(set(planes.tolist()))
         if not set(used) <= allowed:
-            raise LowbitError(f"packed model {r.directory}: tensor {name}.row_planes has plane "
-                              f"counts {used}, allowed 1..{spec.w_bits}")
+            raise LowbitError(f"{r.data_where}: tensor {name}.row_planes has plane counts {used}, "
+                              f"allowed 1..{spec.w_bits}")
         m.row_planes.copy_(planes)
         groups = []
         for p in sorted(used, reverse=True):
             rows = torch.nonzero(planes == p).flatten()
             groups.append((rows, _read_binary(r, f"{name}.p{p}", p, len(rows), k, False)))
         return RowGroups(groups, n, k)
-    raise LowbitError(f"packed model {r.directory}: unknown weight kind {spec.weights!r}")
+    raise LowbitError(f"{r.where}: unknown weight kind {spec.weights!r}")
+
+
+def _retrained(meta: dict) -> bool:
+    """Whether the package's source model was retrained from another (``meta`` is free-form)."""
+    source = meta.get("source_meta")
+    trained = source.get("trained_with") if isinstance(source, dict) else None
+    return bool(trained.get("init")) if isinstance(trained, dict) else False
 
 
 def load_packed(directory, device="cpu"):
     """Load a packed model into integer mode (golden kernels) on ``device``.
 
     Returns ``(model, tokenizer, meta)`` like :func:`lowbit.sw.checkpoint.load_model`; ``meta``
-    holds the manifest's scheme, stats and matmul inventory. Every check failing raises
-    :class:`LowbitError`: unreadable/unknown manifest, wrong version, blob size or sha256,
-    tokenizer hash, a tensor missing, unexpected, overlapping, outside the blob, of the wrong
-    dtype/bits/shape, invalid codes or scales, a config the model rejects.
+    holds the manifest's scheme, stats and matmul inventory.
+
+    Raises
+    ------
+    LowbitError
+        Naming the file at fault (``manifest.json``, ``weights.bin`` or a tokenizer file) for
+        every problem: an unreadable manifest or one outside the schema of
+        :func:`read_manifest`, a config the model rejects or larger than the blob can hold, a
+        scheme that does not fit the config, a blob or tokenizer file whose size or sha256
+        differs from the manifest, a tensor missing, unexpected, of the wrong dtype/bits/shape,
+        invalid codes or scales, a matmul inventory that differs from the scheme's. The checks
+        that need no model run before the model is built.
     """
-    from lowbit.sw.model import Transformer, TransformerConfig
+    from lowbit.sw.model import Transformer, TransformerConfig, check_fits
     from lowbit.sw.tokenizer import Tokenizer
 
-    from .qat import prepare_model, quant_modules
+    from .qat import matmul_inventory, prepare_model, quant_modules
     from .schemes import get_scheme
 
     directory = Path(directory)
+    where = directory / MANIFEST
     manifest = read_manifest(directory)
-    blob = _read_blob(directory, manifest)
-    scheme = get_scheme(manifest["scheme"])
-    cfg = TransformerConfig.from_dict(manifest["config"])
+    try:
+        scheme = get_scheme(manifest["scheme"])
+        cfg = TransformerConfig.from_dict(manifest["config"])
+        check_fits(cfg, manifest["blob"]["bytes"], len(manifest["tensors"]), BLOB)
+    except LowbitError as e:
+        raise LowbitError(f"{where}: {e}") from None
     if cfg.bmt_norms != scheme.bmt_norms:
-        raise LowbitError(f"packed model {directory}: config bmt_norms={cfg.bmt_norms} does not fit "
-                          f"scheme {scheme.name}")
-    cfg.extra = {k: v for k, v in cfg.extra.items() if k != "qat"}
-    model = prepare_model(Transformer(cfg), scheme)
-    model.config.extra["qat"] = manifest["config"].get("extra", {}).get("qat", model.config.extra["qat"])
+        raise LowbitError(f"{where}: config bmt_norms={cfg.bmt_norms} does not fit scheme "
+                          f"{scheme.name}")
+    blob = _read_blob(directory, manifest)
+    qat_info = cfg.extra.pop("qat", None)
+    try:
+        model = prepare_model(Transformer(cfg), scheme)
+    except LowbitError as e:     # the scheme's own demands on the config (tied embeddings)
+        raise LowbitError(f"{where}: {e}") from None
+    if qat_info is not None and qat_info != model.config.extra["qat"]:
+        raise LowbitError(f"{where}: config extra.qat {_short(qat_info)} differs from scheme "
+                          f"{scheme.name}'s {model.config.extra['qat']}")
     r = _Reader(directory, manifest, blob)
     covered = set()
     with torch.no_grad():
@@ -489,18 +576,25 @@ def load_packed(directory, device="cpu"):
         for _, m in quant_modules(model):
             if isinstance(m, QuantEmbedding):
                 m.set_integer()
-    tokenizer = Tokenizer.from_dir(directory)
+    inventory = matmul_inventory(model)
+    for item in inventory:
+        item["weight"] = f"{item['name']}.weight" if f"{item['name']}.weight" in r.entries else None
+    if manifest["matmuls"] != inventory:
+        raise LowbitError(f"{where}: field 'matmuls' differs from the matmuls of scheme "
+                          f"{scheme.name} on this config")
+    if set(manifest["tokenizer"]) == {"spm.model"}:
+        tokenizer = Tokenizer(directory / "spm.model")
+    else:
+        tokenizer = Tokenizer.from_marian_files(directory)
     if len(tokenizer) > cfg.vocab_size:
-        raise LowbitError(f"packed model {directory}: tokenizer has {len(tokenizer)} ids but the "
-                          f"model's vocab_size is {cfg.vocab_size}")
+        raise LowbitError(f"{where}: the tokenizer has {len(tokenizer)} ids but the model's "
+                          f"vocab_size is {cfg.vocab_size}")
     model.eval()
     if quant_modules(model):  # host arithmetic in float64 (docs/quantization.md)
         model.double()
-    meta = {"path": str(directory), "scheme": scheme.name, "stats": manifest.get("stats", {}),
-            "matmuls": manifest.get("matmuls", []), "packed": True,
-            "retrained": bool(((manifest.get("meta") or {}).get("source_meta") or {})
-                              .get("trained_with", {}).get("init")),
-            "size_bytes": package_size(directory)}
+    meta = {"path": str(directory), "scheme": scheme.name, "stats": manifest["stats"],
+            "matmuls": manifest["matmuls"], "packed": True,
+            "retrained": _retrained(manifest["meta"]), "size_bytes": package_size(directory)}
     return model.to(device), tokenizer, meta
 
 

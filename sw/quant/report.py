@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.io import write_bytes_atomic, write_text_atomic
 
 SPLITS = ("test_2016_flickr", "test_2017_flickr")
 ORDER = ("fp32", "int8", "int6", "log8", "log7", "log6", "log5", "log4", "log3", "log2", "log1",
@@ -27,12 +28,10 @@ ORDER = ("fp32", "int8", "int6", "log8", "log7", "log6", "log5", "log4", "log3",
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     if isinstance(data, str):
-        tmp.write_text(data, encoding="utf-8")
+        write_text_atomic(path, data)
     else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
+        write_bytes_atomic(path, data)
 
 
 def read_results(path) -> list[dict]:
