@@ -9,7 +9,7 @@
 #   then e.g. lowbit train --init multi30k-en-de --qat log4 --data-dir OUT ...
 #   or        DATA_DIR=OUT scripts/quantize_all.sh train pack eval
 # environment (defaults):
-#   DATA_DIR (lowbit's default data directory: $LOWBIT_DATA_DIR or ../shared/data/multi30k)
+#   DATA_DIR (lowbit's default data directory: $LOWBIT_DATA_DIR or ~/.local/share/lowbit/multi30k)
 #   MODEL (multi30k-en-de: the teacher)  BEAM (5)  DEVICE (auto)  BATCH (250)
 #   THREADS (CPU threads when decoding on the CPU: all cores)
 #   LIMIT (unset: every training pair; N: only the first N, for a quick look)

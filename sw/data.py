@@ -13,37 +13,48 @@ from pathlib import Path
 from lowbit import LowbitError
 
 DATA_ENV = "LOWBIT_DATA_DIR"
-SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr")
-_DEFAULT_REL = Path("..") / "shared" / "data" / "multi30k"
+# Multi30k task 1 splits (all of them: `lowbit data fetch multi30k` can download each) and the
+# languages lowbit translates between.
+SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco", "test_2018_flickr")
+LANGS = ("en", "de")
+FETCH_COMMAND = "lowbit data fetch multi30k"
+
+
+def user_data_dir() -> Path:
+    """The per-user Multi30k directory: ``$XDG_DATA_HOME/lowbit/multi30k``, or
+    ``~/.local/share/lowbit/multi30k`` when ``XDG_DATA_HOME`` is unset or not absolute (as the
+    XDG base directory specification says to treat it)."""
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "share"
+    return base / "lowbit" / "multi30k"
+
+
+def default_data_dir() -> Path:
+    """The data directory used when none is passed: ``$LOWBIT_DATA_DIR`` if set, else
+    :func:`user_data_dir`. ``lowbit data fetch multi30k`` writes here, so that what it fetched is
+    what every other command reads. The directory need not exist."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env).expanduser() if env else user_data_dir()
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The data directory to use.
 
-    Order: the explicit ``data_dir``; the environment variable ``LOWBIT_DATA_DIR``;
-    ``../shared/data/multi30k`` relative to the repository root, then to the working directory,
-    when it exists. Raises :class:`LowbitError` naming what was tried when none exists.
+    Order: the explicit ``data_dir``; the environment variable ``LOWBIT_DATA_DIR``; the per-user
+    directory (:func:`user_data_dir`). Raises :class:`LowbitError` when the chosen directory does
+    not exist, naming where it came from and, for the defaults, the command that fetches the data.
     """
     if data_dir is not None:
         path = Path(data_dir).expanduser()
         if not path.is_dir():
             raise LowbitError(f"data directory {path} does not exist")
         return path
-    env = os.environ.get(DATA_ENV)
-    if env:
-        path = Path(env).expanduser()
-        if not path.is_dir():
-            raise LowbitError(f"data directory {path} (from ${DATA_ENV}) does not exist")
+    path = default_data_dir()
+    if path.is_dir():
         return path
-    repo_root = Path(__file__).resolve().parents[1]
-    tried = []
-    for base in (repo_root, Path.cwd()):
-        path = (base / _DEFAULT_REL).resolve()
-        if path.is_dir():
-            return path
-        tried.append(str(path))
-    raise LowbitError(f"no Multi30k data found: pass --data-dir DIR or set ${DATA_ENV} "
-                      f"(looked in {', '.join(tried)})")
+    origin = f" (from ${DATA_ENV})" if os.environ.get(DATA_ENV) else ""
+    raise LowbitError(f"data directory {path}{origin} does not exist: fetch Multi30k there with "
+                      f"`{FETCH_COMMAND}`, or pass --data-dir DIR or set ${DATA_ENV}")
 
 
 def split_path(data_dir: Path, split: str, lang: str) -> Path:

@@ -5,7 +5,8 @@ import gzip
 import pytest
 
 from lowbit import LowbitError
-from lowbit.sw.data import DATA_ENV, read_parallel, resolve_data_dir, split_path
+from lowbit.sw.data import (DATA_ENV, default_data_dir, read_parallel, resolve_data_dir,
+                            split_path, user_data_dir)
 from lowbit.sw.tokenizer import Tokenizer, train_sentencepiece
 from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -45,14 +46,31 @@ def test_missing_data_errors(tmp_path, monkeypatch):
     (tmp_path / "bad.de").write_text("x\n")
     with pytest.raises(LowbitError, match="cannot read .*bad.en.gz"):
         read_parallel(tmp_path, "bad")
-    # no explicit dir, no env var, no default location
+    # no explicit dir, no env var: the per-user directory, which names the command that fills it
     monkeypatch.delenv(DATA_ENV, raising=False)
-    monkeypatch.chdir(tmp_path)
-    import lowbit.sw.data as data_mod
-
-    monkeypatch.setattr(data_mod, "__file__", str(tmp_path / "pkg" / "sw" / "data.py"))
-    with pytest.raises(LowbitError, match="no Multi30k data found: pass --data-dir DIR or set \\$LOWBIT_DATA_DIR"):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(LowbitError, match=r"data directory .*xdg/lowbit/multi30k does not exist: fetch "
+                                          r"Multi30k there with `lowbit data fetch multi30k`, or pass "
+                                          r"--data-dir DIR or set \$LOWBIT_DATA_DIR"):
         resolve_data_dir()
+
+
+def test_default_is_the_per_user_data_directory(tmp_path, monkeypatch):
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for xdg in (None, "", "relative/dir"):              # unset, empty or relative: ~/.local/share
+        if xdg is None:
+            monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+        else:
+            monkeypatch.setenv("XDG_DATA_HOME", xdg)
+        assert user_data_dir() == tmp_path / "home" / ".local" / "share" / "lowbit" / "multi30k"
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    target = tmp_path / "xdg" / "lowbit" / "multi30k"
+    assert user_data_dir() == default_data_dir() == target
+    target.mkdir(parents=True)
+    assert resolve_data_dir() == target
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))         # the environment variable comes first
+    assert default_data_dir() == resolve_data_dir() == tmp_path
 
 
 def test_sentencepiece_is_deterministic_and_round_trips(tmp_path):
