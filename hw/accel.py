@@ -29,7 +29,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from lowbit.sw.golden import DEFAULT_MAX_K
+from lowbit.contract import DEFAULT_MAX_K
 
 from .matmul import UNITS, MatmulUnit, check_int, make_unit
 

@@ -7,20 +7,8 @@ import sys
 from lowbit import LowbitError
 from lowbit.io import check_output_file, write_text_atomic
 
-from .matmul import MAX_ARRAY, MAX_LANES, UNITS, check_int, check_size, make_unit
-
-# Unit-specific flags: (attribute, parameter name, units that take it).
-_UNIT_FLAGS = {
-    "a_bits": ("--a-bits", ("int8", "log")),
-    "w_bits": ("--w-bits", ("int8",)),
-    "bits": ("--bits", ("log",)),
-    "zero_code": ("--zero-code", ("log",)),
-    "planes": ("--planes", ("xnor",)),
-    "a_planes": ("--a-planes", ("xnor",)),
-    "w_planes": ("--w-planes", ("xnor",)),
-    "lanes": ("--lanes", ("xnor",)),
-}
-
+from .matmul import make_unit
+from .unit_args import add_unit_flags, flag_message, unit_params
 
 def register(subparsers) -> None:
     hw = subparsers.add_parser("hw", help="hardware: Verilog of the matmul units")
@@ -28,21 +16,7 @@ def register(subparsers) -> None:
     sub.required = True
     v = sub.add_parser("verilog", help="write a matmul unit as Verilog",
                        description="Write the Verilog of one matmul unit (docs/hardware.md).")
-    v.add_argument("--unit", required=True, help="int8, log or xnor")
-    v.add_argument("--rows", type=int, default=4, help="PE array rows (1..64, default 4)")
-    v.add_argument("--cols", type=int, default=4, help="PE array columns (1..64, default 4)")
-    v.add_argument("--max-k", type=int, default=None,
-                   help="largest K the accumulator is sized for (default 32768)")
-    v.add_argument("--out-bits", type=int, default=8, help="requantized output width (2..32)")
-    v.add_argument("--a-bits", type=int, help="activation bits (int8, log: 2..8, default 8)")
-    v.add_argument("--w-bits", type=int, help="weight bits (int8: 2..8, default 8)")
-    v.add_argument("--bits", type=int, help="log code bits (log: 1..8, default 4)")
-    v.add_argument("--zero-code", action="store_true", default=None,
-                   help="log codes with an exact zero (log, bits >= 2)")
-    v.add_argument("--planes", type=int, help="activation and weight planes (xnor: 1..8)")
-    v.add_argument("--a-planes", type=int, help="activation planes (xnor: 1..8, default 1)")
-    v.add_argument("--w-planes", type=int, help="weight planes (xnor: 1..8, default 1)")
-    v.add_argument("--lanes", type=int, help="bits of K per beat (xnor: 1..256, default 32)")
+    add_unit_flags(v)
     v.add_argument("--name", help="top module name (default int8_matmul / log_matmul / "
                                   "xnor_matmul)")
     v.add_argument("--top", action="store_true",
@@ -61,67 +35,6 @@ def register(subparsers) -> None:
 def register_bench(subparsers) -> None:
     from .fpga_bench import register_bench as register_fpga_bench  # `lowbit bench fpga`
     register_fpga_bench(subparsers)
-
-
-def report_section(docs_dir) -> str:
-    """The FPGA cost tables for ``lowbit report`` (docs/results.md), from bench/fpga.json."""
-    from .fpga_bench import report_section as fpga_report_section
-    return fpga_report_section(docs_dir)
-
-
-def unit_params(args) -> tuple[str, dict]:
-    """Validate the CLI flags of ``lowbit hw verilog`` into ``(unit, params)``.
-
-    The parameters are checked by building the unit once (cross-parameter rules such as the
-    accumulator width live in the constructors).
-
-    Raises :class:`LowbitError` naming the flag, e.g. ``--rows must be a positive integer, not 0``.
-    """
-    unit = args.unit
-    if unit not in UNITS:
-        raise LowbitError(f"unknown unit {unit!r} (choose from {', '.join(UNITS)})")
-    try:
-        params = {"rows": check_size("--rows", args.rows, MAX_ARRAY),
-                  "cols": check_size("--cols", args.cols, MAX_ARRAY),
-                  "out_bits": check_int("--out-bits", args.out_bits, 2, 32)}
-        if args.max_k is not None:
-            params["max_k"] = check_int("--max-k", args.max_k, 1)
-        for attr, (flag, units) in _UNIT_FLAGS.items():
-            value = getattr(args, attr, None)
-            if value is None:
-                continue
-            if unit not in units:
-                plural = "s" if len(units) > 1 else ""
-                raise LowbitError(f"{flag} applies to the {' and '.join(units)} unit{plural} "
-                                  f"only, not {unit}")
-            if attr == "zero_code":
-                params[attr] = True
-            elif attr == "lanes":
-                params[attr] = check_int(flag, value, 1, MAX_LANES)
-            elif attr == "bits" or attr.endswith("planes"):
-                params[attr] = check_int(flag, value, 1, 8)
-            else:
-                params[attr] = check_int(flag, value, 2, 8)
-        planes = params.pop("planes", None)
-        if planes is not None:      # --planes sets both; --a-planes / --w-planes win
-            params.setdefault("a_planes", planes)
-            params.setdefault("w_planes", planes)
-        make_unit(unit, **params)._MustUse__silence = True   # cross-parameter checks only
-    except (TypeError, ValueError) as e:
-        raise LowbitError(_flag_message(str(e))) from None
-    return unit, params
-
-
-def _flag_message(message: str) -> str:
-    """Turn a constructor message (``Max K ...``) into one naming the CLI flag."""
-    for words, flag in (("Max K", "--max-k"), ("Zero code", "--zero-code"),
-                        ("A bits", "--a-bits"), ("W bits", "--w-bits"), ("Bits", "--bits"),
-                        ("A planes", "--a-planes"), ("W planes", "--w-planes"),
-                        ("Lanes", "--lanes"), ("Rows", "--rows"), ("Cols", "--cols"),
-                        ("Out bits", "--out-bits")):
-        if message.startswith(words + " "):
-            return flag + message[len(words):]
-    return message
 
 
 def _verilog(args) -> int:
@@ -143,7 +56,7 @@ def _verilog(args) -> int:
         try:
             accel = Accelerator(unit=unit, **params)
         except (TypeError, ValueError) as e:     # the accelerator's own limits (MAX_K)
-            raise LowbitError(_flag_message(str(e))) from None
+            raise LowbitError(flag_message(str(e))) from None
         top, source = accel.matmul, accel_verilog(accel, name)
     else:
         top = make_unit(unit, **params)

@@ -33,6 +33,8 @@ from amaranth.lib.wiring import In
 from lowbit import LowbitError
 from lowbit.io import check_build_dir
 
+from .unit_args import add_unit_flags, unit_params
+
 __all__ = ["BOARDS", "Board", "ScanWrapper", "FpgaResult", "FpgaDoesNotFit", "TOOL_DEFAULTS",
            "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register",
            "INT8_EQ_BINARY_MACS", "macs_text"]
@@ -566,9 +568,6 @@ def register(subparsers) -> None:
                     "Yosys and nextpnr and report LUT/FF/DSP/BRAM use and Fmax "
                     "(docs/fpga.md).")
     p.add_argument("--board", required=True, help=f"one of {', '.join(BOARDS)}")
-    p.add_argument("--unit", required=True, help="int8, log or xnor")
-    p.add_argument("--rows", type=int, default=4, help="PE array rows (1..64, default 4)")
-    p.add_argument("--cols", type=int, default=4, help="PE array columns (1..64, default 4)")
     add_unit_flags(p)
     p.add_argument("--dsp", default="auto",
                    help="auto (default): multipliers may use DSP blocks; requant: only the "
@@ -583,26 +582,8 @@ def register(subparsers) -> None:
     p.set_defaults(func=_fpga_command)
 
 
-def add_unit_flags(p) -> None:
-    """The unit flags of ``lowbit hw verilog`` (validated by ``lowbit.hw.cli.unit_params``)."""
-    for flag, kind, text in (
-            ("--max-k", int, "largest K the accumulator is sized for (default 32768)"),
-            ("--a-bits", int, "activation bits (int8, log: 2..8, default 8)"),
-            ("--w-bits", int, "weight bits (int8: 2..8, default 8)"),
-            ("--bits", int, "log code bits (log: 1..8, default 4)"),
-            ("--planes", int, "activation and weight planes (xnor: 1..8)"),
-            ("--a-planes", int, "activation planes (xnor: 1..8, default 1)"),
-            ("--w-planes", int, "weight planes (xnor: 1..8, default 1)"),
-            ("--lanes", int, "bits of K per beat (xnor: 1..256, default 32)")):
-        p.add_argument(flag, type=kind, help=text)
-    p.add_argument("--out-bits", type=int, default=8, help="requantized output width (2..32)")
-    p.add_argument("--zero-code", action="store_true", default=None,
-                   help="log codes with an exact zero (log, bits >= 2)")
-
-
 def validate_args(args) -> tuple[str, str, dict]:
     """``(board, unit, params)`` from parsed ``lowbit fpga`` flags, or a :class:`LowbitError`."""
-    from .cli import unit_params
 
     board = get_board(args.board).name
     if args.dsp not in DSP_MODES:

@@ -886,7 +886,7 @@ def _bench_command(args) -> int:
     if not args.timeout > 0:
         raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     for flag in ("--results", "--docs", "--plot"):
-        check_output_file(getattr(args, flag[2:]), flag)
+        check_output_file(getattr(args, flag[2:]), flag, create_folders=True)
     check_build_dir(args.build_root, "--build-root")
     boards, verify_on = tuple(args.boards), tuple(args.verify_on)
     if args.quick:

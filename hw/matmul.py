@@ -9,7 +9,7 @@ beat on ``y``, after bias, requantization (``mult``, ``shift``, round half up, o
 saturation) or unchanged in raw mode, configured per tile by one ``cfg`` beat.
 
 The arithmetic is the contract of docs/numerics.md; the accumulator widths come from the
-contract's helpers in :mod:`lowbit.sw.golden`. The interface is specified in docs/hardware.md.
+contract's helpers in :mod:`lowbit.contract`. The interface is specified in docs/hardware.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from lowbit.sw.golden import (
+from lowbit.contract import (
     ACC_MAX_BITS, ALPHA_BITS, DEFAULT_MAX_K, MULT_BITS, SHIFT_MAX,
     int_acc_width, int_max_product, log_acc_width, log_depth, log_max_product, signed_width,
     xnor_acc_width,
@@ -287,7 +287,7 @@ class MatmulUnit(wiring.Component):
     rows, cols : int
         Array size, 1..64: output rows (M) and columns (N) of one tile.
     acc_width : int
-        Accumulator width from the contract (``*_acc_width`` in :mod:`lowbit.sw.golden`).
+        Accumulator width from the contract (``*_acc_width`` in :mod:`lowbit.contract`).
     out_bits : int
         Width of requantized outputs, 2..32.
     max_k : int

@@ -67,12 +67,14 @@ def _probe_folder(folder: Path, what: str) -> None:
     os.unlink(tmp)
 
 
-def check_output_file(path, flag: str | None = None, *, inputs: Iterable = ()) -> Path:
+def check_output_file(path, flag: str | None = None, *, inputs: Iterable = (),
+                      create_folders: bool = False) -> Path:
     """Check, before any work, that ``path`` can be written as a file; return it as a Path.
 
     Refused: an existing directory, a missing or unwritable folder, and any of ``inputs``
-    (the files or directories the command reads). ``-`` (stdout) is not a path: callers handle
-    it before calling this.
+    (the files or directories the command reads). With ``create_folders`` a missing folder is
+    fine when the command creates it (its nearest existing ancestor must be writable).
+    ``-`` (stdout) is not a path: callers handle it before calling this.
     """
     p = Path(path).expanduser()
     what = _name(flag, path)
@@ -85,7 +87,11 @@ def check_output_file(path, flag: str | None = None, *, inputs: Iterable = ()) -
         raise LowbitError(f"cannot write {what}: it is a directory")
     if p.exists() and not p.is_file():
         raise LowbitError(f"cannot write {what}: it exists and is not a regular file")
-    _probe_folder(p.parent if str(p.parent) else Path("."), what)
+    folder = p.parent if str(p.parent) else Path(".")
+    if create_folders:
+        while not folder.exists():
+            folder = folder.parent
+    _probe_folder(folder, what)
     if p.exists() and not os.access(p, os.W_OK):
         raise LowbitError(f"cannot write {what}: the file is not writable")
     return p

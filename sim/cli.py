@@ -14,7 +14,7 @@ MAX_OPERAND_ELEMENTS = 1 << 24
 
 
 def register(subparsers) -> None:
-    from lowbit.hw.fpga import add_unit_flags
+    from lowbit.hw.unit_args import add_unit_flags
 
     p = subparsers.add_parser(
         "verify", help="run one random matmul through the Verilated unit and the golden kernel",
@@ -22,13 +22,10 @@ def register(subparsers) -> None:
                     "given shape through the RTL and through the golden kernel, and compare "
                     "every element. The last line is 'bit-exact: MATCHED/TOTAL'; the exit "
                     "status is 1 on any mismatch, 2 on a bad argument.")
-    p.add_argument("--unit", required=True, help="int8, log or xnor")
     p.add_argument("--m", type=int, required=True, help="rows of A (tokens), >= 1")
     p.add_argument("--k", type=int, required=True, help="reduction length, 1..max_k")
     p.add_argument("--n", type=int, required=True, help="rows of W (output channels), >= 1")
     p.add_argument("--seed", type=int, default=0, help="seed of the random operands (>= 0)")
-    p.add_argument("--rows", type=int, default=4, help="PE array rows (1..64, default 4)")
-    p.add_argument("--cols", type=int, default=4, help="PE array columns (1..64, default 4)")
     add_unit_flags(p)
     p.add_argument("--relu", action="store_true", help="requantize with ReLU")
     p.add_argument("--raw", action="store_true", help="compare raw accumulators (acc + bias)")
@@ -72,7 +69,7 @@ def register_bench(subparsers) -> None:
 def verify_params(args) -> tuple[str, dict]:
     """``(unit, params)`` from ``lowbit verify`` flags. ``--bits`` means the width the unit
     takes: log code bits; activation and weight bits for int8; bit planes for xnor."""
-    from lowbit.hw.cli import unit_params
+    from lowbit.hw.unit_args import unit_params
 
     for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
         if value < 1:

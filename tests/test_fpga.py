@@ -358,19 +358,18 @@ def test_bench_render_only_cli(capsys, tmp_path):
 
 
 def test_report_section_for_lowbit_report(tmp_path, monkeypatch):
-    """lowbit report calls lowbit.hw.cli.report_section(docs_dir) (sw/quant/report.py)."""
-    from lowbit.hw import cli as hw_cli
+    """lowbit report appends fpga_bench.report_section(docs_dir) (sw/quant/cli.py)."""
     path = tmp_path / "fpga.json"
     path.write_text(json.dumps({"records": _three_units()}))
     monkeypatch.setattr(fpga_bench, "RESULTS_PATH", path)
-    text = hw_cli.report_section(fpga_bench.DOCS_PATH.parent)
+    text = fpga_bench.report_section(fpga_bench.DOCS_PATH.parent)
     assert text.startswith("## Hardware cost (FPGA)\n")
     assert "](img/fpga_cost_per_mac.png)" in text
     assert "| icebreaker | xnor vs int8 |" in text
     elsewhere = tmp_path / "out"
     elsewhere.mkdir()
     link = os.path.relpath(fpga_bench.PLOT_PATH, elsewhere)
-    assert f"]({link})" in hw_cli.report_section(elsewhere)
+    assert f"]({link})" in fpga_bench.report_section(elsewhere)
     assert "No FPGA results yet" in fpga_bench.hardware_table(tmp_path / "missing.json")
 
 

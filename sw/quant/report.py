@@ -6,14 +6,13 @@ reads it (default ``docs/results.json``) and writes ``docs/results.md`` plus the
 by hand: every number comes from a record, and each record names the command's model, split,
 beam, device and date.
 
-Other areas add sections: a module of :data:`lowbit.cli._COMMAND_MODULES` that defines
-``report_section(docs_dir) -> str`` (Markdown) has it appended to the report.
+Other areas add sections: the caller passes their Markdown (``lowbit report`` appends the FPGA
+cost tables of :func:`lowbit.hw.fpga_bench.report_section`), so this module imports no other area.
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib
 import json
 import os
 from pathlib import Path
@@ -233,23 +232,9 @@ def plot(rows: list[dict], docs_dir: Path) -> list[str]:
     return names
 
 
-def other_sections(docs_dir: Path) -> list[str]:
-    from lowbit.cli import _COMMAND_MODULES
-
-    out = []
-    for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError:
-            continue
-        fn = getattr(module, "report_section", None)
-        if fn is not None:
-            out.append(fn(docs_dir))
-    return out
-
-
-def write_report(results_path, docs_dir, beam: int = 5) -> Path:
-    """Regenerate ``docs_dir/results.md`` (and its plots) from ``results_path``."""
+def write_report(results_path, docs_dir, beam: int = 5, sections: list[str] = ()) -> Path:
+    """Regenerate ``docs_dir/results.md`` (and its plots) from ``results_path``; ``sections``
+    (Markdown from other areas) are appended."""
     docs_dir = Path(docs_dir)
     records = read_results(results_path)
     rows = build_rows(records, beam)
@@ -290,7 +275,7 @@ def write_report(results_path, docs_dir, beam: int = 5) -> Path:
                       "identity: [quantization.md](quantization.md)).", ""]
         names = plot(rows, docs_dir)
         parts += [f"![BLEU vs bits per weight]({names[0]})", "", f"![size vs BLEU]({names[1]})", ""]
-    parts += other_sections(docs_dir)
+    parts += list(sections)
     text = "\n".join(parts).rstrip() + "\n"
     out = docs_dir / "results.md"
     _atomic_write(out, text)
