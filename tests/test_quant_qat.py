@@ -168,7 +168,7 @@ def test_quantize_eval_report_cli(tmp_path, capsys):
                  "--beam", "2"]) == 0
     text = (tmp_path / "docs" / "results.md").read_text()
     assert "| mixed | mixed | no |" in text and "| fp32 | fp32 | no |" in text
-    assert (tmp_path / "docs" / "results_bleu_bits.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "results_quality_bits.png").stat().st_size > 1000
     assert main(["quantize", "--model", str(tmp_path / "mixed"), "--scheme", "int8", "-o",
                  str(tmp_path / "x")]) == 2                  # a packed model is not re-quantized
     assert main(["quantize", "--model", str(base), "--scheme", "bmt1", "-o", str(tmp_path / "x")]) == 2

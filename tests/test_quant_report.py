@@ -82,6 +82,6 @@ def test_shipped_results_md_matches_its_records(tmp_path):
     from lowbit.hw.fpga_bench import report_section
 
     out = write_report(ROOT / "docs" / "results.json", tmp_path,
-                       sections=[report_section(ROOT / "docs")])
+                       sections=[report_section(ROOT / "docs")], bench_dir=ROOT / "bench")
     assert out.read_text() == (ROOT / "docs" / "results.md").read_text()
-    assert (tmp_path / "results_bleu_bits.png").stat().st_size > 1000
+    assert (tmp_path / "results_quality_bits.png").stat().st_size > 1000

@@ -170,9 +170,20 @@ def _cmd_quantize(args):
 
 
 def _cmd_report(args):
+    from lowbit.hw.fpga_bench import report_section as fpga_report_section
+
     from .report import write_report
 
     docs = Path(args.docs) if args.docs else _repo_docs()
     results = Path(args.results) if args.results else docs / "results.json"
-    out = write_report(results, docs, beam=args.beam)
+    bench = docs.parent / "bench"
+    out = write_report(results, docs, beam=args.beam, sections=[fpga_report_section(docs)],
+                       bench_dir=bench if bench.is_dir() else None,
+                       readme=None if args.docs else docs.parent / "README.md")
+    if not args.docs:   # the hardware figure, from bench/fpga.json, with the rest
+        from lowbit.hw.fpga_bench import PLOT_PATH, RESULTS_PATH, load_results, plot_cost
+
+        data = load_results(RESULTS_PATH)
+        if data["records"]:
+            plot_cost(data, PLOT_PATH)
     print(f"wrote {out}")
