@@ -22,6 +22,7 @@ _COMMAND_MODULES = [
     "lowbit.sw.quant.cli",
     "lowbit.hw.cli",
     "lowbit.sim.cli",
+    "lowbit.regress",
 ]
 
 

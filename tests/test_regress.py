@@ -1,0 +1,94 @@
+"""`lowbit regress`: a 2x2 matrix on a local Ray instance (2 CPUs), a worker killed mid-cell,
+resumption after an interruption, and config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from lowbit.cli import main
+from lowbit.regress import cell_key, load_config, run_cell
+
+DATA = os.environ.get("LOWBIT_DATA_DIR") or str(
+    Path(__file__).resolve().parents[1].parent / "shared" / "data" / "multi30k")
+
+CONFIG = """[regress]
+packages = ["multi30k-en-de-int8", "multi30k-en-de-mixed"]
+splits = ["test_2016_flickr", "test_2017_flickr"]
+checks = ["bleu"]
+limit = 3
+beam = 1
+data_dir = "{data}"
+output = "out/regress.json"
+"""
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    """The 2x2 matrix, run once with the first cell's worker killed on its first attempt."""
+    root = tmp_path_factory.mktemp("regress")
+    (root / "out").mkdir()
+    cfg = root / "cfg.toml"
+    cfg.write_text(CONFIG.format(data=DATA))
+    marker = root / "crashed"
+    status = main(["regress", str(cfg), "--cpus", "2", "--crash-once", str(marker)])
+    return root, cfg, marker, status
+
+
+def test_matrix_runs_end_to_end_despite_a_killed_worker(matrix):
+    root, cfg, marker, status = matrix
+    assert status == 0
+    assert marker.exists()                  # the first attempt really died
+    cells = json.loads((root / "out" / "regress.json").read_text())["cells"]
+    assert len(cells) == 4 and all(c["status"] == "pass" for c in cells.values())
+    table = (root / "out" / "regress.md").read_text()
+    assert table.count("| multi30k-en-de-") == 4
+    # the retried cell's result is what the cell gives when nothing dies
+    first = load_config(cfg).cells()[0]
+    again = run_cell(first, DATA)
+    assert again["bleu"] == cells[cell_key(first)]["bleu"]
+
+
+def test_rerun_skips_finished_cells_and_resumes_missing_ones(matrix, capsys):
+    root, cfg, _, _ = matrix
+    path = root / "out" / "regress.json"
+    data = json.loads(path.read_text())
+    key = sorted(data["cells"])[-1]
+    kept = data["cells"][key]
+    del data["cells"][key]                  # as if interrupted before the last cell finished
+    path.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["regress", str(cfg), "--cpus", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "3/4 cells already done" in out and out.count(": pass") == 1
+    assert json.loads(path.read_text())["cells"][key]["bleu"] == kept["bleu"]
+    capsys.readouterr()
+    assert main(["regress", str(cfg), "--cpus", "2"]) == 0      # all done: no Ray at all
+    assert "4/4 cells already done" in capsys.readouterr().out
+
+
+def test_cosim_cell_is_bit_exact():
+    cell = {"package": "multi30k-en-de-int8", "split": "test_2016_flickr", "check": "cosim",
+            "limit": 2, "beam": 1}
+    result = run_cell(cell, DATA)
+    assert result["status"] == "pass" and result["identical"] == 2 and result["cycles"] > 0
+
+
+@pytest.mark.parametrize("body,message", [
+    ("", "needs a [regress] table"),
+    ("[regress]\npackages = []\n", "packages must be a non-empty list"),
+    ("[regress]\npackages = ['a']\nchecks = ['speed']\n", "unknown check(s) speed"),
+    ("[regress]\npackages = ['a']\nlimit = 0\n", "limit must be a positive integer"),
+    ("[regress]\npackages = ['a']\nbogus = 1\n", "unknown key(s) bogus"),
+    ("[regress]\npackages = ['a']\noutput = 'x.txt'\n", "output must be a .json"),
+    ("[regress\n", "cannot read config"),
+])
+def test_config_errors(tmp_path, capsys, body, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(body)
+    assert main(["regress", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lowbit: error: ") and message in err and len(err.splitlines()) == 1
