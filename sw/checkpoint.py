@@ -17,6 +17,7 @@ there.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import torch
 from lowbit import LowbitError
 
 from lowbit.io import write_text_atomic
-from .model import Transformer, TransformerConfig
+from .model import Transformer, TransformerConfig, check_fits
 from .tokenizer import Tokenizer
 
 DEFAULT_MODEL = "multi30k-en-de"
@@ -97,26 +98,46 @@ def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: str | o
     return directory
 
 
-def read_config(directory: Path) -> TransformerConfig:
-    path = Path(directory) / "config.json"
+def _check_file(path: Path) -> None:
     if not path.is_file():
-        raise LowbitError(f"{directory} is not a model checkpoint: config.json is missing")
+        state = "is not a file" if path.exists() else "is missing"
+        raise LowbitError(f"{path.parent} is not a model checkpoint: {path.name} {state}")
+
+
+def read_config(directory: Path) -> TransformerConfig:
+    """``config.json`` of a checkpoint; every problem raises :class:`LowbitError` naming it."""
+    path = Path(directory) / "config.json"
+    _check_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise LowbitError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
         raise LowbitError(f"{path} must hold a JSON object")
-    return TransformerConfig.from_dict(data)
+    try:
+        return TransformerConfig.from_dict(data)
+    except LowbitError as e:
+        raise LowbitError(f"{path}: {e}") from None
+
+
+def _tensor_count(path: Path) -> int:
+    """Number of tensors in a safetensors file, from its header alone (nothing is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    _check_file(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return len(f.keys())
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LowbitError(f"cannot read {path}: {e}") from None
 
 
 def load_state(model: Transformer, path: Path) -> None:
-    """Load ``model.safetensors`` into ``model``, checking names and shapes."""
+    """Load ``model.safetensors`` into ``model``, checking names, shapes and finite values."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    if not path.is_file():
-        raise LowbitError(f"{path.parent} is not a model checkpoint: {path.name} is missing")
+    _check_file(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -138,6 +159,11 @@ def load_state(model: Transformer, path: Path) -> None:
         if tuple(tensor.shape) != tuple(expected[name].shape):
             raise LowbitError(f"{path}: {name} has shape {tuple(tensor.shape)}, config.json implies "
                               f"{tuple(expected[name].shape)}")
+        # One float64 sum is finite exactly when every element is (no float overflows it),
+        # and it takes a third of the time of an elementwise isfinite.
+        if (tensor.is_complex() or tensor.dtype == torch.bool
+                or not math.isfinite(tensor.sum(dtype=torch.float64))):
+            raise LowbitError(f"{path}: {name} must hold finite real numbers ({tensor.dtype})")
     with torch.no_grad():
         for name, tensor in state.items():
             expected[name].copy_(tensor.to(expected[name].dtype))
@@ -157,27 +183,45 @@ def load_model(spec: str | os.PathLike | None = None, device: str | torch.device
         When the spec names nothing, or the directory lacks or has malformed files.
     """
     directory = resolve_model_dir(spec)
-    if (directory / "manifest.json").is_file():  # a packed (integer) model: lowbit.sw.quant
+    if (directory / "manifest.json").exists():  # a packed (integer) model: lowbit.sw.quant
         from .quant.packed import load_packed
 
         return load_packed(directory, device)
+    if not (directory / "config.json").exists():
+        raise LowbitError(f"{directory} is not a model checkpoint: config.json is missing, and "
+                          f"no manifest.json of a packed model is there either")
     cfg = read_config(directory)
+    config = directory / "config.json"
+    weights = directory / "model.safetensors"
+    tensors = _tensor_count(weights)
+    try:
+        check_fits(cfg, weights.stat().st_size, tensors, weights.name)
+    except LowbitError as e:
+        raise LowbitError(f"{config}: {e}") from None
     tokenizer = Tokenizer.from_dir(directory)
     if len(tokenizer) > cfg.vocab_size:
-        raise LowbitError(f"{directory}: tokenizer has {len(tokenizer)} ids but the model's vocab_size "
-                          f"is {cfg.vocab_size}")
+        raise LowbitError(f"{directory}: the tokenizer has {len(tokenizer)} ids but the model's "
+                          f"vocab_size in config.json is {cfg.vocab_size}")
     model = Transformer(cfg)
-    if cfg.extra.get("qat"):  # trained with --qat: rebuild its quantized (fake-quant) modules
+    qat = cfg.extra.get("qat")
+    if qat:  # trained with --qat: rebuild its quantized (fake-quant) modules
         from .quant.qat import prepare_model
 
-        model = prepare_model(model, cfg.extra["qat"]["scheme"])
-    load_state(model, directory / "model.safetensors")
+        if not isinstance(qat, dict) or not isinstance(qat.get("scheme"), str):
+            raise LowbitError(f"{config}: extra.qat must be an object naming a scheme, not {qat!r}")
+        try:
+            model = prepare_model(model, qat["scheme"])
+        except LowbitError as e:
+            raise LowbitError(f"{config}: {e}") from None
+    load_state(model, weights)
     meta = {}
-    if (directory / "meta.json").is_file():
+    if (directory / "meta.json").exists():
         try:
             meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise LowbitError(f"cannot read {directory / 'meta.json'}: {e}") from None
+        if not isinstance(meta, dict):
+            raise LowbitError(f"{directory / 'meta.json'} must hold a JSON object")
     meta["path"] = str(directory)
     model.eval()
     return model.to(device), tokenizer, meta

@@ -36,6 +36,11 @@ from lowbit import LowbitError
 ACTIVATIONS = {"relu": F.relu, "swish": F.silu, "silu": F.silu, "gelu": F.gelu}
 
 
+# Field annotation (a string: postponed annotations) -> the types a value may have.
+_FIELD_TYPES = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,),
+                "dict": (dict,)}
+
+
 @dataclass
 class TransformerConfig:
     vocab_size: int = 8000          # joint source/target SentencePiece vocabulary
@@ -60,10 +65,18 @@ class TransformerConfig:
     extra: dict = field(default_factory=dict)  # free-form metadata carried along (not used by the model)
 
     def __post_init__(self):
+        # Types first: a config read from a file may hold anything JSON can (the checks below
+        # compare and hash the values).
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _FIELD_TYPES[f.type]
+            if not isinstance(value, kind) or (isinstance(value, bool) and bool not in kind):
+                what = {"int": "an integer", "float": "a number", "bool": "a boolean",
+                        "str": "a string", "dict": "an object"}[f.type]
+                raise LowbitError(f"config: {f.name} must be {what}, not {value!r}")
         for name in ("vocab_size", "d_model", "encoder_layers", "decoder_layers", "attention_heads",
                      "ffn_dim", "max_position_embeddings"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if value < 1:
                 raise LowbitError(f"config: {name} must be a positive integer, not {value!r}")
         if self.d_model % self.attention_heads:
             raise LowbitError(f"config: d_model {self.d_model} is not divisible by attention_heads "
@@ -82,6 +95,8 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TransformerConfig":
+        if not isinstance(d, dict):
+            raise LowbitError(f"config: must be an object, not {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -400,3 +415,57 @@ class Transformer(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def allocated_elements(cfg: TransformerConfig) -> int:
+    """Elements of every parameter and buffer ``Transformer(cfg)`` allocates, without allocating.
+
+    Loaders compare this with the size of the weights file before they build the model, so a
+    config that asks for more than the file can hold is refused instead of exhausting memory.
+    Three models of one and two layers are built on the meta device (no storage); the layers of
+    a stack are identical, so the count is linear in the layer counts.
+
+    Raises
+    ------
+    LowbitError
+        When even one layer is too large for torch to describe (sizes past 2**63 bytes).
+    """
+    sizes = (cfg.vocab_size, cfg.d_model, cfg.ffn_dim, cfg.max_position_embeddings)
+    if max(sizes) >= 1 << 62:   # torch sizes are int64
+        raise LowbitError(f"config: the model is too large to build (sizes {sizes})")
+
+    def count(enc: int, dec: int) -> int:
+        small = dataclasses.replace(cfg, encoder_layers=enc, decoder_layers=dec)
+        try:
+            with torch.device("meta"):
+                m = Transformer(small)
+        except RuntimeError as e:       # "Storage size calculation overflowed"
+            raise LowbitError(f"config: the model is too large to build ({e})") from None
+        return sum(t.numel() for t in (*m.parameters(), *m.buffers()))
+
+    base = count(1, 1)
+    return (base + (cfg.encoder_layers - 1) * (count(2, 1) - base)
+            + (cfg.decoder_layers - 1) * (count(1, 2) - base))
+
+
+ELEMENTS_PER_BYTE = 8       # a stored weight takes one bit at least (XNOR sign planes)
+UNSTORED_ELEMENTS = 1 << 22  # room for buffers no weights file holds (the position table)
+
+
+def check_fits(cfg: TransformerConfig, stored_bytes: int, stored_tensors: int, what: str) -> None:
+    """Refuse, before anything is built, a config too large for the weights file it came with.
+
+    Every layer stores at least one tensor and every element at least one bit, so a model of
+    more than ``stored_tensors`` layers, or of more than ``ELEMENTS_PER_BYTE * stored_bytes +
+    UNSTORED_ELEMENTS`` elements (:func:`allocated_elements`), cannot be what the file ``what``
+    holds: a corrupted config must give an error, not exhaust memory or time building it.
+    """
+    layers = cfg.encoder_layers + cfg.decoder_layers
+    if layers > stored_tensors:
+        raise LowbitError(f"config: {layers} layers, but {what} holds only {stored_tensors} "
+                          f"tensors")
+    elements = allocated_elements(cfg)
+    limit = ELEMENTS_PER_BYTE * stored_bytes + UNSTORED_ELEMENTS
+    if elements > limit:
+        raise LowbitError(f"config: the model has {elements} elements, more than {what} "
+                          f"({stored_bytes} bytes) can hold")

@@ -136,7 +136,7 @@ def test_truncated_blob(packed, tmp_path):
     d = _copy(packed, "int8", tmp_path)
     data = (d / BLOB).read_bytes()
     (d / BLOB).write_bytes(data[:-100])
-    with pytest.raises(LowbitError, match=r"weights.bin has \d+ bytes, the manifest says \d+ \(truncated"):
+    with pytest.raises(LowbitError, match=r"weights.bin has \d+ bytes, manifest.json says \d+ \(truncated"):
         load_packed(d)
 
 
@@ -149,14 +149,42 @@ def test_corrupted_blob(packed, tmp_path):
         load_packed(d)
 
 
+def _relayout(d: Path, fn) -> None:
+    """Apply ``fn`` to ``{name: bytes}`` of every tensor, then rewrite blob and manifest with
+    the tensors back to back (a consistent package, so only the model's checks can object)."""
+    m = json.loads((d / MANIFEST).read_text())
+    data = (d / BLOB).read_bytes()
+    parts = {k: data[e["offset"]:e["offset"] + e["nbytes"]] for k, e in m["tensors"].items()}
+    entries = dict(m["tensors"])
+    fn(parts, entries)
+    offset = 0
+    for name in parts:
+        entries[name] = dict(entries[name], offset=offset)
+        offset += len(parts[name])
+    m["tensors"] = {name: entries[name] for name in parts}
+    (d / MANIFEST).write_text(json.dumps(m))
+    _rewrite_blob(d, b"".join(parts.values()))
+
+
 def test_missing_and_unexpected_tensors(packed, tmp_path):
     d = _copy(packed, "int8", tmp_path)
-    _edit_manifest(d, lambda m: m["tensors"].pop("model.decoder.layers.0.fc2.weight_scale"))
+    _relayout(d, lambda parts, _: parts.pop("model.decoder.layers.0.fc2.weight_scale"))
     with pytest.raises(LowbitError, match="tensor model.decoder.layers.0.fc2.weight_scale is missing"):
         load_packed(d)
     d = _copy(packed, "bmt1", tmp_path / "b")
+
+    def add_extra(parts, entries):
+        parts["extra"], entries["extra"] = parts["final_logits_bias"], entries["final_logits_bias"]
+    _relayout(d, add_extra)
+    with pytest.raises(LowbitError, match=r"manifest.json: unexpected tensor\(s\) extra"):
+        load_packed(d)
+    d = _copy(packed, "bmt1", tmp_path / "o")   # the manifest alone edited: two entries share bytes
     _edit_manifest(d, lambda m: m["tensors"].update(extra=dict(m["tensors"]["final_logits_bias"])))
-    with pytest.raises(LowbitError, match="overlap"):
+    with pytest.raises(LowbitError, match="manifest.json: tensor extra: .*overlaps"):
+        load_packed(d)
+    d = _copy(packed, "int8", tmp_path / "g")   # an entry dropped from the manifest alone: a gap
+    _edit_manifest(d, lambda m: m["tensors"].pop("model.decoder.layers.0.fc2.weight_scale"))
+    with pytest.raises(LowbitError, match="fc2.bias: .*leaves a gap"):
         load_packed(d)
 
 
@@ -176,6 +204,9 @@ def test_bad_bits_dtype_and_shape(packed, tmp_path):
             load_packed(d)
     d = _copy(packed, "int6", tmp_path / "w")   # int6 codes where the scheme needs int8
     _edit_manifest(d, lambda m: m.update(scheme="int8"))
+    with pytest.raises(LowbitError, match="config extra.qat .*'int6'.* differs from scheme int8"):
+        load_packed(d)
+    _edit_manifest(d, lambda m: m["config"]["extra"]["qat"].update(scheme="int8"))
     with pytest.raises(LowbitError, match="is int6, the scheme needs int8"):
         load_packed(d)
 

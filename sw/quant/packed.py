@@ -61,7 +61,8 @@ TOKENIZER_FILES = ("spm.model", "source.spm", "target.spm", "vocab.json")
 
 
 def _nbytes(dtype: str, bits: int, shape) -> int:
-    n = int(np.prod(shape)) if len(shape) else 1
+    # math.prod on Python ints: a corrupted shape must not overflow into a plausible size
+    n = math.prod(shape)
     if dtype == "f32":
         return 4 * n
     if dtype in ("int", "uint"):
@@ -345,15 +346,6 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _nbytes_of(dtype: str, bits: int, shape: list) -> int:
-    # math.prod on Python ints: a corrupted shape must not overflow into a plausible size
-    n = math.prod(shape)
-    if dtype == "sign":
-        p, rows, k = shape
-        return p * rows * ((k + golden.WORD_BITS - 1) // golden.WORD_BITS) * 4
-    return 4 * n if dtype == "f32" else (n * bits + 7) // 8
-
-
 def _check_entry(path: Path, name: str, e, offset: int, blob_len: int) -> None:
     """One tensor entry of the manifest; ``offset``: where the previous tensor ended."""
     where = f"{path}: tensor {name}"
@@ -372,15 +364,16 @@ def _check_entry(path: Path, name: str, e, offset: int, blob_len: int) -> None:
     off, n = e["offset"], e["nbytes"]
     if not _is_int(off) or not _is_int(n) or off < 0 or n < 0:
         raise LowbitError(f"{where}: bad offset/nbytes {_short(off)}/{_short(n)}")
-    need = _nbytes_of(dtype, bits, shape)
+    need = _nbytes(dtype, bits, shape)
     if n != need:
         raise LowbitError(f"{where}: {n} bytes do not hold shape {_short(shape)} of {dtype}{bits} "
                           f"({need} bytes)")
     if off + n > blob_len:
         raise LowbitError(f"{where}: bytes {off}..{off + n} lie outside the {blob_len}-byte blob")
     if off != offset:   # write_packed stores the tensors back to back, in manifest order
-        what = "overlaps the tensor before it" if off < offset else "leaves a gap after the tensor before it"
-        raise LowbitError(f"{where}: bytes {off}..{off + n} {what} (which ends at byte {offset})")
+        what = "overlaps" if off < offset else "leaves a gap after"
+        raise LowbitError(f"{where}: bytes {off}..{off + n} {what} the tensor before it (which "
+                          f"ends at byte {offset})")
 
 
 def _read_file(directory: Path, name: str, what: str) -> bytes:
@@ -400,15 +393,15 @@ def _read_blob(directory: Path, manifest: dict) -> bytes:
     info = manifest["blob"]
     data = _read_file(directory, BLOB, "weights file")
     if len(data) != info["bytes"]:
-        raise LowbitError(f"packed model {directory}: {BLOB} has {len(data)} bytes, the manifest "
+        raise LowbitError(f"packed model {directory}: {BLOB} has {len(data)} bytes, {MANIFEST} "
                           f"says {info['bytes']} (truncated or modified file)")
     if _sha256(data) != info["sha256"]:
-        raise LowbitError(f"packed model {directory}: {BLOB} does not match its sha256 in the "
-                          f"manifest (corrupted or modified file)")
+        raise LowbitError(f"packed model {directory}: {BLOB} does not match its sha256 in "
+                          f"{MANIFEST} (corrupted or modified file)")
     for name, digest in manifest["tokenizer"].items():
         if _sha256(_read_file(directory, name, "tokenizer file")) != digest:
             raise LowbitError(f"packed model {directory}: tokenizer file {name} does not match "
-                              f"its sha256 in the manifest")
+                              f"its sha256 in {MANIFEST}")
     return data
 
 
