@@ -76,6 +76,7 @@ stage_train() {
 
 stage_pack() {
     local pids=()
+    mkdir -p "$RUNS/packed"
     for s in $SCHEMES; do
         lowbit quantize --model "$RUNS/qat-$s" --scheme "$(scheme_of "$s")" -o "$RUNS/packed/$s$TAG" --force "${DATA[@]}" \
             > "$RUNS/pack-$s.log" 2>&1 &

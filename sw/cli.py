@@ -84,6 +84,9 @@ def register(sub) -> None:
     p.add_argument("--spm-type", choices=("unigram", "bpe"), default=defaults.spm_type)
     p.add_argument("--save-dtype", choices=("float32", "float16", "bfloat16"), default=defaults.save_dtype,
                    help="dtype of the saved weights (float16 halves the size; loaded as float32)")
+    p.add_argument("--dropout", type=nonneg_float,
+                   help="dropout of the model trained, replacing its config's (default: the "
+                        "config's; with --init the init model's)")
     p.add_argument("--distill", metavar="MODEL",
                    help="word-level knowledge distillation from this teacher model (same vocabulary), "
                         "e.g. the FP32 model during --qat (a deviation from the quantization papers)")
@@ -184,7 +187,8 @@ def _cmd_train(args):
                         vocab_size=args.vocab_size, spm_type=args.spm_type, eval_every=args.eval_every,
                         max_train_tokens=args.max_train_tokens, limit=args.limit, val_limit=args.val_limit,
                         save_dtype=args.save_dtype, max_minutes=args.max_minutes,
-                        distill=args.distill, distill_weight=args.distill_weight)
+                        distill=args.distill, distill_weight=args.distill_weight,
+                        dropout=args.dropout)
     log = lambda m: print(m, flush=True)  # noqa: E731
     hooks = {}
     if args.qat:

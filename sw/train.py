@@ -77,6 +77,7 @@ class TrainOptions:
     max_minutes: float | None = None  # safety stop: finish early (averaging, saving) after this
     distill: str | None = None   # teacher model spec for word-level knowledge distillation
     distill_weight: float = 0.5  # a: loss = (1 - a) * CE(labels) + a * CE(teacher probs)
+    dropout: float | None = None  # replaces the model config's dropout (e.g. when retraining)
 
     def __post_init__(self):
         for name in ("epochs", "max_tokens", "warmup", "avg_last", "vocab_size", "eval_every",
@@ -89,6 +90,8 @@ class TrainOptions:
             raise LowbitError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing}")
         if not 0 < self.distill_weight <= 1:
             raise LowbitError(f"--distill-weight must be in (0, 1], not {self.distill_weight}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise LowbitError(f"--dropout must be in [0, 1), not {self.dropout}")
 
 
 def resolve_config(spec: str | None, vocab_size: int) -> TransformerConfig:
@@ -261,6 +264,8 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
                 raise LowbitError(f"config {name}_token_id {getattr(cfg, f'{name}_token_id')} differs from "
                                   f"the tokenizer's {tid}")
         model = Transformer(cfg)
+    if opts.dropout is not None:  # the layers read it from the config at every forward
+        cfg.dropout = opts.dropout
     teacher = _load_teacher(opts.distill, cfg, tokenizer, dev) if opts.distill else None
     if teacher is not None:
         log(f"distillation: teacher {opts.distill}, weight {opts.distill_weight}")

@@ -38,7 +38,7 @@ def tiny_model(scheme: str, tokenizer, seed: int = 0):
     cfg = TransformerConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
                             attention_heads=2, ffn_dim=64, dropout=0.0, attention_dropout=0.0)
     model = qat.prepare_model(Transformer(cfg), scheme)
-    if scheme == "mixed":
+    if qat.needs_word_counts(qat.scheme_of(model)):     # mixed, bmt*: per-word planes
         qat.assign_word_planes(model, torch.arange(len(tokenizer), 0, -1).double())
     g = torch.Generator().manual_seed(seed)
     batches = [(torch.randint(3, len(tokenizer), (4, 9), generator=g),

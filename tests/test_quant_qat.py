@@ -70,7 +70,8 @@ def test_qat_step_reads_no_tensor_scalars(scheme):
     matrix's codes in each forward and feedback (300 syncs per step; 5x slower than bmt1 on an
     H100). The log scale refinement every ``LOG_REFRESH`` steps is the one allowed exception."""
     torch.manual_seed(0)
-    hooks = qat.QATHooks(scheme, phase_steps=1, log=lambda m: None)
+    hooks = qat.QATHooks(scheme, phase_steps=1, log=lambda m: None,
+                         counts=torch.arange(float(CFG["vocab_size"])))   # bmt1: word planes
     model = hooks.transform(Transformer(TransformerConfig(**CFG)))
     model.train()
     src, tgt = _batch()
@@ -108,14 +109,17 @@ def test_bmt_adds_norms_and_starts_float():
     base = Transformer(TransformerConfig(**CFG))
     src, tgt = _batch(1)
     base.eval()
-    hooks = qat.QATHooks("bmt1", phase_steps=5, log=lambda m: None)
+    hooks = qat.QATHooks("bmt1", phase_steps=5, log=lambda m: None,
+                         counts=torch.arange(float(CFG["vocab_size"])))
     model = hooks.transform(base)
     assert model.config.bmt_norms and model is not base
     assert hasattr(model.model.encoder.layers[0].self_attn, "q_norm")
     assert torch.equal(model.model.encoder.layers[0].fc1.weight, base.model.encoder.layers[0].fc1.weight)
-    assert not any(m.enabled for _, m in qat.quant_modules(model))
+    linears = [m for _, m in qat.quant_modules(model) if isinstance(m, QuantLinear)]
+    assert "lm_head" in dict(qat.quant_modules(model))          # the embedding too (per-word)
+    assert not any(m.enabled for m in linears)
     hooks.after_step(model, 5)
-    assert all(m.enabled for _, m in qat.quant_modules(model))
+    assert all(m.enabled for m in linears)
 
 
 def test_prepare_refuses_a_different_scheme():

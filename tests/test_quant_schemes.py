@@ -39,7 +39,7 @@ def test_scheme_names():
 def _model(scheme, **cfg):
     torch.manual_seed(0)
     model = qat.prepare_model(Transformer(TransformerConfig(**cfg)), scheme)
-    if scheme == "mixed":
+    if qat.needs_word_counts(qat.scheme_of(model)):
         qat.assign_word_planes(model, torch.arange(cfg["vocab_size"], 0, -1).double())
     return model
 
@@ -52,9 +52,12 @@ def test_every_matmul_is_integer_for_int_and_log_schemes():
         assert len(inv) == 3 * 8 + 3 * 14 + 1 == 67
         assert all(i["unit"] in ("int", "log") for i in inv)
         assert sum(i["name"].endswith((".qk", ".av")) for i in inv) == 18
-    bmt = qat.matmul_inventory(_model("bmt1", **cfg))
-    floats = sorted(i["name"] for i in bmt if i["unit"] == "float")
-    assert len(floats) == 18 + 1 and "lm_head" in floats     # QK^T, AV, logits stay float (BMT)
+    for scheme in ("bmt1", "bmt1a1"):
+        bmt = qat.matmul_inventory(_model(scheme, **cfg))
+        floats = sorted(i["name"] for i in bmt if i["unit"] == "float")
+        assert len(floats) == 18 and "lm_head" not in floats     # QK^T, AV stay float (BMT)
+        assert [i["params"] for i in bmt if i["name"] == "lm_head"] == \
+            [{"a_planes": 8, "w_planes": 4}]                      # logits from 8-bit inputs
     mixed = qat.matmul_inventory(_model("mixed", **cfg))
     assert [i["unit"] for i in mixed if i["name"] == "lm_head"] == ["xnor"]
     assert sum(i["unit"] == "xnor" for i in mixed) == 67 - 18
@@ -71,9 +74,9 @@ def _expected_bits(scheme, cfg):
     if scheme.startswith(("int", "log")):
         b = int(scheme[-1])
         return b * (linear + v * d), linear + v * d
-    if scheme.startswith("bmt"):
-        return linear + 32 * v * d, linear + v * d
     planes = word_cluster_planes(torch.arange(v, 0, -1))
+    if scheme.startswith("bmt"):    # 1 bit per weight, the embedding as in mixed
+        return linear + int(planes.sum()) * d, linear + v * d
     return (sum(MIXED_BLOCK_PLANES[b] * n for b, n in blocks.items()) + int(planes.sum()) * d,
             linear + v * d)
 

@@ -27,7 +27,7 @@ def register(sub) -> None:
                                    "training batches (post-training quantization).")
     p.add_argument("--model", required=True, help="shipped name or checkpoint directory")
     p.add_argument("--scheme", required=True,
-                   help="int8, int6 (int2..int8), log1..log8, bmt1, bmt1a1, mixed, fp32")
+                   help="int8, int6 (int2..int8), log1..log8, bmt1, bmt1a1, bmt1a1-nonorm, mixed, fp32")
     p.add_argument("-o", "--out", required=True,
                    help="output directory of the packed model; it must not exist yet or be "
                         "empty (an existing packed model is replaced only with --force)")
@@ -122,7 +122,7 @@ def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=pri
     """``(transform_model, after_step)`` for ``lowbit train --qat SCHEME --init MODEL``."""
     from lowbit.sw.checkpoint import load_model
 
-    from .qat import QATHooks, token_counts
+    from .qat import QATHooks, needs_word_counts, token_counts
     from .schemes import get_scheme
 
     sch = get_scheme(scheme)
@@ -132,7 +132,7 @@ def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=pri
         raise LowbitError("--qat needs --init MODEL: quantization-aware training starts from a "
                           "trained float model")
     counts = None
-    if sch.name == "mixed":  # per-word planes from the training text's token frequencies
+    if needs_word_counts(sch):  # per-word planes from the training text's token frequencies
         from lowbit.sw.data import read_parallel
 
         model, tokenizer, _ = load_model(init)

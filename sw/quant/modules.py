@@ -40,6 +40,7 @@ from lowbit.sw import golden
 
 from . import kernels
 from .kernels import MatmulSite
+from . import weights as W
 from .weights import BinaryWeights, IntWeights, LogWeights, RowGroups
 
 
@@ -156,12 +157,27 @@ class QuantLinear(nn.Module):
             self._cache = (key, self._quantize(w.detach()))
         return self._cache[1]
 
+    def _row_groups(self):
+        """Row indices per plane count (per-word planes), cached until the counts change: finding
+        them reads the counts back to the host, which a QAT step must not do."""
+        key = (self.row_planes._version, self.row_planes.device)
+        cached = getattr(self, "_groups", None)
+        if cached is None or cached[0] != key:
+            if int(self.row_planes.min()) < 1:
+                return None     # never assigned: the quantizer says so
+            cached = (key, W.row_groups(self.row_planes))
+            self._groups = cached
+        return cached[1]
+
     LOG_REFRESH = 100
 
     def _quantize(self, w: torch.Tensor):
         check = not self.training
+        if self.spec.weights == "rows":
+            return self.spec.quantize(w, self.row_planes, check=check,
+                                      row_groups=self._row_groups())
         if self.spec.weights != "log":
-            return self.spec.quantize(w, getattr(self, "row_planes", None), check=check)
+            return self.spec.quantize(w, check=check)
         s = self.log_scale_value()
         if s <= 0:
             qw = self.spec.quantize(w, check=check)
@@ -358,8 +374,12 @@ class QuantMatMul(nn.Module):
 class QuantEmbedding(nn.Module):
     """The token embedding tied to a quantized ``lm_head``: looks up the quantized table.
 
-    Fake mode: rows of the owner's dequantized weight (straight-through). Int mode: rows of the
-    dequantized integer table (``table``), i.e. host-side lookup plus dequantization.
+    Fake mode: rows of the owner's dequantized weight (straight-through). Int mode: the rows are
+    decoded from the owner's integer weights at lookup time. For the XNOR unit's binary codes
+    (mixed, bmt*) a lookup gathers each id's packed sign words, plane scales ``alpha`` and row
+    scale -- the very tensors the output layer's XNOR matmul uses -- and decodes only those
+    rows: ``row = scale * sum_i alpha_i * unpack(words_i)``; no float table is kept. Other units
+    keep the dequantized table (``table``), i.e. host-side lookup plus dequantization.
     """
 
     def __init__(self, emb: nn.Embedding, owner: QuantLinear):
@@ -373,12 +393,46 @@ class QuantEmbedding(nn.Module):
         self.mode = "fake"
 
     def set_integer(self) -> None:
-        self.register_buffer("table", self.owner.qweight.dequantize().to(self.weight.device),
-                             persistent=False)
+        owner = self.owner
+        self.packed = owner.spec.unit == "xnor"
+        if self.packed:
+            # id -> (its plane-count group, its row within that group's packed tensors)
+            group = torch.zeros(self.num_embeddings, dtype=torch.int64)
+            index = torch.arange(self.num_embeddings, dtype=torch.int64)
+            for j in range(owner.n_groups):
+                if owner.grouped:
+                    rows = getattr(owner.ints, f"rows{j}").cpu()
+                    group[rows] = j
+                    index[rows] = torch.arange(len(rows))
+            dev = self.weight.device
+            self.register_buffer("row_group", group.to(dev), persistent=False)
+            self.register_buffer("row_index", index.to(dev), persistent=False)
+        else:
+            self.register_buffer("table", owner.qweight.dequantize().to(self.weight.device),
+                                 persistent=False)
         self.mode = "int"
+
+    def _gather_packed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rows ``ids`` [L] decoded from the owner's packed codes -> [L, D] float64."""
+        ints, k = self.owner.ints, self.embedding_dim
+        out = torch.zeros(ids.numel(), k, dtype=torch.float64, device=ids.device)
+        group, index = self.row_group[ids], self.row_index[ids]
+        for j in range(self.owner.n_groups):
+            sel = torch.nonzero(group == j).flatten()
+            if not sel.numel():
+                continue
+            rows = index[sel]
+            signs = golden.unpack_bits(getattr(ints, f"words{j}")[:, rows], k)   # [P, L, K]
+            alpha = getattr(ints, f"alpha{j}")[:, rows]                           # [P, L]
+            values = (signs * alpha.unsqueeze(-1)).sum(0)                          # [L, K] ints
+            out[sel] = values.to(torch.float64) * getattr(ints, f"scale{j}")[rows].unsqueeze(-1)
+        return out
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "int":
+            if self.packed:
+                rows = self._gather_packed(ids.reshape(-1))
+                return rows.reshape(*ids.shape, self.embedding_dim).to(self.weight.dtype)
             return F.embedding(ids, self.table, self.padding_idx)
         if not self.owner.enabled:
             return F.embedding(ids, self.weight, self.padding_idx)

@@ -528,8 +528,8 @@ def load_packed(directory, device="cpu"):
     where = directory / MANIFEST
     manifest = read_manifest(directory)
     try:
-        scheme = get_scheme(manifest["scheme"])
         cfg = TransformerConfig.from_dict(manifest["config"])
+        scheme = get_scheme(manifest["scheme"], cfg.extra.get("qat"))  # as the package was made
         check_fits(cfg, manifest["blob"]["bytes"], len(manifest["tensors"]), BLOB)
     except LowbitError as e:
         raise LowbitError(f"{where}: {e}") from None

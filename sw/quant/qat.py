@@ -36,7 +36,7 @@ def quant_modules(model: nn.Module):
 def scheme_of(model: nn.Module) -> Scheme | None:
     """The scheme a prepared model was built for (from ``config.extra['qat']``)."""
     info = model.config.extra.get("qat")
-    return None if not info else get_scheme(info["scheme"])
+    return None if not info else get_scheme(info["scheme"], info)
 
 
 def prepare_model(model, scheme: Scheme | str):
@@ -48,9 +48,10 @@ def prepare_model(model, scheme: Scheme | str):
     """
     from lowbit.sw.model import MatMul, Transformer
 
-    scheme = get_scheme(scheme) if isinstance(scheme, str) else scheme
     cfg = model.config
     old = cfg.extra.get("qat")
+    if isinstance(scheme, str):  # a saved model's recorded options rebuild it as it was made
+        scheme = get_scheme(scheme, old if old and old.get("scheme") == scheme else None)
     if old:
         if old["scheme"] != scheme.name:
             raise LowbitError(f"the model is already quantized with scheme {old['scheme']!r}, "
@@ -91,17 +92,25 @@ def set_phase(model, scheme: Scheme, phase: int) -> None:
             m.enabled = group_of(name) in on
 
 
+def needs_word_counts(scheme: Scheme) -> bool:
+    """Whether the scheme codes the embedding with per-word planes (Chung et al.), which are
+    assigned from the training text's token frequencies."""
+    spec = scheme.linear_spec("output")
+    return spec is not None and spec.weights == "rows"
+
+
 def assign_word_planes(model, counts) -> torch.Tensor:
     """Chung et al.'s per-word planes for the tied output matrix from token ``counts`` [V]."""
     scheme = scheme_of(model)
     head = model.lm_head
     if not isinstance(head, QuantLinear) or not hasattr(head, "row_planes"):
-        raise LowbitError("per-word bit widths need the mixed scheme's lm_head")
+        raise LowbitError("per-word bit widths need an lm_head with per-word planes (mixed, bmt*)")
     opts = model.config.extra["qat"]
     planes = word_cluster_planes(counts, opts.get("ratio", scheme.options["ratio"]),
                                  tuple(opts.get("word_planes", scheme.options["word_planes"])))
     head.row_planes.copy_(planes.to(head.row_planes.device))
     head._cache = None
+    head._row_groups()  # found now, not in the first quantized training step
     return planes
 
 
@@ -154,9 +163,10 @@ class QATHooks:
 
     def transform(self, model):
         model = prepare_model(model, self.scheme)
-        if self.scheme.name == "mixed":
+        if needs_word_counts(self.scheme):
             if self.counts is None:
-                raise LowbitError("the mixed scheme needs token counts for per-word bit widths")
+                raise LowbitError(f"the {self.scheme.name} scheme needs token counts for per-word "
+                                  f"bit widths")
             planes = assign_word_planes(model, self.counts)
             bits = float(planes.double().mean())
             hist = {int(p): int((planes == p).sum()) for p in planes.unique()}

@@ -22,10 +22,19 @@ Schemes (names accepted by ``--scheme`` / ``--qat``)
     embedding/output quantized, biases float, error feedback in retraining; inputs int8 (the
     shift unit needs integers), Q.K^T and attention.V on the INT unit in INT8.
 ``bmt1`` -- BMT (Zhang et al. 2023): 1-bit weights per output channel for Q/K/V/out and both FFN
-    layers, with BMT's extra LayerNorms; embeddings, logits, Q.K^T, attention.V float (as in
-    their code). Inputs of the binarized layers are 8-bit per token (the paper keeps them float;
-    the XNOR unit takes them as 8 bit planes).
-``bmt1a1`` -- as bmt1 with 1-bit inputs per token (BMT's binarized activations).
+    layers, with BMT's extra LayerNorms; Q.K^T and attention.V float (as in their code). Inputs
+    of the binarized layers are 8-bit per token (the paper keeps them float; the XNOR unit takes
+    them as 8 bit planes). The tied embedding/output matrix, float in BMT's code, is binary-coded
+    with Chung et al.'s per-word planes (as in ``mixed``), its inputs 8-bit per token: that is
+    what makes the model about 16x smaller than FP32 (BMT's claim).
+``bmt1a1`` -- as bmt1 with 1-bit inputs per token (BMT's binarized activations) for the
+    binarized layers; the output layer keeps 8-bit inputs.
+``bmt1a1-nonorm`` -- bmt1a1 without BMT's extra LayerNorms and attention shortcut (the ablation
+    of the paper's architecture change).
+
+Packages and checkpoints made before the embedding of the BMT schemes was quantized record no
+``embedding`` option (``config.extra["qat"]``); :func:`get_scheme` rebuilds them with a float
+embedding and output layer, as they were made.
 ``mixed`` -- Chung et al. 2020: binary-coding weights, planes per block (encoder self-attn 3,
     encoder FFN 4, decoder self-attn 2, encoder-decoder attn 3, decoder FFN 1); the tied
     embedding/output matrix with 4/3/2/1 planes per word from frequency clusters; inputs 8-bit
@@ -50,6 +59,7 @@ MIXED_WORD_PLANES = (4, 3, 2, 1)   # most frequent cluster first
 MIXED_RATIO = 4.0                  # cluster sizes 1 : r : r^2 : r^3 (Chung's r; 1.32 bits at r=4)
 
 REPORTED = ("int8", "int6", "log4", "log3", "log2", "log1", "bmt1", "bmt1a1", "mixed")
+BMT_SCHEMES = ("bmt1", "bmt1a1", "bmt1a1-nonorm")
 
 
 def block_of(name: str) -> str | None:
@@ -93,10 +103,11 @@ class LinearSpec:
     refine_iters: int = 10
 
     def quantize(self, w, row_planes=None, log_scale: float | None = None, refine: int | None = None,
-                 check: bool = True):
+                 check: bool = True, row_groups=None):
         """Quantize ``w``. Log weights start from ``log_scale`` (default ``max|w|``) and refine
         it ``refine`` times (default ``refine_iters``). ``check=False`` skips the finiteness
-        check (QAT's hot path)."""
+        check (QAT's hot path); ``row_groups`` (:func:`~lowbit.sw.quant.weights.row_groups` of
+        ``row_planes``) spares per-row weights reading the plane counts back to the host."""
         if self.weights == "int":
             return W.quantize_int(w, self.w_bits, check)
         if self.weights == "log":
@@ -107,10 +118,10 @@ class LinearSpec:
         if self.weights == "bmt":
             return W.quantize_bmt(w, check)
         if self.weights == "rows":
-            if row_planes is None or int(row_planes.min()) < 1:
-                raise LowbitError("per-word bit widths were never assigned (mixed scheme: run "
-                                  "QAT or quantize with --data-dir)")
-            return W.quantize_rows(w, row_planes, check)
+            if row_groups is None and (row_planes is None or int(row_planes.min()) < 1):
+                raise LowbitError("per-word bit widths were never assigned (mixed and bmt "
+                                  "schemes: run QAT or quantize with --data-dir)")
+            return W.quantize_rows(w, row_planes, check, groups=row_groups)
         raise ValueError(f"unknown weight quantizer {self.weights!r}")
 
     def site_params(self) -> dict:
@@ -151,8 +162,13 @@ def _all_blocks(spec: LinearSpec) -> dict:
     return {b: spec for b in BLOCKS}
 
 
-def get_scheme(name: str) -> Scheme:
-    """The scheme called ``name``; raises :class:`LowbitError` for unknown names."""
+def get_scheme(name: str, recorded: dict | None = None) -> Scheme:
+    """The scheme called ``name``; raises :class:`LowbitError` for unknown names.
+
+    ``recorded`` is the ``config.extra["qat"]`` of a saved model (None for a new one): a BMT
+    model saved without the ``embedding`` option was made with a float embedding and output
+    layer and is rebuilt that way.
+    """
     m = re.fullmatch(r"(int|log)(\d)", name or "")
     if m and m.group(1) == "int" and 2 <= int(m.group(2)) <= 8:
         b = int(m.group(2))
@@ -165,14 +181,11 @@ def get_scheme(name: str) -> Scheme:
                       error_feedback=True)
     if name == "fp32":
         return Scheme(name, "float32 reference (nothing quantized)", {}, None)
-    if name in ("bmt1", "bmt1a1"):
-        act, a_bits = ("sign", 1) if name == "bmt1a1" else ("token", 8)
-        spec = LinearSpec("xnor", "bmt", 1, act, a_bits)
-        blocks = {b: spec for b in BLOCKS if b != "output"}
-        what = "1-bit weights and activations" if name == "bmt1a1" else "1-bit weights"
-        # Phase 0: float with BMT's extra LayerNorms; then binarization switched on.
-        return Scheme(name, f"BMT {what} (Zhang et al. 2023)", blocks, None, bmt_norms=True,
-                      phases=((), ("embedding", "encoder", "decoder")))
+    if name in BMT_SCHEMES:
+        if recorded is not None and not isinstance(recorded, dict):
+            raise LowbitError(f"the recorded options of scheme {name} must be an object, not "
+                              f"{type(recorded).__name__}")
+        return _bmt_scheme(name, recorded)
     if name == "mixed":
         blocks = {b: LinearSpec("xnor", "binary", p, "token", 8) for b, p in MIXED_BLOCK_PLANES.items()}
         blocks["output"] = LinearSpec("xnor", "rows", max(MIXED_WORD_PLANES), "token", 8)
@@ -180,7 +193,31 @@ def get_scheme(name: str) -> Scheme:
                       phases=(("embedding",), ("decoder",), ("encoder",)),
                       options={"word_planes": list(MIXED_WORD_PLANES), "ratio": MIXED_RATIO})
     raise LowbitError(f"unknown quantization scheme {name!r}; schemes: int2..int8, log1..log8, "
-                      f"bmt1, bmt1a1, mixed, fp32")
+                      f"{', '.join(BMT_SCHEMES)}, mixed, fp32")
+
+
+def _bmt_scheme(name: str, recorded: dict | None) -> Scheme:
+    """bmt1, bmt1a1, bmt1a1-nonorm (see the module docstring)."""
+    a1 = name.startswith("bmt1a1")
+    act, a_bits = ("sign", 1) if a1 else ("token", 8)
+    spec = LinearSpec("xnor", "bmt", 1, act, a_bits)
+    blocks = {b: spec for b in BLOCKS if b != "output"}
+    what = "1-bit weights and activations" if a1 else "1-bit weights"
+    norms = not name.endswith("-nonorm")
+    options = {}
+    if recorded is None or "embedding" in recorded:
+        # Chung et al.'s per-word planes for the tied embedding/output matrix, as in `mixed`;
+        # the output layer's inputs stay 8-bit (logits from 1-bit inputs are not BMT's).
+        recorded = recorded or {}
+        options = {"embedding": "rows",
+                   "word_planes": list(recorded.get("word_planes", MIXED_WORD_PLANES)),
+                   "ratio": recorded.get("ratio", MIXED_RATIO)}
+        blocks["output"] = LinearSpec("xnor", "rows", max(options["word_planes"]), "token", 8)
+        what += ", binary-coded embedding"
+    # Phase 0: float (with BMT's extra LayerNorms); then binarization switched on.
+    return Scheme(name, f"BMT {what}{'' if norms else ', no extra LayerNorms'} "
+                        f"(Zhang et al. 2023)", blocks, None, bmt_norms=norms,
+                  phases=((), ("embedding", "encoder", "decoder")), options=options)
 
 
 def word_cluster_planes(counts, ratio: float = MIXED_RATIO, planes=MIXED_WORD_PLANES):

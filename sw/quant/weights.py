@@ -228,14 +228,25 @@ def quantize_bmt(w: torch.Tensor, check: bool = True) -> BinaryWeights:
     return BinaryWeights(signs, alpha, _f32(w.abs().amax(1) / 2))
 
 
-def quantize_rows(w: torch.Tensor, row_planes: torch.Tensor, check: bool = True) -> RowGroups:
-    """Binary coding with ``row_planes[n]`` planes for row ``n`` (one group per plane count)."""
+def row_groups(row_planes: torch.Tensor) -> list:
+    """``[(planes, rows)]`` of per-row plane counts, most planes first (``rows``: int64 indices in
+    increasing order). Reads the counts back to the host; QAT caches the result."""
+    return [(int(p), torch.nonzero(row_planes == p).flatten())
+            for p in sorted(set(row_planes.tolist()), reverse=True)]
+
+
+def quantize_rows(w: torch.Tensor, row_planes: torch.Tensor, check: bool = True,
+                  groups: list | None = None) -> RowGroups:
+    """Binary coding with ``row_planes[n]`` planes for row ``n`` (one group per plane count).
+
+    ``groups`` is :func:`row_groups` of ``row_planes`` when the caller has it already.
+    """
     w = _check_matrix(w, check)
     row_planes = row_planes.to(w.device)
     if row_planes.shape != (w.shape[0],):
         raise ValueError(f"row_planes must be [N] = [{w.shape[0]}], not {tuple(row_planes.shape)}")
-    groups = []
-    for p in sorted(set(row_planes.tolist()), reverse=True):
-        rows = torch.nonzero(row_planes == p).flatten()
-        groups.append((rows, quantize_binary(w[rows], int(p), check=False)))
-    return RowGroups(groups, w.shape[0], w.shape[1])
+    if groups is None:
+        groups = row_groups(row_planes)
+    parts = [(rows.to(w.device), quantize_binary(w[rows.to(w.device)], p, check=False))
+             for p, rows in groups]
+    return RowGroups(parts, w.shape[0], w.shape[1])
