@@ -16,6 +16,7 @@ Conventions
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -88,14 +89,34 @@ def bias_bound(max_product: int, max_k: int) -> int:
 # Exact integer matrix product
 
 
+_integer_evaluation = [False]
+
+
+@contextlib.contextmanager
+def integer_evaluation():
+    """Inside the block, :func:`_exact_matmul` multiplies int64 tensors (``torch.matmul`` on
+    integers, CPU only) instead of float64 ones: every tensor operation of the kernels is then an
+    integer one (``lowbit check-integer``). Both evaluations give the same integers."""
+    saved = _integer_evaluation[0]
+    _integer_evaluation[0] = True
+    try:
+        yield
+    finally:
+        _integer_evaluation[0] = saved
+
+
 def _exact_matmul(a: torch.Tensor, w: torch.Tensor, bound: int) -> torch.Tensor:
     """``a @ w.T`` for int64 ``a [..., M, K]`` and ``w [..., N, K]``, exact.
 
     ``bound`` is a proven upper limit of ``sum_k |a_k * w_k|``; it must stay below 2**53 so the
-    float64 product is exact for every summation order.
+    float64 product is exact for every summation order (and the int64 one cannot overflow).
     """
     if bound >= _EXACT_LIMIT:
         raise ValueError(f"matmul bound {bound} is too wide for exact evaluation (>= 2**53)")
+    if _integer_evaluation[0]:
+        if a.device.type != "cpu":
+            raise ValueError("integer evaluation of the matmul kernels runs on the CPU only")
+        return torch.matmul(a, w.transpose(-1, -2))
     out = torch.matmul(a.to(torch.float64), w.to(torch.float64).transpose(-1, -2))
     return out.to(torch.int64)
 
@@ -113,10 +134,11 @@ def _check_shapes(a: torch.Tensor, w: torch.Tensor, max_k: int) -> int:
     return k
 
 
-def _add_bias(acc: torch.Tensor, bias: torch.Tensor | None, bound: int) -> torch.Tensor:
+def _add_bias(acc: torch.Tensor, bias: torch.Tensor | None, bound: int,
+              check: bool = True) -> torch.Tensor:
     if bias is None:
         return acc
-    bias = check_range("bias", bias, -bound, bound)
+    bias = check_range("bias", bias, -bound, bound) if check else _as_int("bias", bias)
     if bias.dim() != 1 or bias.shape[0] != acc.shape[-1]:
         raise ValueError(f"bias must be [N] with N={acc.shape[-1]}, not {tuple(bias.shape)}")
     return acc + bias.to(acc.device)
@@ -127,7 +149,8 @@ def _add_bias(acc: torch.Tensor, bias: torch.Tensor | None, bound: int) -> torch
 
 
 def int_matmul(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, *,
-               a_bits: int = 8, w_bits: int = 8, max_k: int = DEFAULT_MAX_K) -> torch.Tensor:
+               a_bits: int = 8, w_bits: int = 8, max_k: int = DEFAULT_MAX_K,
+               check: bool = True) -> torch.Tensor:
     """Integer matmul of the INT unit: ``acc[m, n] = sum_k a[m, k] * w[n, k] + bias[n]``.
 
     Parameters
@@ -138,16 +161,20 @@ def int_matmul(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     max_k : the unit's largest K; the accumulator has ``int_acc_width(a_bits, w_bits, max_k)``
         bits (32 for INT8 with the default ``max_k``) and cannot overflow.
 
+    check : False skips the operand range checks (device syncs) for operands that have their
+        widths by construction (quantization-aware training); the sum stays exact as long as
+        they do.
+
     Returns the exact accumulator (int64 tensor [..., M, N]).
     """
     _check_bits("a_bits", a_bits, 2, 8)
     _check_bits("w_bits", w_bits, 2, 8)
-    a = check_signed("activations", a, a_bits)
-    w = check_signed("weights", w, w_bits)
+    a = check_signed("activations", a, a_bits) if check else _as_int("activations", a)
+    w = check_signed("weights", w, w_bits) if check else _as_int("weights", w)
     k = _check_shapes(a, w, max_k)
     pmax = int_max_product(a_bits, w_bits)
     acc = _exact_matmul(a, w, k * pmax)
-    return _add_bias(acc, bias, bias_bound(pmax, max_k))
+    return _add_bias(acc, bias, bias_bound(pmax, max_k), check)
 
 
 def int_max_product(a_bits: int, w_bits: int) -> int:
@@ -226,19 +253,20 @@ def log_acc_width(bits: int, a_bits: int = 8, max_k: int = DEFAULT_MAX_K,
 
 def log_matmul(a: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None = None, *,
                bits: int, a_bits: int = 8, zero_code: bool = False,
-               max_k: int = DEFAULT_MAX_K) -> torch.Tensor:
+               max_k: int = DEFAULT_MAX_K, check: bool = True) -> torch.Tensor:
     """Shift-based matmul: ``acc[m, n] = sum_k (+-a[m, k] << (depth-1-e[n, k])) + bias[n]``.
 
     ``a`` is [..., M, K] signed ``a_bits``; ``codes`` is [N, K] ``bits``-bit log codes.
     The product with a power of two is an arithmetic left shift, so the sum is exact.
+    ``check`` as in :func:`int_matmul`.
     """
     _check_bits("a_bits", a_bits, 2, 8)
-    a = check_signed("activations", a, a_bits)
-    w = log_weight_values(codes, bits, zero_code)
+    a = check_signed("activations", a, a_bits) if check else _as_int("activations", a)
+    w = log_weight_values(codes, bits, zero_code, check)
     k = _check_shapes(a, w, max_k)
     pmax = log_max_product(a_bits, bits, zero_code)
     acc = _exact_matmul(a, w, k * pmax)
-    return _add_bias(acc, bias, bias_bound(pmax, max_k))
+    return _add_bias(acc, bias, bias_bound(pmax, max_k), check)
 
 
 def log_quantize(w: torch.Tensor, bits: int, *, zero_code: bool = False,
@@ -469,56 +497,70 @@ def quantize_symmetric(x: torch.Tensor, scale, bits: int) -> torch.Tensor:
     return torch.round(x / scale).clamp(lo, hi).to(torch.int64)
 
 
-def requant_params(scale: torch.Tensor):
+def requant_params(scale, *, check: bool = True):
     """Integer multiplier and shift for each real scale: ``scale ~ mult * 2**-shift``.
 
     ``mult`` is unsigned MULT_BITS (normalised into ``[2**15, 2**16)`` when the shift allows),
     ``shift`` is 0..SHIFT_MAX. Scales must lie in ``(0, 2**16 - 1/2)`` (at shift 0 the
     multiplier is ``round(scale)``, which must stay below 2**16); scales too small for the
     largest shift get the largest shift (and a smaller multiplier, possibly 0).
-    Returns ``(mult int64 [N], shift int64 [N])``.
+    ``scale`` is a sequence or a float64 tensor of any shape on any device (``frexp``, scaling
+    by powers of two and round-half-even are exact, so every device gives the same integers);
+    ``check=False`` skips the validity checks (device syncs) for scales that are valid by
+    construction. Returns ``(mult int64, shift int64)`` shaped like ``scale`` (1-D for a
+    sequence), on its device.
     """
-    scale = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)
-    if scale.numel() and (not bool(torch.isfinite(scale).all()) or float(scale.min()) <= 0):
-        raise ValueError("requantization scales must be finite and positive")
+    scale = torch.as_tensor(scale, dtype=torch.float64)
     top = (1 << MULT_BITS) - 1
-    if scale.numel() and float(scale.max()) >= top + 0.5:
-        # round(scale) would need a 17-bit multiplier at shift 0.
-        raise ValueError(f"requantization scale {float(scale.max())} is too large: scales must "
-                         f"be below {top + 0.5} (multiplier {top} at shift 0)")
-    mults, shifts = [], []
-    for s in scale.tolist():
-        m, e = math.frexp(s)                    # s = m * 2**e, m in [0.5, 1)
-        shift = min(MULT_BITS - e, SHIFT_MAX)   # mult = s * 2**shift in [2**15, 2**16)
-        shift = max(shift, 0)
-        mult = round(s * 2.0 ** shift)
-        if mult > top:                          # rounding up to 2**16: one less shift
-            shift -= 1
-            mult = round(s * 2.0 ** shift)
-        mults.append(mult)
-        shifts.append(shift)
-    return torch.tensor(mults, dtype=torch.int64), torch.tensor(shifts, dtype=torch.int64)
+    if check and scale.numel():
+        if not bool(torch.isfinite(scale).all()) or float(scale.min()) <= 0:
+            raise ValueError("requantization scales must be finite and positive")
+        if float(scale.max()) >= top + 0.5:
+            # round(scale) would need a 17-bit multiplier at shift 0.
+            raise ValueError(f"requantization scale {float(scale.max())} is too large: scales "
+                             f"must be below {top + 0.5} (multiplier {top} at shift 0)")
+    _, e = torch.frexp(scale)                   # s = m * 2**e, m in [0.5, 1)
+    shift = (MULT_BITS - e.to(torch.int64)).clamp(0, SHIFT_MAX)  # mult in [2**15, 2**16)
+    mult = torch.round(torch.ldexp(scale, shift))
+    over = mult > top                           # rounding up to 2**16: one less shift
+    shift = torch.where(over, shift - 1, shift)
+    mult = torch.where(over, torch.round(torch.ldexp(scale, shift)), mult)
+    return mult.to(torch.int64), shift
 
 
 def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, *,
-               out_bits: int = 8, relu: bool = False) -> torch.Tensor:
+               out_bits: int = 8, relu: bool = False, check: bool = True) -> torch.Tensor:
     """Per-output-channel requantization of accumulators ``acc [..., N]`` (bias already added).
 
     ``p = acc * mult[n]``; ``r = (p + 2**(shift[n]-1)) >> shift[n]`` (round half up; ``r = p``
     when ``shift = 0``); ``r = max(r, 0)`` if ``relu``; saturate to signed ``out_bits``.
     Accumulators are at most ACC_MAX_BITS (47) bits wide; the product is exact.
+    ``mult`` and ``shift`` are [N] (per output channel), 0-dim (per tensor) or have ``acc``'s
+    number of dimensions and broadcast against it (e.g. [..., 1]: per row). ``check=False``
+    skips the range checks (device syncs) for operands valid by construction.
     """
     _check_bits("out_bits", out_bits, 2, 32)
     acc = _as_int("accumulator", acc)
+    if not check:
+        mult, shift = _as_int("mult", mult).to(acc.device), _as_int("shift", shift).to(acc.device)
+        return _requantize(acc, mult, shift, out_bits, relu)
     mult = check_range("mult", mult, 0, (1 << MULT_BITS) - 1).to(acc.device)
     shift = check_range("shift", shift, 0, SHIFT_MAX).to(acc.device)
     n = acc.shape[-1]
-    if mult.shape != (n,) or shift.shape != (n,):
-        raise ValueError(f"mult and shift must be [N] with N={n}, "
-                         f"not {tuple(mult.shape)} and {tuple(shift.shape)}")
+    for name, t in (("mult", mult), ("shift", shift)):
+        fits = t.dim() == 0 or (t.dim() == 1 and t.shape == (n,)) or (
+            t.dim() == acc.dim() > 1 and all(d in (1, a) for d, a in zip(t.shape, acc.shape)))
+        if not fits:
+            raise ValueError(f"mult and shift must be [N] with N={n}, 0-dim, or broadcast "
+                             f"against the accumulator {tuple(acc.shape)}; {name} is "
+                             f"{tuple(t.shape)}")
     if acc.numel() and int(acc.abs().max()) >= 1 << (ACC_MAX_BITS - 1):
         raise ValueError(f"accumulator exceeds {ACC_MAX_BITS} bits; requantization is defined "
                          f"for |acc| < 2**{ACC_MAX_BITS - 1}")
+    return _requantize(acc, mult, shift, out_bits, relu)
+
+
+def _requantize(acc, mult, shift, out_bits: int, relu: bool) -> torch.Tensor:
     # |acc| < 2**46 and mult < 2**16, so p and p + 2**(shift-1) (< 2**62 + 2**62) fit int64.
     p = acc * mult
     rnd = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0),
