@@ -37,6 +37,7 @@ from lowbit import LowbitError
 from .checkpoint import load_model, save_checkpoint
 from .data import read_parallel
 from .decode import DecodeOptions, corpus_bleu, pad_batch, translate
+from .distributed import context
 from .model import Transformer, TransformerConfig
 from .tokenizer import Tokenizer, train_sentencepiece
 
@@ -216,8 +217,11 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     if init is None and not resume and not isinstance(config, TransformerConfig):
         resolve_config(config, opts.vocab_size)  # fail on a bad --config before any work
     out_dir = Path(out_dir)
+    dist = context(device)                      # torchrun: one rank per GPU (sw/distributed.py)
+    if not dist.is_main:
+        log = lambda message: None  # noqa: E731  (rank 0 speaks and writes for all)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = dist.device(device)
     amp = dev.type == "cuda"
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -241,14 +245,17 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     if init is not None:
         model, tokenizer, _ = load_model(init)
         cfg = model.config
-        tokenizer.save(out_dir)
+        if dist.is_main:
+            tokenizer.save(out_dir)
+        dist.barrier()
         tokenizer = Tokenizer.from_dir(out_dir)
     else:
         spm_path = out_dir / "spm.model"
-        if not (resume and spm_path.is_file()):
+        if not (resume and spm_path.is_file()) and dist.is_main:
             log(f"training SentencePiece ({opts.spm_type}, {opts.vocab_size} pieces) on "
                 f"{len(src_train)} + {len(tgt_train)} sentences")
             train_sentencepiece(src_train + tgt_train, spm_path, opts.vocab_size, opts.spm_type)
+        dist.barrier()
         tokenizer = Tokenizer(spm_path)
         if saved is not None:
             cfg = TransformerConfig.from_dict(saved["config"])
@@ -299,7 +306,8 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: inverse_sqrt(s + 1, opts.warmup))
     step, first_epoch = 0, 1
     snapshots_dir = out_dir / "snapshots"
-    snapshots_dir.mkdir(exist_ok=True)
+    if dist.is_main:
+        snapshots_dir.mkdir(exist_ok=True)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -309,6 +317,11 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
         if dev.type == "cuda" and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(saved["rng_cuda"])
         log(f"resumed after epoch {saved['epoch']} (step {step})")
+    net = dist.wrap(model)          # runs the forward pass; hooks and saving use `model`
+    if dist.active:
+        torch.manual_seed(opts.seed * 1000 + dist.rank)     # dropout differs between ranks
+        log(f"data parallel: {dist.world} ranks ({dist.backend}), each step takes "
+            f"{dist.world} batches")
     t0 = time.time()
     log_path = out_dir / "train_log.jsonl"
     val_bleu = None
@@ -318,23 +331,26 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
 
     for epoch in range(first_epoch, opts.epochs + 1):
         rng = random.Random(opts.seed * 100003 + epoch)  # the epoch's batches do not depend on resuming
-        batches = make_batches(lengths, opts.max_tokens, rng)
+        batches = dist.shard(make_batches(lengths, opts.max_tokens, rng))
         total_loss, total_tokens = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{opts.epochs}", unit="batch", disable=None,
+        bar = tqdm(batches, desc=f"epoch {epoch}/{opts.epochs}", unit="batch",
+                   disable=None if dist.is_main else True,
                    file=sys.stderr, leave=False)
         for batch in bar:
             tensors = make_tensors(train_ex, batch, pad, start)
             ntok = int((tensors[2] != pad).sum())  # counted on the CPU: no GPU sync per step
             src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in tensors)
             with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(src, tgt_in)
+                logits = net(src, tgt_in)
             loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=pad,
                                    label_smoothing=opts.label_smoothing, reduction="sum")
             if teacher is not None:
                 loss = ((1 - opts.distill_weight) * loss
                         + opts.distill_weight * _distill_loss(teacher, src, tgt_in, labels, logits, pad, amp))
             optimizer.zero_grad(set_to_none=True)
-            (loss / ntok).backward()
+            # DDP averages gradients over ranks: scaled by world / all ranks' tokens, the
+            # average is the gradient of the summed loss over every token of the step
+            (loss * dist.world / dist.global_tokens(ntok, dev)).backward()
             if opts.clip_norm > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_norm)
             optimizer.step()
@@ -345,6 +361,18 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
             total_loss += loss.detach()
             total_tokens += ntok
         last_epoch = epoch
+        total_loss = dist.sum(float(total_loss), dev)
+        total_tokens = int(dist.sum(total_tokens, dev))
+        stop = (opts.max_minutes is not None and time.time() - t0 > 60 * opts.max_minutes
+                and epoch < opts.epochs)
+        if dist.active:
+            stop = dist.agree(stop, dev)
+            if not dist.is_main:        # rank 0 evaluates and writes; the others wait
+                dist.barrier()
+                if stop:
+                    stopped_early = True
+                    break
+                continue
         record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
                   "train_loss": float(total_loss) / max(total_tokens, 1),
                   "val_loss": evaluate_loss(model, val_ex, pad, start, opts.max_tokens, dev, amp),
@@ -365,11 +393,15 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
                             "rng_cpu": torch.get_rng_state(),
                             "rng_cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None},
                            state_path)
-        if opts.max_minutes is not None and time.time() - t0 > 60 * opts.max_minutes and epoch < opts.epochs:
+        dist.barrier()
+        if stop:
             log(f"stopping after epoch {epoch}: --max-minutes {opts.max_minutes} reached")
             stopped_early = True
             break
 
+    if not dist.is_main:
+        dist.close()
+        return {}
     # Average the last snapshots; keep the average only if it is not worse on validation.
     snaps = sorted(snapshots_dir.glob("epoch*.pt"))[-opts.avg_last:]
     last_bleu = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
@@ -387,7 +419,8 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     summary = {"epochs": last_epoch, "steps": step, "seconds": round(time.time() - t0, 1),
                "weights": chosen, "val_bleu_greedy": round(val_bleu, 2), "val_loss": round(val_loss, 4),
                "stopped_early": stopped_early}
-    meta = {"trained_with": {"options": dataclasses.asdict(opts), "init": init, "device": str(dev)},
+    meta = {"trained_with": {"options": dataclasses.asdict(opts), "init": init, "device": str(dev),
+                             "ranks": dist.world},
             "train_summary": summary}
     model.eval()
     if finalize is not None:
@@ -395,6 +428,7 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     else:
         save_checkpoint(model.cpu(), tokenizer, out_dir, meta, dtype=getattr(torch, opts.save_dtype))
     log(f"done: {json.dumps(summary)}; checkpoint in {out_dir}")
+    dist.close()
     return summary
 
 
