@@ -52,7 +52,7 @@ def unit_params(args) -> tuple[str, dict]:
     Raises :class:`LowbitError` naming the flag, e.g. ``--rows must be a positive integer, not 0``.
     """
     unit = args.unit
-    if unit not in UNITS:
+    if not isinstance(unit, str) or unit not in UNITS:
         raise LowbitError(f"unknown unit {unit!r} (choose from {', '.join(UNITS)})")
     try:
         params = {"rows": check_size("--rows", args.rows, MAX_ARRAY),
@@ -62,13 +62,15 @@ def unit_params(args) -> tuple[str, dict]:
             params["max_k"] = check_int("--max-k", args.max_k, 1)
         for attr, (flag, units) in _UNIT_FLAGS.items():
             value = getattr(args, attr, None)
-            if value is None:
+            if value is None or (attr == "zero_code" and value is False):   # not given
                 continue
             if unit not in units:
                 plural = "s" if len(units) > 1 else ""
                 raise LowbitError(f"{flag} applies to the {' and '.join(units)} unit{plural} "
                                   f"only, not {unit}")
-            if attr == "zero_code":
+            if attr == "zero_code":     # a switch: argparse gives True or None
+                if value is not True:
+                    raise LowbitError(f"{flag} is a switch (true or absent), not {value!r}")
                 params[attr] = True
             elif attr == "lanes":
                 params[attr] = check_int(flag, value, 1, MAX_LANES)

@@ -72,27 +72,39 @@ def verify_params(args) -> tuple[str, dict]:
     from lowbit.hw.unit_args import unit_params
 
     for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
-        if value < 1:
-            raise LowbitError(f"{flag} must be a positive integer, not {value}")
+        _check_int(flag, value, 1)
     _check_operand_sizes(args.m, args.k, args.n)
-    if args.seed < 0:
-        raise LowbitError(f"--seed must be a non-negative integer, not {args.seed}")
-    if not 0 <= args.backpressure <= 0.9:
-        raise LowbitError(f"--backpressure must be in 0..0.9, not {args.backpressure}")
+    _check_int("--seed", args.seed, 0)
+    bp = args.backpressure
+    if isinstance(bp, bool) or not isinstance(bp, (int, float)) or not 0 <= bp <= 0.9:
+        raise LowbitError(f"--backpressure must be a number in 0..0.9, not {bp!r}")
+    for flag, value in (("--relu", args.relu), ("--raw", args.raw)):
+        if not isinstance(value, bool):
+            raise LowbitError(f"{flag} is a switch (true or false), not {value!r}")
     if args.relu and args.raw:
         raise LowbitError("--relu and --raw exclude each other (raw output is not requantized)")
-    if args.bits is not None and args.unit == "xnor":
-        if args.planes is None:
-            args.planes = args.bits
-        args.bits = None
-    elif args.bits is not None and args.unit == "int8":
-        if not 2 <= args.bits <= 8:
-            raise LowbitError(f"--bits must be an integer in 2..8 for int8, not {args.bits}")
-        args.a_bits = args.a_bits if args.a_bits is not None else args.bits
-        args.w_bits = args.w_bits if args.w_bits is not None else args.bits
+    # --bits is the width the unit takes; a unit's own flags win over it (docs/hardware.md)
+    if args.bits is not None and args.unit in ("int8", "xnor"):
+        _check_int("--bits", args.bits, 2 if args.unit == "int8" else 1, 8, f" for {args.unit}")
+        if args.unit == "xnor":
+            args.planes = args.bits if args.planes is None else args.planes
+        else:
+            args.a_bits = args.a_bits if args.a_bits is not None else args.bits
+            args.w_bits = args.w_bits if args.w_bits is not None else args.bits
         args.bits = None
     unit, params = unit_params(args)
     return unit, params
+
+
+def _check_int(flag: str, value, lo: int, hi: int | None = None, note: str = "") -> None:
+    """``value`` must be an int (not a bool) in ``lo..hi``, else :class:`LowbitError`."""
+    if hi is not None:
+        what = f"an integer in {lo}..{hi}"
+    else:
+        what = "a positive integer" if lo == 1 else "a non-negative integer"
+    if (not isinstance(value, int) or isinstance(value, bool) or value < lo
+            or (hi is not None and value > hi)):
+        raise LowbitError(f"{flag} must be {what}{note}, not {value!r}")
 
 
 def _check_operand_sizes(m: int, k: int, n: int) -> None:
@@ -140,7 +152,7 @@ def _verify(args) -> int:
         want = rtl.expected(**kw)
     matched = int((res.y == want).sum())
     total = int(want.size)
-    print(f"cycles {res.cycles} (ideal {res.ideal_cycles:.0f}, utilisation "
+    print(f"cycles {res.cycles} (MAC-bound {res.ideal_cycles:.0f}, utilisation "
           f"{100 * res.utilisation:.1f}%), {res.cycles_per_second / 1e6:.2f} M cycles/s")
     if matched != total:
         bad = np.argwhere(res.y != want)

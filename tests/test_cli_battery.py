@@ -206,7 +206,7 @@ CASES = [
     (["verify", "--unit", "int8", "--m", "4", "--k", "8", "--n", "4", "--relu", "--raw"], None,
      "exclude each other"),
     (["verify", "--unit", "xnor", "--m", "4", "--k", "8", "--n", "4", "--bits", "99"], None,
-     "planes"),
+     "--bits must be an integer in 1..8 for xnor"),
     (["verify", "--unit", "bogus", "--m", "4", "--k", "8", "--n", "4"], None, "unknown unit"),
     # -- cosim ---------------------------------------------------------------------------------
     (["cosim", "--model", "multi30k-en-de", D, "--limit", "1"], None, "not a packed model"),

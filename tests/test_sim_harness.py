@@ -176,7 +176,7 @@ def test_verify_cli_reports_mismatch(monkeypatch, capsys):
     (["--unit", "log", "--bits", "9"], "--bits must be an integer in 1..8, not 9"),
     (["--unit", "log", "--bits", "0"], "--bits must be an integer in 1..8, not 0"),
     (["--unit", "int8", "--bits", "1"], "--bits must be an integer in 2..8 for int8, not 1"),
-    (["--unit", "xnor", "--bits", "9"], "--planes must be an integer in 1..8, not 9"),
+    (["--unit", "xnor", "--bits", "9"], "--bits must be an integer in 1..8 for xnor, not 9"),
     (["--unit", "int8", "--rows", "0"], "--rows must be a positive integer, not 0"),
     (["--unit", "int8", "--a-bits", "9"], "--a-bits must be an integer in 2..8, not 9"),
     (["--unit", "int8", "--lanes", "8"], "--lanes applies to the xnor unit only, not int8"),
