@@ -262,7 +262,7 @@ def _edit_manifest(d: Path, fn) -> None:
 # Packed models
 
 
-@FUZZ
+@settings(FUZZ, max_examples=30)
 @given(data=st.data())
 def test_packed_file_corruptions(workdir, data):
     """Any byte-level corruption of manifest.json, weights.bin or spm.model is refused with the
@@ -309,7 +309,7 @@ def test_packed_manifest_edits(workdir, data):
         check_load(d, name, ("manifest.json",))
 
 
-@settings(FUZZ, max_examples=20)
+@settings(FUZZ, max_examples=15)
 @given(data=st.data())
 def test_packed_blob_corruptions_behind_a_valid_digest(workdir, data):
     """A blob whose size and sha256 were recomputed after the corruption: only the tensor checks
