@@ -5,22 +5,21 @@ plus a translation of ``config.json``. Neither direction needs the ``transformer
 
 Marian is a post-norm Transformer with one embedding shared by encoder and decoder; models
 using pre-norm or the BMT LayerNorms have no MarianMT equivalent and are refused by
-:func:`export_hf`.
+:func:`export_hf`. An export holds the weights the model computes with: a packed model's golden
+integer weights, dequantized (:mod:`lowbit.sw.quant.dequant`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
 
 from lowbit import LowbitError
+from lowbit.io import atomic_dir, check_output_dir, write_bytes_atomic, write_text_atomic
 
-from .data import write_text_atomic
-from .checkpoint import _publish, save_checkpoint, state_dict_for_saving
+from .checkpoint import save_checkpoint
 from .model import ACTIVATIONS, Transformer, TransformerConfig
 from .tokenizer import EOS, PAD, UNK, Tokenizer
 
@@ -86,8 +85,8 @@ def config_to_hf(cfg: TransformerConfig) -> dict:
         "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0, "init_std": 0.02,
         "scale_embedding": cfg.scale_embedding, "max_position_embeddings": cfg.max_position_embeddings,
         "pad_token_id": cfg.pad_token_id, "eos_token_id": cfg.eos_token_id,
-        "forced_eos_token_id": cfg.eos_token_id, "decoder_start_token_id": cfg.decoder_start_token_id,
-        "unk_token_id": cfg.unk_token_id, "use_cache": True,
+        "forced_eos_token_id": None, "decoder_start_token_id": cfg.decoder_start_token_id,
+        "unk_token_id": cfg.unk_token_id, "use_cache": True, "dtype": "float32",
     }
 
 
@@ -156,36 +155,70 @@ def import_hf(directory: Path, out: Path) -> Path:
     return out
 
 
-def export_hf(model: Transformer, tokenizer: Tokenizer, out: Path) -> Path:
-    """Write ``model`` as a MarianMT directory loadable by ``MarianMTModel.from_pretrained`` and
-    ``MarianTokenizer.from_pretrained`` (the input of CTranslate2's Marian converter)."""
-    from safetensors.torch import save_file
+def storage_dtype(state: dict) -> torch.dtype:
+    """The narrowest of float16, bfloat16 and float32 that holds every tensor of ``state`` exactly
+    (float32 when neither 16-bit type does)."""
+    for dtype in (torch.float16, torch.bfloat16):
+        if all(torch.equal(t.to(dtype).to(t.dtype), t) for t in state.values()):
+            return dtype
+    return torch.float32
 
-    hf = config_to_hf(model.config)  # refuses non-Marian architectures before writing anything
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = state_dict_for_saving(model)
-    if model.config.tie_word_embeddings:  # spell out the tied copies, as Marian checkpoints do
-        shared = state["model.shared.weight"]
-        for key in ("model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"):
-            state[key] = shared.clone()
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    _publish(tmp, out / "model.safetensors")
+
+def is_hf_export(directory: Path) -> bool:
+    """Whether ``directory`` holds a MarianMT export (what ``export_hf(..., force=True)`` replaces)."""
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "marian"
+
+
+def generation_config(cfg: TransformerConfig) -> dict:
+    """``generation_config.json`` of an export: lowbit's beam search (5 beams, length penalty
+    1.0, a sentence ends when it has 5 finished hypotheses) and no forced end token, since lowbit
+    ends a sentence that reaches its length limit without one."""
+    return {"decoder_start_token_id": cfg.decoder_start_token_id, "eos_token_id": cfg.eos_token_id,
+            "pad_token_id": cfg.pad_token_id, "forced_eos_token_id": None, "num_beams": 5,
+            "early_stopping": True, "length_penalty": 1.0, "max_length": cfg.max_position_embeddings}
+
+
+def export_hf(model: Transformer, tokenizer: Tokenizer, out: Path, force: bool = False) -> Path:
+    """Write ``model`` as a MarianMT directory for ``MarianMTModel.from_pretrained`` and
+    ``MarianTokenizer.from_pretrained``.
+
+    The weights are those ``model`` computes with (:func:`lowbit.sw.quant.dequant.float_state`):
+    a packed model's are its golden integer weights, dequantized; its activation quantization
+    has no MarianMT equivalent and is not represented. They are stored once (transformers ties
+    both embeddings and ``lm_head`` to ``model.shared``), in the narrowest dtype that holds them
+    exactly (:func:`storage_dtype`); ``config.json`` asks for float32 computation, as lowbit's.
+
+    Raises
+    ------
+    LowbitError
+        For architectures MarianMT lacks (pre-norm, BMT norms) and output directories
+        :func:`lowbit.io.check_output_dir` refuses (a non-empty one, unless ``force`` and it holds
+        an export); both before anything is written.
+    """
+    from safetensors.torch import save
+
+    from .quant.dequant import float_state
+
+    hf = config_to_hf(model.config)
+    out = check_output_dir(out, force=force, replaceable=is_hf_export, kind="MarianMT export")
+    state = float_state(model)
+    dtype = storage_dtype(state)
+    state = {k: v.to(dtype).contiguous() for k, v in state.items()}
+    cfg = model.config
     files = {"config.json": hf,
-             "generation_config.json": {"decoder_start_token_id": hf["decoder_start_token_id"],
-                                        "eos_token_id": hf["eos_token_id"], "pad_token_id": hf["pad_token_id"],
-                                        "forced_eos_token_id": hf["eos_token_id"], "num_beams": 5,
-                                        "max_length": model.config.max_position_embeddings},
+             "generation_config.json": generation_config(cfg),
              "vocab.json": tokenizer.vocab,
              "tokenizer_config.json": {"tokenizer_class": "MarianTokenizer", "source_lang": "en",
                                        "target_lang": "de", "eos_token": EOS, "unk_token": UNK,
-                                       "pad_token": PAD,
-                                       "model_max_length": model.config.max_position_embeddings}}
-    for name, data in files.items():
-        write_text_atomic(out / name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-    for side, name in (("source", "source.spm"), ("target", "target.spm")):
-        tmp = out / (name + ".tmp")
-        shutil.copyfile(tokenizer.files[side], tmp)
-        os.replace(tmp, out / name)
+                                       "pad_token": PAD, "model_max_length": cfg.max_position_embeddings}}
+    with atomic_dir(out) as tmp:
+        write_bytes_atomic(tmp / "model.safetensors", save(state, metadata={"format": "pt"}))
+        for name, data in files.items():
+            write_text_atomic(tmp / name, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        for side, name in (("source", "source.spm"), ("target", "target.spm")):
+            write_bytes_atomic(tmp / name, Path(tokenizer.files[side]).read_bytes())
     return out

@@ -1,20 +1,26 @@
 """MarianMT interoperability: a random transformers MarianMTModel imports with identical logits,
-and our models export to a directory transformers loads with identical logits."""
+our models export to a directory transformers loads with identical logits, and transformers'
+generate() with the arguments docs/nmt.md gives reproduces `lowbit eval` line for line."""
 
 import json
+import os
+from collections import defaultdict
 
 import pytest
 import torch
 
 from lowbit import LowbitError
 from lowbit.sw.checkpoint import load_model
-from lowbit.sw.data import read_lines, resolve_data_dir, split_path
+from lowbit.sw.data import read_lines, read_parallel, resolve_data_dir, split_path
+from lowbit.sw.decode import DecodeOptions, corpus_bleu, translate
 from lowbit.sw.hf import export_hf, import_hf
 from lowbit.sw.model import Transformer, TransformerConfig
 from lowbit.sw.tokenizer import Tokenizer, train_sentencepiece
 from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()  # max_new_tokens overriding max_length is intended
+pytestmark = pytest.mark.filterwarnings("ignore:Recommended. pip install sacremoses")
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +139,116 @@ def test_import_hf_errors(tmp_path, marian_dir):
     (bad / "config.json").write_text((marian_dir / "config.json").read_text())
     with pytest.raises(LowbitError, match="no model.safetensors"):
         import_hf(bad, tmp_path / "out")
+
+
+def hf_translate(directory, sentences, num_beams):
+    """transformers' translations with docs/nmt.md's generate() arguments: lowbit's length
+    limit ``max_new_tokens = int(1.5 * n + 10)`` for n source ids (</s> included), so sentences
+    of equal n are batched together."""
+    model = transformers.MarianMTModel.from_pretrained(directory).eval()
+    assert model.dtype == torch.float32  # computes as lowbit does, whatever the stored dtype
+    tok = transformers.MarianTokenizer.from_pretrained(directory)
+    by_length = defaultdict(list)
+    for i, s in enumerate(sentences):
+        by_length[len(tok(s)["input_ids"])].append(i)
+    out = [None] * len(sentences)
+    for n, group in by_length.items():
+        batch = tok([sentences[i] for i in group], return_tensors="pt", padding=True)
+        with torch.no_grad():
+            ids = model.generate(**batch, num_beams=num_beams, early_stopping=True,
+                                 max_new_tokens=int(1.5 * n + 10))
+        for i, row in zip(group, ids):
+            out[i] = tok.decode(row, skip_special_tokens=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def test_2016():
+    """The first 100 sentences (LOWBIT_PEER_SENTENCES=1000: the whole split, as docs/nmt.md reports)."""
+    return read_parallel(resolve_data_dir(), "test_2016_flickr",
+                         limit=int(os.environ.get("LOWBIT_PEER_SENTENCES", "100")))
+
+
+@pytest.fixture(scope="module")
+def shipped_export(tmp_path_factory):
+    model, tok, _ = load_model()
+    return model, tok, export_hf(model, tok, tmp_path_factory.mktemp("export") / "hf")
+
+
+@pytest.mark.parametrize("beam", [1, 5])
+def test_transformers_reproduces_lowbit_eval(shipped_export, test_2016, beam):
+    """Line for line on test_2016 (one of the first 100 sentences runs to its length limit under
+    greedy search). Greedy needs the export's generation_config without a forced end token:
+    lowbit ends a sentence at its length limit without one, transformers'
+    ForcedEOSTokenLogitsProcessor would replace its last token by </s>."""
+    model, tok, directory = shipped_export
+    src, _ = test_2016
+    ours = translate(model, tok, src, DecodeOptions(beam=beam))
+    assert hf_translate(directory, src, beam) == ours
+
+
+def test_export_hf_stores_the_weights_once_at_their_own_dtype(shipped_export):
+    from safetensors.torch import load_file
+
+    model, _, directory = shipped_export
+    state = load_file(str(directory / "model.safetensors"))
+    # the shipped weights are float16 values: stored as float16, once (transformers ties the
+    # embeddings and lm_head to model.shared)
+    assert {t.dtype for t in state.values()} == {torch.float16}
+    assert not {"lm_head.weight", "model.encoder.embed_tokens.weight"} & set(state)
+    ours = model.state_dict()
+    for name, t in state.items():
+        assert torch.equal(t.float(), ours[name]), name
+    assert (directory / "model.safetensors").stat().st_size < 16e6
+    generation = json.loads((directory / "generation_config.json").read_text())
+    assert generation["forced_eos_token_id"] is None and generation["early_stopping"] is True
+
+
+def test_export_hf_of_a_packed_model_has_its_golden_weights(tmp_path, test_2016):
+    """A packed model's export holds its dequantized integer weights (never the float
+    parameters a packed model leaves at their random initial values), the tied embedding once,
+    and translates well (activation quantization is not exported, so not identically)."""
+    from safetensors.torch import load_file
+
+    from lowbit.sw.quant.modules import QuantLinear
+
+    model, tok, _ = load_model("multi30k-en-de-int8")
+    export_hf(model, tok, tmp_path / "hf")
+    state = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert {t.dtype for t in state.values()} == {torch.float32}
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    assert len(linears) == 3 * 6 + 3 * 10 + 1
+    for name, m in linears.items():
+        golden = m.qweight.dequantize().float()
+        key = "model.shared.weight" if name == "lm_head" else f"{name}.weight"
+        assert torch.equal(state[key], golden), name
+        assert not torch.equal(state[key], m.weight.float()), name  # not the unused parameter
+        if m.bias is not None:  # the integer bias at the accumulator scale, as the unit adds it
+            assert torch.equal(state[f"{name}.bias"], (m.ints.bias_int * m.ints.acc_scale).float())
+    src, ref = test_2016
+    hyps = hf_translate(tmp_path / "hf", src[:50], 1)
+    assert corpus_bleu(hyps, ref[:50])[0].score > 30
+
+
+def test_export_hf_refuses_a_bmt_packed_model(tmp_path):
+    model, tok, _ = load_model("multi30k-en-de-bmt1")
+    with pytest.raises(LowbitError, match="bmt_norms"):
+        export_hf(model, tok, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_hf_output_directory(shipped_export, tmp_path):
+    """A non-empty directory is refused; --force replaces an earlier export and nothing else."""
+    model, tok, _ = shipped_export
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(LowbitError, match="not empty"):
+        export_hf(model, tok, tmp_path / "notes")
+    with pytest.raises(LowbitError, match="not a lowbit MarianMT export"):
+        export_hf(model, tok, tmp_path / "notes", force=True)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"
+    export_hf(model, tok, tmp_path / "hf")
+    with pytest.raises(LowbitError, match="add --force"):
+        export_hf(model, tok, tmp_path / "hf")
+    export_hf(model, tok, tmp_path / "hf", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "notes"]  # no temporary left
