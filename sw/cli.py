@@ -130,10 +130,22 @@ def register(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="output checkpoint directory")
     p.set_defaults(func=_cmd_import_hf)
 
-    p = sub.add_parser("export-hf", help="write a model as a Hugging Face MarianMT directory")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
-    p.add_argument("-o", "--out", required=True, help="output directory")
-    p.set_defaults(func=_cmd_export_hf)
+    for name, what, description in (
+            ("export-hf", "a Hugging Face MarianMT directory",
+             "Write a model as a MarianMT directory for transformers. A packed model is written with "
+             "its golden weights, dequantized (its activation quantization has no MarianMT "
+             "equivalent)."),
+            ("export-ct2", "a CTranslate2 model directory",
+             "Write a model as a CTranslate2 model (needs the ctranslate2 package). Inputs are "
+             "SentencePiece pieces; decoding starts from the model's own start token.")):
+        p = sub.add_parser(name, help=f"write a model as {what}", description=description)
+        p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
+        p.add_argument("-o", "--out", required=True, help="output directory")
+        p.add_argument("--force", action="store_true", help=f"replace OUT if it holds {what}")
+        if name == "export-ct2":
+            p.add_argument("--quantization", help="CTranslate2 weight type: int8, int8_float32, int16, "
+                                                  "float16, bfloat16, ... (default: float32)")
+        p.set_defaults(func=_cmd_export, export_format=name)
 
     p = sub.add_parser("demo", help="translate a few sentences with the shipped model and score it")
     p.add_argument("--model", default=DEFAULT_MODEL)
@@ -159,6 +171,14 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=64)
     p.add_argument("--devices", default="auto", help="comma-separated: cpu,cuda; auto = cpu (+cuda if any)")
     p.add_argument("--threads", default="1", help="comma-separated CPU thread counts to measure (1)")
+    p.add_argument("--peer", choices=("ctranslate2",),
+                   help="also decode with this runtime in the same run, on the CPU, runs alternating: "
+                        "BLEU, sentences/s and the ratio for FP32 (--model and its CTranslate2 "
+                        "export) and INT8 (--int8-model and CTranslate2's int8 of the FP32 export)")
+    p.add_argument("--int8-model", default="multi30k-en-de-int8",
+                   help="lowbit's INT8 model with --peer (multi30k-en-de-int8)")
+    p.add_argument("--repeats", type=_positive_int, default=1,
+                   help="timed runs of each runtime with --peer, alternating; the fastest counts (1)")
     p.set_defaults(func=_cmd_bench_decode)
 
 
@@ -298,13 +318,25 @@ def _cmd_import_hf(args):
     print(f"wrote {out}")
 
 
-def _cmd_export_hf(args):
-    from .checkpoint import load_model
-    from .hf import export_hf
+def _cmd_export(args):
+    """export-hf / export-ct2: the output directory is checked before the model is loaded."""
+    from .checkpoint import load_model, resolve_model_dir
 
+    if args.export_format == "export-ct2":
+        from .ct2 import check_quantization, export_ct2, is_ct2_export
+
+        check_quantization(args.quantization)
+        replaceable, kind = is_ct2_export, "CTranslate2 model"
+        export = lambda m, t, out: export_ct2(m, t, out, args.quantization, force=args.force)  # noqa: E731
+    else:
+        from .hf import export_hf, is_hf_export
+
+        replaceable, kind = is_hf_export, "MarianMT export"
+        export = lambda m, t, out: export_hf(m, t, out, force=args.force)  # noqa: E731
+    check_output_dir(args.out, "--out", inputs=[resolve_model_dir(args.model)], force=args.force,
+                     replaceable=replaceable, kind=kind)
     model, tokenizer, _ = load_model(args.model)
-    out = export_hf(model, tokenizer, Path(args.out))
-    print(f"wrote {out}")
+    print(f"wrote {export(model, tokenizer, Path(args.out))}")
 
 
 DEMO_PACKED = ("multi30k-en-de-int8", "multi30k-en-de-mixed")
@@ -368,6 +400,10 @@ def _cmd_bench_decode(args):
 
     beams = int_list(args.beams, "--beams")
     threads = int_list(args.threads, "--threads")
+    if args.peer:
+        if args.devices not in ("auto", "cpu"):
+            raise LowbitError("--peer measures on the CPU: leave out --devices")
+        return _bench_decode_peer(args, beams, threads)
     if args.devices == "auto":
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
@@ -394,3 +430,59 @@ def _cmd_bench_decode(args):
     print(f"{'device':<7} {'where':<24} {'search':<8} {'sentences':>9} {'seconds':>8} {'sent/s':>8}")
     for device, name, search, n, seconds in rows:
         print(f"{device:<7} {name[:24]:<24} {search:<8} {n:>9} {seconds:>8.2f} {n / seconds:>8.1f}")
+
+
+def _bench_decode_peer(args, beams: list[int], threads: list[int]) -> None:
+    """``bench decode --peer ctranslate2``: lowbit and CTranslate2 on the same sentences, runs
+    alternating, with the same number of CPU threads. CTranslate2 decodes twice: with lowbit's
+    per-sentence length limits (sentences of equal length together: lowbit's translations) and
+    batched as CTranslate2 batches (one limit per call). Speeds are per wall-clock second and per
+    second of the process's CPU time (the steadier one on a machine shared with other work)."""
+    import tempfile
+
+    import torch
+
+    from .checkpoint import DEFAULT_MODEL, load_model
+    from .ct2 import Ct2Translator, export_ct2
+    from .data import read_parallel, resolve_data_dir
+    from .decode import DecodeOptions, corpus_bleu, translate
+
+    src, ref = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.sentences)
+    fp32 = load_model(args.model or DEFAULT_MODEL)
+    int8 = load_model(args.int8_model)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="lowbit-ct2-") as tmp:
+        exports = {"FP32": export_ct2(*fp32[:2], Path(tmp) / "fp32"),
+                   "INT8": export_ct2(*fp32[:2], Path(tmp) / "int8", quantization="int8")}
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for precision, (model, tokenizer, _) in (("FP32", fp32), ("INT8", int8)):
+                peer = Ct2Translator(exports[precision], threads=n_threads)
+                runs = {"lowbit": lambda o: translate(model, tokenizer, src, o),
+                        "ctranslate2": lambda o: peer.translate(src, o),
+                        "ctranslate2 batched": lambda o: peer.translate(src, o, exact_limits=False)}
+                for run in runs.values():  # warm-up
+                    run(DecodeOptions(beam=1, batch_size=args.batch_size))
+                for beam in beams:
+                    opts = DecodeOptions(beam=beam, batch_size=args.batch_size)
+                    wall, cpu, hyps = {}, {}, {}
+                    for repeat in range(args.repeats):
+                        for name in (list(runs) if repeat % 2 == 0 else list(runs)[::-1]):
+                            t0, c0 = time.perf_counter(), time.process_time()
+                            hyps[name] = runs[name](opts)
+                            wall[name] = min(wall.get(name, float("inf")), time.perf_counter() - t0)
+                            cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - c0)
+                    for name in runs:
+                        same = sum(a == b for a, b in zip(hyps[name], hyps["lowbit"]))
+                        rows.append((precision, n_threads, "greedy" if beam == 1 else f"beam {beam}", name,
+                                     corpus_bleu(hyps[name], ref)[0].score, len(src) / wall[name],
+                                     wall["lowbit"] / wall[name], len(src) / cpu[name], same))
+    print(f"FP32: {fp32[2]['path']}  INT8: {int8[2]['path']} (golden integer kernels) / CTranslate2 "
+          f"int8 of the FP32 export")
+    print(f"split: {args.split} ({len(src)} sentences)  batch size: {args.batch_size}  "
+          f"runs: {args.repeats} each, fastest counted")
+    print(f"{'precision':<9} {'threads':>7} {'search':<8} {'runtime':<20} {'BLEU':>6} {'sent/s':>8} "
+          f"{'x lowbit':>8} {'sent/CPU-s':>10} {'same as lowbit':>14}")
+    for precision, n_threads, search, name, bleu, speed, ratio, cpu_speed, same in rows:
+        print(f"{precision:<9} {n_threads:>7} {search:<8} {name:<20} {bleu:>6.2f} {speed:>8.1f} "
+              f"{ratio:>8.2f} {cpu_speed:>10.1f} {f'{same}/{len(src)}':>14}")

@@ -154,19 +154,12 @@ def decode_batch(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int
     return greedy_search(model, src, opts) if opts.beam == 1 else beam_search(model, src, opts)
 
 
-def translate(model, tokenizer, sentences: list[str], opts: DecodeOptions | None = None,
-              device=None, progress: bool = False, warn=None) -> list[str]:
-    """Translate a list of sentences; the output list is aligned with the input.
-
-    Empty (or whitespace-only) lines give empty translations without running the model. Inputs
-    longer than ``opts.max_input_tokens`` (or what the model's positions allow) are truncated and
-    ``warn(message)`` is called (default: print to stderr). Sentences are batched by length.
-    """
-    opts = opts or DecodeOptions()
+def encode_sources(tokenizer, sentences: list[str], limit: int, warn=None) -> dict[int, list[int]]:
+    """Source ids (ending in </s>) of every sentence that is not blank, by its index. Inputs
+    longer than ``limit`` ids are truncated and ``warn(message)`` names the line (default: print
+    to stderr)."""
     if warn is None:
         warn = lambda msg: print(f"lowbit: warning: {msg}", file=sys.stderr)  # noqa: E731
-    device = device or next(model.parameters()).device
-    limit = min(opts.max_input_tokens, model.config.max_position_embeddings)
     encoded = {}
     for i, s in enumerate(sentences):
         if not s.strip():
@@ -176,6 +169,21 @@ def translate(model, tokenizer, sentences: list[str], opts: DecodeOptions | None
             warn(f"line {i + 1}: input of {len(ids)} tokens truncated to {limit}")
             ids = ids[:limit - 1] + [tokenizer.eos_id]
         encoded[i] = ids
+    return encoded
+
+
+def translate(model, tokenizer, sentences: list[str], opts: DecodeOptions | None = None,
+              device=None, progress: bool = False, warn=None) -> list[str]:
+    """Translate a list of sentences; the output list is aligned with the input.
+
+    Empty (or whitespace-only) lines give empty translations without running the model. Inputs
+    longer than ``opts.max_input_tokens`` (or what the model's positions allow) are truncated and
+    ``warn(message)`` is called (default: print to stderr). Sentences are batched by length.
+    """
+    opts = opts or DecodeOptions()
+    device = device or next(model.parameters()).device
+    limit = min(opts.max_input_tokens, model.config.max_position_embeddings)
+    encoded = encode_sources(tokenizer, sentences, limit, warn)
     out = [""] * len(sentences)
     order = sorted(encoded, key=lambda i: len(encoded[i]))
     batches = [order[j:j + opts.batch_size] for j in range(0, len(order), opts.batch_size)]
