@@ -80,7 +80,7 @@ def sha256_of(path: Path) -> str:
 def _check_base_url(base_url: str) -> str:
     scheme = urllib.parse.urlsplit(base_url).scheme
     if scheme not in ("http", "https", "file"):
-        raise LowbitError(f"Base URL must start with http://, https:// or file://, not {base_url!r}")
+        raise LowbitError(f"--base-url must start with http://, https:// or file://, not {base_url!r}")
     return base_url if base_url.endswith("/") else base_url + "/"
 
 

@@ -142,6 +142,25 @@ CASES = [
     (["export-hf", "--model", f"{W}/fp32", "-o", f"{W}/existing.txt"], None, "not a directory"),
     (["export-hf", "--model", f"{W}/fp32", "-o", f"{W}/fp32"], None, "would overwrite the input"),
     (["export-hf", "--model", f"{W}/fp32", "-o", "/proc/hf"], None, "cannot write"),
+    (["export-ct2", "--model", f"{W}/fp32", "-o", f"{W}/notes"], None, "not empty"),
+    (["export-ct2", "--model", f"{W}/fp32", "-o", f"{W}/fp32"], None, "would overwrite the input"),
+    (["export-ct2", "--model", f"{W}/fp32", "-o", "/proc/ct2"], None, "cannot write"),
+    (["export-ct2", "--model", f"{W}/fp32", "-o", f"{W}/ct2", "--quantization", "int3"], None,
+     "int3"),
+    (["export-ct2", "--model", "no-such-model", "-o", f"{W}/ct2"], None, "neither a shipped"),
+    # -- data fetch ----------------------------------------------------------------------------
+    (["data", "fetch", "wmt14"], None, "invalid choice"),
+    (["data", "fetch", "multi30k", "--splits", "test_2099"], None, "test_2099"),
+    (["data", "fetch", "multi30k", "--dest", f"{W}/existing.txt"], None, "not a directory"),
+    (["data", "fetch", "multi30k", "--dest", "/proc/m30k"], None, "cannot"),
+    (["data", "fetch", "multi30k", "--dest", f"{W}/m30k", "--base-url", "gopher://x/"], None,
+     "base-url"),
+    (["data", "fetch", "multi30k", "--dest", f"{W}/m30k", "--timeout", "nan"], None, "nan"),
+    # -- regress -------------------------------------------------------------------------------
+    (["regress", f"{W}/missing.toml"], None, "does not exist"),
+    (["regress", f"{W}/garbage.bin"], None, "cannot read config"),
+    (["regress", f"{W}/existing.txt"], None, "cannot read config"),
+    (["regress", f"{W}/results.json", "--cpus", "0"], None, "--cpus"),
     # -- quantize ------------------------------------------------------------------------------
     (["quantize", "--model", f"{W}/fp32", "--scheme", "int8", "-o", f"{W}/notes"], None,
      "not empty"),
@@ -252,7 +271,7 @@ def test_the_battery_is_large():
                 for a, _, _ in CASES}
     assert len(CASES) >= 80
     for command in ("translate", "eval", "models", "demo", "train", "import-hf", "export-hf",
-                    "quantize", "report", "check-devices", "hw verilog", "fpga", "verify",
+                    "export-ct2", "data", "regress", "quantize", "report", "check-devices", "hw verilog", "fpga", "verify",
                     "cosim", "bench decode", "bench units", "bench cosim", "bench fpga"):
         assert command in commands, command
 

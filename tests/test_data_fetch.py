@@ -192,7 +192,7 @@ def test_http_error_unreachable_host_and_timeout(tmp_path, capsys):
                               "test_2016_flickr, test_2017_flickr, test_2017_mscoco, test_2018_flickr, "
                               "not 'val,dev'"),
     (["--splits", ","], "Splits must be 'all'"),
-    (["--base-url", "mirror.example.org/multi30k"], "Base URL must start with http://, https:// or "
+    (["--base-url", "mirror.example.org/multi30k"], "--base-url must start with http://, https:// or "
                                                     "file://, not 'mirror.example.org/multi30k'"),
     (["--timeout", "0"], "Timeout must be a positive number of seconds, not 0.0"),
     (["--timeout", "inf"], "Timeout must be a positive number of seconds, not inf"),
