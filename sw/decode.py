@@ -150,7 +150,11 @@ def beam_search(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]
 
 
 def decode_batch(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]]:
-    """Greedy when ``opts.beam == 1``, beam search otherwise."""
+    """Greedy when ``opts.beam == 1``, beam search otherwise; a model with its own ``search``
+    (the integer-only model) decodes with that."""
+    search = getattr(model, "search", None)
+    if search is not None:
+        return search(src, opts)
     return greedy_search(model, src, opts) if opts.beam == 1 else beam_search(model, src, opts)
 
 

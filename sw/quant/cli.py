@@ -49,8 +49,10 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_report)
 
     from .consistency import register as register_check
+    from .intcheck import register as register_integer_check
 
     register_check(sub)
+    register_integer_check(sub)
 
 
 def training_examples(tokenizer, data_dir, limit: int | None = None):

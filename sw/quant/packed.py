@@ -46,6 +46,7 @@ from lowbit import LowbitError, __version__
 from lowbit.io import atomic_dir
 from lowbit.sw import golden
 
+from .integer import IntegerTransformer
 from .modules import ActQuant, QuantEmbedding, QuantLinear, QuantMatMul
 from .weights import BinaryWeights, IntWeights, LogWeights, RowGroups
 
@@ -585,6 +586,8 @@ def load_packed(directory, device="cpu"):
     model.eval()
     if quant_modules(model):  # host arithmetic in float64 (docs/quantization.md)
         model.double()
+    if isinstance(model, IntegerTransformer):  # no host arithmetic at all
+        model.set_integer_only()
     meta = {"path": str(directory), "scheme": scheme.name, "stats": manifest["stats"],
             "matmuls": manifest["matmuls"], "packed": True,
             "retrained": _retrained(manifest["meta"]), "size_bytes": package_size(directory)}

@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from lowbit import LowbitError
 
+from .integer import IntegerTransformer
 from .modules import ActQuant, QuantEmbedding, QuantLinear, QuantMatMul
 from .schemes import Scheme, block_of, get_scheme, group_of, word_cluster_planes
 
@@ -65,6 +66,8 @@ def prepare_model(model, scheme: Scheme | str):
         if unexpected or any("norm" not in k for k in missing):
             raise LowbitError(f"cannot add BMT norms: missing {missing}, unexpected {unexpected}")
         model = new
+    if scheme.options.get("integer_only") and not isinstance(model, IntegerTransformer):
+        model = IntegerTransformer.from_float(model)  # integer ranges of every operation
     if scheme.quantizes_output and not cfg.tie_word_embeddings:
         raise LowbitError(f"scheme {scheme.name} quantizes the tied embedding/output matrix; "
                           f"this model's embeddings are not tied")
@@ -237,7 +240,10 @@ def to_integer(model):
         if isinstance(m, QuantEmbedding):
             m.set_integer()
     model.eval()
-    return model.double()
+    model = model.double()
+    if isinstance(model, IntegerTransformer):
+        model.set_integer_only()
+    return model
 
 
 def matmul_inventory(model) -> list[dict]:

@@ -43,6 +43,7 @@ embedding and output layer, as they were made.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -169,6 +170,13 @@ def get_scheme(name: str, recorded: dict | None = None) -> Scheme:
     model saved without the ``embedding`` option was made with a float embedding and output
     layer and is rebuilt that way.
     """
+    m = re.fullmatch(r"(int8|log[1-8])i", name or "")
+    if m:  # integer-only: the matmuls of int8 / logB, every other operation on integers too
+        base = get_scheme(m.group(1))
+        return dataclasses.replace(
+            base, name=name, options={**base.options, "integer_only": True},
+            description=f"integer-only decode: {base.description}; softmax, LayerNorm, "
+                        f"residual adds, embedding and scores in integers")
     m = re.fullmatch(r"(int|log)(\d)", name or "")
     if m and m.group(1) == "int" and 2 <= int(m.group(2)) <= 8:
         b = int(m.group(2))
@@ -193,6 +201,7 @@ def get_scheme(name: str, recorded: dict | None = None) -> Scheme:
                       phases=(("embedding",), ("decoder",), ("encoder",)),
                       options={"word_planes": list(MIXED_WORD_PLANES), "ratio": MIXED_RATIO})
     raise LowbitError(f"unknown quantization scheme {name!r}; schemes: int2..int8, log1..log8, "
+                      f"int8i, log1i..log8i (integer-only), "
                       f"{', '.join(BMT_SCHEMES)}, mixed, fp32")
 
 
