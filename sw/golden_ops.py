@@ -81,9 +81,17 @@ def _exp2_table() -> tuple[int, ...]:
 EXP2_TABLE = _exp2_table()
 
 
+_TABLES: dict = {}
+
+
 def exp2_table(device=None) -> torch.Tensor:
-    """The exponential table as an int64 tensor [256]."""
-    return torch.tensor(EXP2_TABLE, dtype=torch.int64, device=device)
+    """The exponential table as an int64 tensor [256] on ``device`` (made once per device: a
+    copy from the host per call would wait for the device)."""
+    key = torch.device(device or "cpu")
+    table = _TABLES.get(key)
+    if table is None:
+        table = _TABLES[key] = torch.tensor(EXP2_TABLE, dtype=torch.int64, device=key)
+    return table
 
 
 def _check(name: str, t: torch.Tensor, bits: int, check: bool) -> torch.Tensor:
