@@ -4,6 +4,7 @@ demo, and the ``bench decode`` benchmark."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -197,7 +198,7 @@ def _cmd_train(args):
     if args.resume:
         if not (out / "train_state.pt").is_file():
             raise LowbitError(f"cannot resume: {out / 'train_state.pt'} does not exist")
-    else:
+    elif int(os.environ.get("RANK", "0")) == 0:     # under torchrun, rank 0 checks and writes
         check_output_dir(out, "--out", inputs=[args.init, args.distill, data_dir],
                          replaceable=lambda p: (p / "train_state.pt").is_file(),
                          kind="training run (use --resume to continue it)")
