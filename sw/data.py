@@ -67,14 +67,6 @@ def split_path(data_dir: Path, split: str, lang: str) -> Path:
                       f"{split}.{lang}; splits there: {', '.join(available) or 'none'}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file, so readers never see half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_lines(path: Path) -> list[str]:
     """The lines of a (gzipped) UTF-8 text file without their line ends."""
     opener = gzip.open if path.suffix == ".gz" else open

@@ -21,27 +21,14 @@ import math
 
 import torch
 
-# ---------------------------------------------------------------------------------------------
-# Widths and limits (docs/numerics.md, "Common rules")
-
-MULT_BITS = 16          # requantization multiplier: unsigned, 0 .. 2**16 - 1
-SHIFT_MAX = 63          # requantization shift: 0 .. 63 (6 bits)
-ALPHA_BITS = 16         # binary-coding plane scale: unsigned, 0 .. 2**16 - 1
-WORD_BITS = 32          # packed bit-plane word (host packing; the RTL takes any lane width)
-LOG_MAX_DEPTH = 16      # log weights: at most 16 magnitudes 2**0 .. 2**-15 (see numerics.md)
-ACC_MAX_BITS = 47       # widest accumulator any unit may have (requantization input)
-DEFAULT_MAX_K = 32768   # largest K every unit accepts by default (INT8 accumulator fits int32)
-_EXACT_LIMIT = 2 ** 53  # float64 represents every integer below this exactly
-
-
-def int_range(bits: int) -> tuple[int, int]:
-    """Range of a ``bits``-wide two's complement integer: ``(-2**(bits-1), 2**(bits-1) - 1)``."""
-    return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-
-
-def _check_bits(name: str, bits: int, lo: int, hi: int) -> None:
-    if not isinstance(bits, int) or isinstance(bits, bool) or not lo <= bits <= hi:
-        raise ValueError(f"{name} must be an integer in {lo}..{hi}, not {bits!r}")
+# Widths and limits (docs/numerics.md, "Common rules"): torch-free, shared with the RTL
+from lowbit.contract import (  # noqa: E402,F401  (re-exported: the golden API names them)
+    ACC_MAX_BITS, ALPHA_BITS, DEFAULT_MAX_K, LOG_MAX_DEPTH, MULT_BITS, SHIFT_MAX, WORD_BITS,
+    accumulator_width, bias_bound, int_acc_width, int_max_product, int_range, log_acc_width,
+    log_depth, log_max_product, signed_width, xnor_acc_width, xnor_max_product,
+)
+from lowbit.contract import EXACT_LIMIT as _EXACT_LIMIT  # noqa: E402
+from lowbit.contract import check_bits as _check_bits  # noqa: E402
 
 
 def _as_int(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -64,25 +51,6 @@ def check_range(name: str, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
 def check_signed(name: str, t: torch.Tensor, bits: int) -> torch.Tensor:
     """Return ``t`` as int64 after checking it fits a ``bits``-wide signed integer."""
     return check_range(name, t, *int_range(bits))
-
-
-def signed_width(magnitude: int) -> int:
-    """Smallest two's complement width that holds every integer in ``[-magnitude, magnitude]``."""
-    return max(int(magnitude).bit_length() + 1, 2)
-
-
-def accumulator_width(max_product: int, max_k: int) -> int:
-    """Accumulator width of a unit: holds ``sum of max_k products + bias`` without overflow.
-
-    The bias is bounded like the sum (``|bias| <= max_k * max_product``), so
-    ``|acc + bias| <= 2 * max_k * max_product`` and the width is that magnitude's signed width.
-    """
-    return signed_width(2 * max_k * max_product)
-
-
-def bias_bound(max_product: int, max_k: int) -> int:
-    """Largest ``|bias|`` a unit accepts: the same bound as the sum of products."""
-    return max_k * max_product
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,32 +145,8 @@ def int_matmul(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     return _add_bias(acc, bias, bias_bound(pmax, max_k), check)
 
 
-def int_max_product(a_bits: int, w_bits: int) -> int:
-    """Largest ``|a * w|``: ``(-2**(a_bits-1)) * (-2**(w_bits-1))``."""
-    return 1 << (a_bits + w_bits - 2)
-
-
-def int_acc_width(a_bits: int = 8, w_bits: int = 8, max_k: int = DEFAULT_MAX_K) -> int:
-    return accumulator_width(int_max_product(a_bits, w_bits), max_k)
-
-
 # ---------------------------------------------------------------------------------------------
 # Logarithmic (power-of-two) weights: sign + exponent index, the multiply is a shift
-
-
-def log_depth(bits: int, zero_code: bool = False) -> int:
-    """Number of distinct non-zero magnitudes of ``bits``-bit log codes.
-
-    Aji & Heafield: 1 sign bit + (bits-1) exponent bits, magnitudes ``2**0 .. 2**-(2**(bits-1)-1)``
-    relative to the scale, no zero. We cap the depth at 16 magnitudes (exponents down to 2**-15)
-    so the shifter and accumulator stay bounded; with ``zero_code`` the deepest exponent index
-    encodes an exact 0 instead of a magnitude.
-    """
-    _check_bits("bits", bits, 1, 8)
-    if zero_code and bits < 2:
-        raise ValueError("a zero code needs at least 2 bits (1-bit log codes are sign-only)")
-    depth = min(1 << (bits - 1), LOG_MAX_DEPTH)
-    return depth - 1 if zero_code else depth
 
 
 def log_code_fields(codes: torch.Tensor, bits: int, zero_code: bool = False, check: bool = True):
@@ -240,15 +184,6 @@ def log_weight_values(codes: torch.Tensor, bits: int, zero_code: bool = False,
     mag = torch.ones_like(e) << shift
     val = torch.where(sign.bool(), -mag, mag)
     return torch.where(is_zero, torch.zeros_like(val), val)
-
-
-def log_max_product(a_bits: int, bits: int, zero_code: bool = False) -> int:
-    return (1 << (a_bits - 1)) << (log_depth(bits, zero_code) - 1)
-
-
-def log_acc_width(bits: int, a_bits: int = 8, max_k: int = DEFAULT_MAX_K,
-                  zero_code: bool = False) -> int:
-    return accumulator_width(log_max_product(a_bits, bits, zero_code), max_k)
 
 
 def log_matmul(a: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None = None, *,
@@ -386,15 +321,6 @@ def popcount_dot(a_words: torch.Tensor, w_words: torch.Tensor, k: int) -> torch.
     shifts = torch.arange(WORD_BITS, device=x.device)
     pop = ((x.unsqueeze(-1) >> shifts) & 1).sum((-1, -2))
     return 2 * pop - k
-
-
-def xnor_max_product(a_planes: int, w_planes: int) -> int:
-    """Largest ``|a * w|`` per element: ``(2**Pa - 1) * Pw * (2**ALPHA_BITS - 1)``."""
-    return ((1 << a_planes) - 1) * w_planes * ((1 << ALPHA_BITS) - 1)
-
-
-def xnor_acc_width(a_planes: int = 1, w_planes: int = 1, max_k: int = DEFAULT_MAX_K) -> int:
-    return accumulator_width(xnor_max_product(a_planes, w_planes), max_k)
 
 
 def xnor_matmul(a_words: torch.Tensor, w_words: torch.Tensor, alpha: torch.Tensor, k: int,
