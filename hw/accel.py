@@ -22,27 +22,23 @@ behaviour.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from lowbit.contract import DEFAULT_MAX_K
-
-from .matmul import UNITS, MatmulUnit, check_int, make_unit
+from .units import (MAX_K, ParameterTypeError, ParameterValueError, UnitDescription, describe,
+                    kind_of_code, unit_kinds)
 
 __all__ = ["Accelerator", "RegisterBusSignature", "Register", "Field", "REGISTERS", "REG",
-           "ADDR_WIDTH", "DATA_WIDTH", "MAGIC", "VERSION", "KIND_CODES", "ACCEL_NAMES",
-           "decode_id", "register_table", "generate_accel_verilog", "accel_verilog", "bus_read", "bus_write"]
+           "ADDR_WIDTH", "DATA_WIDTH", "MAGIC", "VERSION", "decode_id", "register_table",
+           "generate_accel_verilog", "accel_verilog", "bus_read", "bus_write"]
 
 ADDR_WIDTH = 6          # word addresses: a 64-word (256-byte) window
 DATA_WIDTH = 32
 MAGIC = 0x4C42_4954     # "LBIT" in ASCII, most significant byte first
 VERSION = (1, 0)        # register map version (major, minor)
-KIND_CODES = {"int8": 1, "log": 2, "xnor": 3}
-ACCEL_NAMES = {"int8": "int8_accel", "log": "log_accel", "xnor": "xnor_accel"}
 COUNTER_WIDTH = 32      # performance counters wrap modulo 2^32
 _OCCUPANCY_BITS = 8     # tiles in flight are counted modulo 256 (at most a few are in flight)
 
@@ -194,19 +190,14 @@ def _pack(reg: str, **values) -> int:
     return word
 
 
-def _id_values(unit: MatmulUnit) -> dict[str, int]:
-    """The constant identification registers of ``unit``."""
-    p = unit.params
-    a = p.get("a_bits", p.get("a_planes"))
-    w = p.get("w_bits", p.get("bits", p.get("w_planes")))
+def _id_values(unit: UnitDescription) -> dict[str, int]:
+    """The constant identification registers of the unit described by ``unit``."""
     return {
         "MAGIC": MAGIC,
-        "VERSION": _pack("VERSION", MINOR=VERSION[1], MAJOR=VERSION[0],
-                         KIND=KIND_CODES[unit.unit]),
+        "VERSION": _pack("VERSION", MINOR=VERSION[1], MAJOR=VERSION[0], KIND=unit.kind_code),
         "SHAPE": _pack("SHAPE", ROWS=unit.rows, COLS=unit.cols, OUT_BITS=unit.out_bits,
                        ACC_WIDTH=unit.acc_width),
-        "OPERANDS": _pack("OPERANDS", A=a, W=w, LANES=p.get("lanes", 0),
-                          ZERO_CODE=int(p.get("zero_code", False))),
+        "OPERANDS": _pack("OPERANDS", **unit.id_operands()),
         "MAX_K": unit.max_k,
         "X_CFG_WIDTH": _pack("X_CFG_WIDTH", X=unit.x_layout.size, CFG=unit.cfg_layout.size),
         "Y_WIDTH": _pack("Y_WIDTH", Y=unit.y_layout.size, LANE=unit.y_width),
@@ -235,21 +226,14 @@ def decode_id(values: dict[str, int]) -> dict:
         raise ValueError(f"MAGIC reads {values['MAGIC']:#010x}, not {MAGIC:#010x}: "
                          f"no lowbit accelerator at this address")
     ver, shape, ops = REG["VERSION"], REG["SHAPE"], REG["OPERANDS"]
-    kinds = {code: kind for kind, code in KIND_CODES.items()}
     code = ver.field("KIND").get(values["VERSION"])
-    if code not in kinds:
+    unit = kind_of_code(code)
+    if unit is None:
         raise ValueError(f"unknown unit kind code {code}")
-    unit = kinds[code]
     s, o = values["SHAPE"], values["OPERANDS"]
-    params = {"rows": shape.field("ROWS").get(s), "cols": shape.field("COLS").get(s)}
-    a, w = ops.field("A").get(o), ops.field("W").get(o)
-    if unit == "int8":
-        params.update(a_bits=a, w_bits=w)
-    elif unit == "log":
-        params.update(bits=w, a_bits=a, zero_code=bool(ops.field("ZERO_CODE").get(o)))
-    else:
-        params.update(a_planes=a, w_planes=w, lanes=ops.field("LANES").get(o))
-    params.update(max_k=values["MAX_K"], out_bits=shape.field("OUT_BITS").get(s))
+    params = {"rows": shape.field("ROWS").get(s), "cols": shape.field("COLS").get(s),
+              **describe(unit).params_from_id({f.name: f.get(o) for f in ops.fields}),
+              "max_k": values["MAX_K"], "out_bits": shape.field("OUT_BITS").get(s)}
     xc, yw = REG["X_CFG_WIDTH"], REG["Y_WIDTH"]
     return {
         "unit": unit,
@@ -325,18 +309,18 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     unit : str
-        ``"int8"``, ``"log"`` or ``"xnor"``.
+        A registered unit kind: ``"int8"``, ``"log"``, ``"xnor"``, ...
     **params
-        The unit's keyword parameters (docs/hardware.md), passed through to
-        :func:`lowbit.hw.matmul.make_unit` and validated there with its messages.
-        ``max_k`` must also fit the 32-bit MAX_K register.
+        The unit's keyword parameters (docs/hardware.md), validated by its description
+        (:func:`lowbit.hw.units.describe`) with its messages. ``max_k`` must also fit the
+        32-bit MAX_K register.
     src_loc_at : int
         Amaranth's convention (stack frames to skip when reporting where it was created).
 
     Attributes
     ----------
-    matmul : MatmulUnit
-        The wrapped unit; ``Protocol(accel.matmul)`` plans its streams.
+    description : UnitDescription
+        The wrapped unit's description; ``Protocol(accel.description)`` plans its streams.
     kind : str
         The unit kind.
     x, cfg : In(stream.Signature(...)), y : Out(stream.Signature(...))
@@ -353,73 +337,38 @@ class Accelerator(wiring.Component):
     """
 
     def __init__(self, *, unit: str = "int8", src_loc_at: int = 0, **params):
-        # A constructor that raises leaves an object Amaranth would report as "created but
-        # never used"; silence that until construction succeeds (the error is the report).
-        self._MustUse__silence = True
-        if not isinstance(unit, str):
-            raise TypeError(f"Unit must be one of {', '.join(UNITS)}, not {unit!r}")
-        if unit not in UNITS:
-            raise ValueError(f"Unit must be one of {', '.join(UNITS)}, not {unit!r}")
-        accepted = [name for name, p in inspect.signature(UNITS[unit]).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY and name != "src_loc_at"]
-        for name in params:
-            if name not in accepted:
-                raise TypeError(f"Unknown parameter {name!r} for the {unit} unit (it takes "
-                                f"{', '.join(accepted)})")
-        max_k = check_int("Max K", params.get("max_k", DEFAULT_MAX_K), 1)
-        if max_k >= 1 << DATA_WIDTH:
-            raise ValueError(f"Max K must be below 2**32 to fit the MAX_K register, "
-                             f"not {max_k}")
-        self.matmul = make_unit(unit, **params)
-        # The accelerator itself reports being unused; its inner unit need not say it again.
-        self.matmul._MustUse__silence = True
+        d = self.description = self.describe(unit, **params)
         self.kind = unit
-        u = self.matmul
-        self.id_values = _id_values(u)
-        if unit == "xnor":
-            self.k_budget = u.max_k * ((1 << u.a_planes) - 1) * u.w_planes
-        else:
-            self.k_budget = u.max_k
+        self.id_values = _id_values(d)
+        self.k_budget = d.k_budget
         super().__init__({
-            "x": In(stream.Signature(u.x_layout)),
-            "cfg": In(stream.Signature(u.cfg_layout)),
-            "y": Out(stream.Signature(u.y_layout)),
+            "x": In(stream.Signature(d.x_layout)),
+            "cfg": In(stream.Signature(d.cfg_layout)),
+            "y": Out(stream.Signature(d.y_layout)),
             "bus": In(RegisterBusSignature()),
             "irq": Out(1),
         })
-        self._MustUse__silence = False
+
+    @staticmethod
+    def describe(unit: str, **params) -> UnitDescription:
+        """The description of the unit an ``Accelerator(unit=unit, **params)`` wraps, checked
+        as the constructor checks it (:class:`~lowbit.hw.units.ParameterError`), without
+        building anything."""
+        kinds = unit_kinds()
+        if not isinstance(unit, str) or unit not in kinds:
+            error = ParameterValueError if isinstance(unit, str) else ParameterTypeError
+            raise error("unit", "Unit", f"must be one of {', '.join(kinds)}, not {unit!r}")
+        d = describe(unit, **params)
+        if d.max_k >= 1 << DATA_WIDTH:
+            raise ParameterValueError("max_k", MAX_K.label, f"must be below 2**32 to fit the "
+                                      f"MAX_K register, not {d.max_k}")
+        return d
 
     # ---------------------------------------------------------------------------------------
 
-    def _bad_beat(self, beat):
-        """1 when the beat is one the golden kernel rejects (see ERRORS.BAD_BEAT)."""
-        u = self.matmul
-        if self.kind == "xnor":
-            # ~any() rather than == 0: Amaranth writes the latter as a multi-bit `!`, which
-            # Verilator's lint rejects (WIDTHTRUNC). Comparisons that cannot be true are left
-            # out (Verilator's CMPCONST).
-            bad = ~beat.count.any()
-            if (1 << len(beat.count)) - 1 > u.lanes:
-                bad = bad | (beat.count > u.lanes)
-            if u.a_planes < (1 << len(beat.plane)):
-                bad = bad | (beat.plane >= u.a_planes)
-            return bad
-        if self.kind == "log" and u.bits > 1:
-            # Valid exponent indices: 0..D-1, and D itself with the zero code.
-            limit = u.pe.depth - 1 + int(u.zero_code)
-            if limit < (1 << (u.bits - 1)) - 1:
-                return Cat(beat.w[c][:u.bits - 1] > limit for c in range(u.cols)).any()
-        return Const(0)
-
-    def _beat_cost(self, beat):
-        """What one x beat adds to the tile's K budget (see ERRORS.K_OVERFLOW)."""
-        if self.kind == "xnor":
-            return beat.count << beat.plane
-        return Const(1)
-
     def elaborate(self, platform):
         m = Module()
-        u = self.matmul
+        u = self.description.build()    # a submodule: built where it is elaborated
         soft_rst = Signal()     # one cycle, registered from the CTRL write (no bus->stream path)
         m.submodules.matmul = ResetInserter({"sync": soft_rst})(u)
 
@@ -501,7 +450,7 @@ class Accelerator(wiring.Component):
         budget = self.k_budget
         k_used = Signal(range(budget + 2))
         k_total = Signal(range(budget + (1 << 16) + 2))
-        m.d.comb += k_total.eq(k_used + self._beat_cost(self.x.payload))
+        m.d.comb += k_total.eq(k_used + u.pe.beat_cost(self.x.payload))
         k_over = k_total > budget
         with m.If(do_x):
             m.d.sync += k_used.eq(Mux(self.x.payload.last, 0, Mux(k_over, budget + 1, k_total)))
@@ -512,7 +461,7 @@ class Accelerator(wiring.Component):
         error_events = Signal(len(REG["ERRORS"].fields))
         m.d.comb += error_events.eq(Cat(
             do_x & k_over,
-            do_x & self._bad_beat(self.x.payload),
+            do_x & u.pe.bad_beat(self.x.payload, u.rows, u.cols),
             x_waiting & ~self.x.valid,
             cfg_waiting & ~self.cfg.valid,
             start & job_active,
@@ -581,7 +530,7 @@ def generate_accel_verilog(unit: str, *, name: str | None = None, **params) -> s
     three streams, ``bus__addr``, ``bus__r_stb``, ``bus__r_data``, ``bus__w_stb``,
     ``bus__w_data`` and ``irq``."""
     if name is None:
-        name = ACCEL_NAMES.get(unit, "accel")
+        name = describe(unit, **params).accel_name
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
     return accel_verilog(Accelerator(unit=unit, **params, src_loc_at=1), name)

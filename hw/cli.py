@@ -7,8 +7,9 @@ import sys
 from lowbit import LowbitError
 from lowbit.io import check_output_file, write_text_atomic
 
-from .matmul import make_unit
-from .unit_args import add_unit_flags, flag_message, unit_params
+from .unit_args import add_unit_flags, unit_params
+from .units import ParameterError, describe
+
 
 def register(subparsers) -> None:
     hw = subparsers.add_parser("hw", help="hardware: Verilog of the matmul units")
@@ -17,12 +18,11 @@ def register(subparsers) -> None:
     v = sub.add_parser("verilog", help="write a matmul unit as Verilog",
                        description="Write the Verilog of one matmul unit (docs/hardware.md).")
     add_unit_flags(v)
-    v.add_argument("--name", help="top module name (default int8_matmul / log_matmul / "
-                                  "xnor_matmul)")
+    v.add_argument("--name", help="top module name (default UNIT_matmul: int8_matmul, "
+                                  "log_matmul, xnor_matmul)")
     v.add_argument("--top", action="store_true",
                    help="wrap the unit in the accelerator top level (streams, register bus, "
-                        "irq; one flat module, default name int8_accel / log_accel / "
-                        "xnor_accel)")
+                        "irq; one flat module, default name UNIT_accel)")
     v.add_argument("--lint", action="store_true",
                    help="also run verilator --lint-only -Wall on the result")
     v.add_argument("-o", "--output", required=True, help="output .v file ('-' for stdout)")
@@ -40,32 +40,26 @@ def register_bench(subparsers) -> None:
 def _verilog(args) -> int:
     from amaranth.back import verilog as amaranth_verilog
 
-    from .verilog import MODULE_NAMES, lint_verilog
+    from .accel import Accelerator, accel_verilog
+    from .verilog import lint_verilog
 
     unit, params = unit_params(args)
-    if args.top:
-        from .accel import ACCEL_NAMES, Accelerator, accel_verilog
-        name = args.name or ACCEL_NAMES[unit]
-    else:
-        name = args.name or MODULE_NAMES[unit]
+    try:    # the accelerator's own limits (MAX_K register) too
+        desc = Accelerator.describe(unit, **params) if args.top else describe(unit, **params)
+    except ParameterError as e:
+        raise LowbitError(e.named("--" + e.param.replace("_", "-"))) from None
+    name = args.name or (desc.accel_name if args.top else desc.module_name)
     if not name.isidentifier():
         raise LowbitError(f"--name must be a Verilog identifier, not {name!r}")
     if args.output != "-":
         check_output_file(args.output, "-o")
     if args.top:
-        try:
-            accel = Accelerator(unit=unit, **params)
-        except (TypeError, ValueError) as e:     # the accelerator's own limits (MAX_K)
-            raise LowbitError(flag_message(str(e))) from None
-        top, source = accel.matmul, accel_verilog(accel, name)
+        source = accel_verilog(Accelerator(unit=unit, **params), name)
     else:
-        top = make_unit(unit, **params)
-        source = amaranth_verilog.convert(top, name=name, emit_src=False)
+        source = amaranth_verilog.convert(desc.build(), name=name, emit_src=False)
     if args.lint:
         lint_verilog(source, name)
-    summary = (f"{name}: {unit} {top.rows}x{top.cols}, accumulator {top.acc_width} bits, "
-               f"x__payload {top.x_layout.size} bits, cfg__payload {top.cfg_layout.size} bits, "
-               f"y__payload {top.y_layout.size} bits"
+    summary = (f"{name}: {desc.summary()}"
                + (", register bus (6-bit word address, 32-bit data), irq"
                   if args.top else "")
                + (", lint clean" if args.lint else ""))

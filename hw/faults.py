@@ -17,27 +17,25 @@ from __future__ import annotations
 
 from amaranth.hdl import Signal
 
-from .matmul import make_unit
+from .matmul import ProcessingElements, make_unit
 
 __all__ = ["FAULTS", "make_faulty_unit"]
 
 FAULTS = {"drop-lsb": "every PE product loses its least significant bit before accumulation"}
 
 
-class _DropLsbPE:
+class _DropLsbPE(ProcessingElements):
     """A processing-element kind whose products are the wrapped kind's with bit 0 cleared.
 
-    Same beat fields, product shape and latency as the wrapped kind: the unit's ports,
-    layouts and timing are unchanged, only the arithmetic is wrong.
+    Same product shape, latency and error checks as the wrapped kind (the unit's description,
+    hence its ports and layouts, is the normal one): only the arithmetic is wrong.
     """
 
     def __init__(self, inner):
         self.inner = inner
         self.latency = inner.latency
         self.product_shape = inner.product_shape
-
-    def beat_fields(self, rows, cols):
-        return self.inner.beat_fields(rows, cols)
+        self.bad_beat, self.beat_cost = inner.bad_beat, inner.beat_cost
 
     def elaborate(self, m, en, beat, rows, cols):
         prods = self.inner.elaborate(m, en, beat, rows, cols)

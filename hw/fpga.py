@@ -34,10 +34,10 @@ from lowbit import LowbitError
 from lowbit.io import check_build_dir
 
 from .unit_args import add_unit_flags, unit_params
+from .units import describe, unit_class
 
 __all__ = ["BOARDS", "Board", "ScanWrapper", "FpgaResult", "FpgaDoesNotFit", "TOOL_DEFAULTS",
-           "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register",
-           "INT8_EQ_BINARY_MACS", "macs_text"]
+           "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ class FpgaResult:
 def macs_per_cycle(unit) -> int:
     """Native MACs per clock of a unit: ``rows*cols`` (INT, log) or ``rows*cols*lanes`` (XNOR,
     1-bit MACs: each PE evaluates ``lanes`` XNOR products of one plane pair per beat)."""
-    return unit.rows * unit.cols * getattr(unit, "lanes", 1)
+    return unit.rows * unit.cols * unit.description.macs_per_pe
 
 
 def parse_report(report: dict, board: Board, *, netlist_ff: int | None = None) -> dict:
@@ -411,7 +411,7 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
     Parameters
     ----------
     board_name : ``"ulx3s-85f"`` or ``"icebreaker"``.
-    unit_name : ``"int8"``, ``"log"`` or ``"xnor"``.
+    unit_name : a registered unit kind (``"int8"``, ``"log"``, ``"xnor"``, ...).
     params : dict
         Keyword parameters of the unit (``rows``, ``cols``, ``bits``, ...; docs/hardware.md).
     build_dir : str
@@ -512,14 +512,6 @@ def _raise_failure(stage, build_dir, log_path, board, unit_name, unit):
 # Table
 
 
-def _params_text(unit: str, params: dict) -> str:
-    if unit == "int8":
-        return f"a{params['a_bits']}w{params['w_bits']}"
-    if unit == "log":
-        return f"{params['bits']}-bit" + (" zero" if params.get("zero_code") else "")
-    return f"{params['a_planes']}x{params['w_planes']} planes, {params['lanes']} lanes"
-
-
 TABLE_COLUMNS = ("board", "unit", "bits", "array", "DSP mode", "LUT", "FF", "DSP", "BRAM",
                  "Fmax MHz", "MACs/cycle", "LUT/MAC")
 
@@ -528,23 +520,10 @@ def table_row(r: FpgaResult) -> list[str]:
     """One table row of :data:`TABLE_COLUMNS` (LUT/FF are whole-design counts with the
     device's total; LUT/MAC uses the unit's LUTs, the wrapper's XOR tree taken off)."""
     p = r.params
-    return [r.board, r.unit, _params_text(r.unit, p), f"{p['rows']}x{p['cols']}", r.dsp_mode,
-            f"{r.lut} ({100 * r.lut / r.lut_available:.1f}%)", str(r.ff), str(r.dsp),
-            str(r.bram), f"{r.fmax_mhz:.1f}", macs_text(r.unit, r.macs_per_cycle),
-            f"{r.lut_per_mac:.2f}"]
-
-
-# An 8-bit x 8-bit product decomposed into bit planes takes 8 activation x 8 weight plane pairs:
-# 64 binary (plane-pair) MACs. The XNOR unit's planes are residual +-1 planes with a scale per
-# weight plane, so this is a throughput equivalence, not INT8 arithmetic.
-INT8_EQ_BINARY_MACS = 64
-
-
-def macs_text(unit: str, macs: float) -> str:
-    """MACs per cycle for a table: XNOR's are 1-bit, shown with their INT8 equivalent."""
-    if unit == "xnor":
-        return f"{macs:g} 1-bit ({macs / INT8_EQ_BINARY_MACS:g} int8-eq)"
-    return f"{macs:g}"
+    return [r.board, r.unit, describe(r.unit, **p).params_text(), f"{p['rows']}x{p['cols']}",
+            r.dsp_mode, f"{r.lut} ({100 * r.lut / r.lut_available:.1f}%)", str(r.ff),
+            str(r.dsp), str(r.bram), f"{r.fmax_mhz:.1f}",
+            unit_class(r.unit).macs_text(r.macs_per_cycle), f"{r.lut_per_mac:.2f}"]
 
 
 def format_table(results: list[FpgaResult], columns=TABLE_COLUMNS, row=table_row) -> str:

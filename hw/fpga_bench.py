@@ -29,8 +29,8 @@ from pathlib import Path
 from lowbit import LowbitError
 from lowbit.io import check_build_dir, check_output_file, write_bytes_atomic, write_text_atomic
 
-from .fpga import (BOARDS, INT8_EQ_BINARY_MACS, FpgaDoesNotFit, FpgaResult, format_table,
-                   macs_text)
+from .fpga import BOARDS, FpgaDoesNotFit, FpgaResult, format_table
+from .units import XnorDescription, describe, unit_class, unit_kinds
 
 __all__ = ["Config", "default_configs", "fallback_configs", "run_bench", "fit_array_model",
            "fit_largest", "model_basis", "hardware_table", "report_section", "unit_cost",
@@ -43,10 +43,24 @@ DOCS_PATH = REPO / "docs" / "fpga.md"
 PLOT_PATH = REPO / "docs" / "img" / "fpga_cost_per_mac.png"
 BEGIN, END = "<!-- fpga-table:begin (lowbit bench fpga) -->", "<!-- fpga-table:end -->"
 
-UNITS = ("int8", "log", "xnor")
-# Default precision of each unit in the size sweep: INT8, the paper's 4-bit log codes, BMT's
-# 1-bit weights and activations with 32 lanes of K per beat.
-BASE_PARAMS = {"int8": {}, "log": {"bits": 4}, "xnor": {"lanes": 32}}
+# The units are compared with this one (the same board, cost per MAC).
+REFERENCE = "int8"
+# An XNOR MAC is 1-bit; an INT8-equivalent MAC is this many of them (8 x 8 planes).
+INT8_EQ_BINARY_MACS = XnorDescription.int8_eq_macs
+
+
+def bench_units() -> tuple[str, ...]:
+    """The unit kinds the bench builds: those whose description has an FPGA base precision
+    (``fpga_base``: INT8, the paper's 4-bit log codes, BMT's 1-bit weights and activations
+    with 32 lanes of K per beat), in registration order."""
+    return tuple(k for k in unit_kinds() if unit_class(k).fpga_base is not None)
+
+
+def base_params(unit: str) -> dict:
+    """The parameters of ``unit`` in the size sweep (its description's ``fpga_base``)."""
+    return dict(unit_class(unit).fpga_base)
+
+
 # Array sizes (rows, cols). Three shapes pin down the linear model of fit_array_model: the
 # per-PE cost from rows at fixed cols, the per-column drain/requantization from cols.
 SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2)), "ulx3s-85f": ((1, 2), (4, 2), (2, 4))}
@@ -60,15 +74,10 @@ MODE = "requant"
 # 2x4 on the ECP5; 1x4 with 1x2 and 4x2 still separates per-PE from per-column cost.
 ALT_SIZES = {"icebreaker": ((1, 2), (3, 1)), "ulx3s-85f": ((1, 4), (4, 4))}
 SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((1, 2), (4, 2))
-# (bits, params) per unit for the cost-per-MAC plot: INT a = w = b bits; log b-bit weight
-# codes (int8 activations); XNOR p activation and p weight planes. Parameters equal to the
-# base precision are left out, so those points are the very builds of the size sweep.
-SWEEP = {
-    "int8": [(b, {"a_bits": b, "w_bits": b} if b != 8 else {}) for b in (4, 8)],
-    "log": [(b, {"bits": b}) for b in (2, 4)],
-    "xnor": [(p, {"a_planes": p, "w_planes": p, "lanes": 32} if p != 1 else {"lanes": 32})
-             for p in (1, 2)],
-}
+# The bit sweep of the cost-per-MAC plot is each description's ``fpga_sweep``: (bits, params)
+# with INT a = w = b bits; log b-bit weight codes (int8 activations); XNOR p activation and p
+# weight planes. Parameters equal to the base precision are left out, so those points are the
+# very builds of the size sweep.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,13 +115,14 @@ def default_configs(boards=tuple(BOARDS), sweep: bool = True) -> list[Config]:
     for board in SIZES:
         if board not in boards:
             continue
-        here = [_config(board, unit, n, BASE_PARAMS[unit]) for unit in UNITS
+        here = [_config(board, unit, n, base_params(unit)) for unit in bench_units()
                 for n in SIZES[board]]
-        here += [_config(board, "int8", n, {}, "auto") for n in SIZES[board]]
+        here += [_config(board, REFERENCE, n, base_params(REFERENCE), "auto")
+                 for n in SIZES[board]]
         configs += sorted(here, key=lambda c: c.rows * c.cols)   # small builds first
     if sweep and SWEEP_BOARD in boards:
-        for unit, points in SWEEP.items():
-            for _bits, params in points:
+        for unit in bench_units():
+            for _bits, params in unit_class(unit).fpga_sweep:
                 for size in SWEEP_SIZES:
                     c = _config(SWEEP_BOARD, unit, size, params)
                     if c not in configs:
@@ -347,31 +357,29 @@ def fit_largest(results: list[FpgaResult], failed=(), also_built=()) -> dict | N
 def macs_per_pe(result: FpgaResult, per_bit_mac: bool = False) -> float:
     """MACs one PE does per cycle: 1 (INT, log) or ``lanes`` 1-bit MACs (XNOR); with
     ``per_bit_mac`` XNOR counts p-bit MACs, ``lanes / (a_planes * w_planes)``."""
-    p = result.params
-    if result.unit != "xnor":
-        return 1.0
-    return p["lanes"] / (p["a_planes"] * p["w_planes"] if per_bit_mac else 1)
+    d = describe(result.unit, **result.params)
+    return float(d.precision_macs_per_pe if per_bit_mac else d.macs_per_pe)
 
 
 def largest_table(records: dict) -> list[dict]:
     """One row per (board, unit, DSP mode) of the base precision: the largest array."""
     rows = []
     for board in BOARDS:
-        for unit in UNITS:
+        for unit in bench_units():
             for dsp in ("off", "requant", "auto"):
-                built, failed = _records_of(records, board, unit, BASE_PARAMS[unit], dsp)
+                built, failed = _records_of(records, board, unit, base_params(unit), dsp)
                 if not built and not failed:
                     continue
                 fit = fit_largest(model_basis(built), failed, built) if built else None
                 state = None
                 if fit is not None:
                     def built_fits(n):
-                        key = _config(board, unit, (n, n), BASE_PARAMS[unit], dsp).key
+                        key = _config(board, unit, (n, n), base_params(unit), dsp).key
                         return records.get(key, {}).get("fits")
                     state = built_fits(fit["n"])
                     if state and (fit["n"] == 64 or built_fits(fit["n"] + 1) is False):
                         state = "verified"
-                        above = _config(board, unit, (fit["n"] + 1,) * 2, BASE_PARAMS[unit],
+                        above = _config(board, unit, (fit["n"] + 1,) * 2, base_params(unit),
                                         dsp).key
                         over = records.get(above, {}).get("overflow")
                         if over:    # what the next size up ran out of, from nextpnr
@@ -389,20 +397,9 @@ def dsp_lut_equivalent(result: FpgaResult) -> float:
     return result.lut_available / result.dsp_available
 
 
-_BITS_PARAM = {"int8": "w_bits", "log": "bits", "xnor": "w_planes"}
-
-
 def precision_bits(unit: str, params: dict) -> int:
     """Bits per weight of a build: INT ``w_bits``, log ``bits`` (the code), XNOR ``w_planes``."""
-    return params[_BITS_PARAM[unit]]
-
-
-def _precision_text(unit: str, params: dict) -> str:
-    if unit == "int8":
-        return f"INT a{params['a_bits']} w{params['w_bits']}"
-    if unit == "log":
-        return f"log {params['bits']}-bit code, a{params['a_bits']}"
-    return (f"XNOR {params['a_planes']}x{params['w_planes']} planes, {params['lanes']} lanes")
+    return describe(unit, **params).precision_bits
 
 
 def unit_cost(results: list[FpgaResult]) -> dict | None:
@@ -442,16 +439,16 @@ def unit_cost(results: list[FpgaResult]) -> dict | None:
     macs = macs_per_pe(r0)
     bit_macs = macs_per_pe(r0, per_bit_mac=True)
     lut_eq = per_pe["LUT"] + per_pe["DSP"] * dsp_lut_equivalent(r0)
+    d = describe(r0.unit, **r0.params)
     out = {"board": r0.board, "unit": r0.unit, "dsp": r0.dsp_mode, "params": dict(r0.params),
-           "bits": precision_bits(r0.unit, r0.params),
-           "precision": _precision_text(r0.unit, r0.params),
+           "bits": d.precision_bits, "precision": d.precision_text(),
            "whole": [(_shape(r), r.lut_per_mac) for r in results],
            "per_pe": per_pe, "macs_per_pe": macs, "bit_macs_per_pe": bit_macs,
            "lut_per_mac": per_pe["LUT"] / macs, "lut_eq_per_mac": lut_eq / bit_macs,
            "int8_eq_lut_per_mac": None, "fmax_mhz": min(r.fmax_mhz for r in results),
            "basis": [_shape(r) for r in basis], "checks": checks}
-    if r0.unit == "xnor":
-        out["int8_eq_lut_per_mac"] = per_pe["LUT"] / macs * INT8_EQ_BINARY_MACS
+    if d.int8_eq_macs:
+        out["int8_eq_lut_per_mac"] = per_pe["LUT"] / macs * d.int8_eq_macs
     return out
 
 
@@ -473,7 +470,7 @@ def cost_rows(records: dict) -> list[dict]:
     """:func:`unit_cost` of every (board, unit, precision, DSP mode) built at >= 2 shapes,
     in board, unit, bits order."""
     rows = [c for c in (unit_cost(rs) for rs in _groups(records).values()) if c is not None]
-    rows.sort(key=lambda c: (list(BOARDS).index(c["board"]), UNITS.index(c["unit"]),
+    rows.sort(key=lambda c: (list(BOARDS).index(c["board"]), unit_kinds().index(c["unit"]),
                              c["dsp"] != MODE, c["bits"]))
     return rows
 
@@ -481,7 +478,7 @@ def cost_rows(records: dict) -> list[dict]:
 def comparisons(records: dict) -> list[dict]:
     """How many times cheaper per MAC log-shift (4-bit codes) and XNOR are than INT8.
 
-    Same board, base precisions (:data:`BASE_PARAMS`), PE arrays in LUT logic. One dict per
+    Same board, base precisions (:func:`base_params`), PE arrays in LUT logic. One dict per
     (board, unit, measure) with ``int8``, ``value`` (LUTs per MAC) and ``ratio = int8 / value``
     (> 1: the unit is cheaper). Measures: ``marginal`` (per-PE slope per MAC; for XNOR per
     1-bit MAC, and ``marginal int8-eq`` per INT8-equivalent MAC of 64 binary MACs) and
@@ -489,23 +486,23 @@ def comparisons(records: dict) -> list[dict]:
     """
     out = []
     for board in BOARDS:
-        base = {u: _records_of(records, board, u, BASE_PARAMS[u])[0] for u in UNITS}
-        if not base["int8"]:
+        base = {u: _records_of(records, board, u, base_params(u))[0] for u in bench_units()}
+        if not base[REFERENCE]:
             continue
-        ref_cost = unit_cost(base["int8"])
-        for unit in ("log", "xnor"):
+        ref_cost = unit_cost(base[REFERENCE])
+        for unit in (u for u in bench_units() if u != REFERENCE):
             cost = unit_cost(base[unit]) if base[unit] else None
             if ref_cost and cost:
                 ref = ref_cost["lut_per_mac"]
                 out.append({"board": board, "unit": unit, "measure": "marginal",
                             "int8": ref, "value": cost["lut_per_mac"],
                             "ratio": ref / cost["lut_per_mac"]})
-                if unit == "xnor":
+                if cost["int8_eq_lut_per_mac"] is not None:
                     out.append({"board": board, "unit": unit, "measure": "marginal int8-eq",
                                 "int8": ref, "value": cost["int8_eq_lut_per_mac"],
                                 "ratio": ref / cost["int8_eq_lut_per_mac"]})
             # The whole unit at the largest shape built for both (the fixed part shared most).
-            ref_at = {_shape(r): r.lut_per_mac for r in base["int8"]}
+            ref_at = {_shape(r): r.lut_per_mac for r in base[REFERENCE]}
             common = [r for r in base[unit] if _shape(r) in ref_at]
             if common:
                 r = common[-1]
@@ -525,8 +522,7 @@ def plot_points(records: dict) -> dict:
     """
     out: dict = {}
     for c in cost_rows(records):
-        series = {"int8": "INT (a = w bits)", "log": "log-shift (code bits, int8 act.)",
-                  "xnor": "XNOR-popcount (a = w planes)"}[c["unit"]]
+        series = unit_class(c["unit"]).series
         if c["dsp"] == "auto":
             series = "INT8, multipliers in DSPs"
         elif c["dsp"] != MODE:
@@ -549,7 +545,7 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _sort_key(r: FpgaResult):
     extra = {k: v for k, v in r.params.items() if k not in ("rows", "cols")}
-    return (list(BOARDS).index(r.board), UNITS.index(r.unit), r.dsp_mode,
+    return (list(BOARDS).index(r.board), unit_kinds().index(r.unit), r.dsp_mode,
             json.dumps(extra, sort_keys=True), r.params["rows"] * r.params["cols"],
             r.params["cols"])
 
@@ -560,17 +556,16 @@ def _ratio_text(ratio: float) -> str:
 
 def _comparison_table(records: dict) -> str | None:
     rows = []
-    label = {"log": f"log{BASE_PARAMS['log']['bits']} vs int8", "xnor": "xnor vs int8"}
     for c in comparisons(records):
+        cls = unit_class(c["unit"])
+        label = f"{c['unit']}{cls.fpga_base.get(cls.bits_param, '')} vs {REFERENCE}"
         if c["measure"] == "marginal":
-            what = "marginal: per-PE slope, per " + ("1-bit MAC" if c["unit"] == "xnor"
-                                                      else "MAC")
+            what = f"marginal: per-PE slope, per {cls.mac_name}"
         elif c["measure"] == "marginal int8-eq":
-            what = (f"marginal, per INT8-equivalent MAC ({INT8_EQ_BINARY_MACS} 1-bit MACs)")
+            what = f"marginal, per INT8-equivalent MAC ({cls.int8_eq_macs} {cls.mac_name}s)"
         else:
-            what = f"whole unit at {c['measure'].split()[1]}, per " + \
-                ("1-bit MAC" if c["unit"] == "xnor" else "MAC")
-        rows.append([c["board"], label[c["unit"]], what, f"{c['int8']:.1f}",
+            what = f"whole unit at {c['measure'].split()[1]}, per {cls.mac_name}"
+        rows.append([c["board"], label, what, f"{c['int8']:.1f}",
                      f"{c['value']:.2f}", _ratio_text(c["ratio"])])
     if not rows:
         return None
@@ -582,7 +577,7 @@ def _cost_table(records: dict) -> str | None:
     rows = []
     for c in cost_rows(records):
         pe = c["per_pe"]
-        macs = macs_text(c["unit"], c["macs_per_pe"])
+        macs = unit_class(c["unit"]).macs_text(c["macs_per_pe"])
         per_mac = f"{c['lut_per_mac']:.2f}"
         if c["int8_eq_lut_per_mac"] is not None:
             per_mac += f" ({c['int8_eq_lut_per_mac']:.0f} per int8-eq)"
@@ -614,7 +609,7 @@ def _largest_rows(records: dict) -> list[list[str]]:
                  False: "estimate; its build failed", None: "estimate"}[row["verified"]]
         macs = n * n * macs_per_pe(row["built"][0])
         rows.append([row["board"], row["unit"], row["dsp"], f"{n}x{n}",
-                     macs_text(row["unit"], macs), fit["limit"],
+                     unit_class(row["unit"]).macs_text(macs), fit["limit"],
                      f"{state}; per PE {model['LUT']['per_pe']:.0f} LUT "
                      f"{model['FF']['per_pe']:.0f} FF {model['DSP']['per_pe']:.1f} DSP, "
                      f"per column {model['LUT']['per_col']:.0f} LUT "
@@ -791,7 +786,7 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
     lock = threading.Lock()     # records and the file are shared by the worker threads
 
     def fits(row, n) -> bool:
-        config = _config(row["board"], row["unit"], (n, n), BASE_PARAMS[row["unit"]],
+        config = _config(row["board"], row["unit"], (n, n), base_params(row["unit"]),
                          row["dsp"])
         with lock:
             known = records.get(config.key, {}).get("fits")

@@ -15,11 +15,9 @@ from amaranth.back import verilog as amaranth_verilog
 from lowbit import LowbitError
 from lowbit.toolenv import verilator_env
 
-from .matmul import make_unit
+from .units import describe
 
-__all__ = ["MODULE_NAMES", "LINT_WAIVERS", "generate_verilog", "lint_verilog"]
-
-MODULE_NAMES = {"int8": "int8_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
+__all__ = ["LINT_WAIVERS", "generate_verilog", "lint_verilog"]
 
 # Why each warning is waived (docs/hardware.md): Amaranth's netlist relies on Verilog's implicit
 # zero/sign extension of narrower operands (WIDTHEXPAND); it keeps unused slices of payload
@@ -29,19 +27,20 @@ LINT_WAIVERS = ("-Wno-WIDTHEXPAND", "-Wno-UNUSEDSIGNAL", "-Wno-PROCASSINIT")
 
 
 def generate_verilog(unit: str, *, name: str | None = None, **params) -> str:
-    """Verilog source of the unit ``unit`` (``int8``, ``log``, ``xnor``) built from ``params``.
+    """Verilog source of the unit of kind ``unit`` (``int8``, ``log``, ``xnor``, ...) built from
+    ``params``.
 
-    ``name`` is the top module name (default ``int8_matmul`` / ``log_matmul`` /
-    ``xnor_matmul``). Ports: ``clk``, ``rst``, ``x__payload/valid/ready``,
+    ``name`` is the top module name (default the description's ``module_name``:
+    ``int8_matmul``, ``log_matmul``, ``xnor_matmul``). Ports: ``clk``, ``rst``, ``x__payload/valid/ready``,
     ``cfg__payload/valid/ready``, ``y__payload/valid/ready`` (docs/hardware.md).
     Bad parameters raise TypeError/ValueError with the unit's validation message.
     """
+    desc = describe(unit, **params)
     if name is None:
-        name = MODULE_NAMES.get(unit, "matmul")
+        name = desc.module_name
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
-    top = make_unit(unit, **params)
-    return amaranth_verilog.convert(top, name=name, emit_src=False)
+    return amaranth_verilog.convert(desc.build(), name=name, emit_src=False)
 
 
 def lint_verilog(source: str, top: str, *, timeout: float = 300) -> str:

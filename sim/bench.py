@@ -38,7 +38,7 @@ def _amaranth(protocol, kw, want):
     from lowbit.hw.simulate import simulate
 
     plan = protocol.plan(**kw)
-    res = simulate(protocol.unit, plan)
+    res = simulate(protocol.description.build(), plan)
     y = protocol.assemble(plan, res.y)
     if not np.array_equal(y, want):
         raise LowbitError(f"Amaranth simulation of {protocol.kind} differs from the golden model")
@@ -80,8 +80,9 @@ def bench_units(units, *, m, k, n, k_xnor=None, rows=4, cols=4, seed=0,
                 skip=frozenset()) -> list[dict]:
     """Run the benchmark, print the table (stdout) and return its rows.
 
-    ``k`` is the K of int8 and log; ``k_xnor`` the K (in bits) of xnor (default ``32 * k``: as
-    many beats per tile as the others with 32 lanes).
+    ``k`` is the K of the units that take one element of K per beat (int8, log); ``k_xnor``
+    the K (in bits) of the units that take several (xnor; default ``k`` times the lanes: as
+    many beats per tile as the others).
     """
     import torch
 
@@ -93,16 +94,15 @@ def bench_units(units, *, m, k, n, k_xnor=None, rows=4, cols=4, seed=0,
     table = []
     for unit in units:
         params = {"rows": rows, "cols": cols}
-        kk = (32 * k if k_xnor is None else k_xnor) if unit == "xnor" else k
         try:
             protocol = Protocol.for_unit(unit, **params)
         except (TypeError, ValueError) as e:
             raise LowbitError(str(e)) from None
-        protocol.unit._MustUse__silence = True
-        if kk > protocol.unit.max_k:
-            raise LowbitError(f"K {kk} exceeds the {unit} unit's max_k {protocol.unit.max_k}")
-        kw = random_operands(protocol.unit, np.random.default_rng(seed), m, kk, n,
-                             relu=False, raw=False)
+        hw = protocol.description
+        kk = k if hw.k_per_beat == 1 else (k * hw.k_per_beat if k_xnor is None else k_xnor)
+        if kk > hw.max_k:
+            raise LowbitError(f"K {kk} exceeds the {unit} unit's max_k {hw.max_k}")
+        kw = random_operands(hw, np.random.default_rng(seed), m, kk, n, relu=False, raw=False)
         want = protocol.expected(**kw)
         _say(f"{unit}: building (cached) ...")
         build_harness(unit, **params)

@@ -67,8 +67,8 @@ def register_bench(subparsers) -> None:
 
 
 def verify_params(args) -> tuple[str, dict]:
-    """``(unit, params)`` from ``lowbit verify`` flags. ``--bits`` means the width the unit
-    takes: log code bits; activation and weight bits for int8; bit planes for xnor."""
+    """``(unit, params)`` from ``lowbit verify`` flags (the unit flags of
+    :mod:`lowbit.hw.unit_args`: ``--bits`` is the width the unit takes, as in every command)."""
     from lowbit.hw.unit_args import unit_params
 
     for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
@@ -83,28 +83,14 @@ def verify_params(args) -> tuple[str, dict]:
             raise LowbitError(f"{flag} is a switch (true or false), not {value!r}")
     if args.relu and args.raw:
         raise LowbitError("--relu and --raw exclude each other (raw output is not requantized)")
-    # --bits is the width the unit takes; a unit's own flags win over it (docs/hardware.md)
-    if args.bits is not None and args.unit in ("int8", "xnor"):
-        _check_int("--bits", args.bits, 2 if args.unit == "int8" else 1, 8, f" for {args.unit}")
-        if args.unit == "xnor":
-            args.planes = args.bits if args.planes is None else args.planes
-        else:
-            args.a_bits = args.a_bits if args.a_bits is not None else args.bits
-            args.w_bits = args.w_bits if args.w_bits is not None else args.bits
-        args.bits = None
-    unit, params = unit_params(args)
-    return unit, params
+    return unit_params(args)
 
 
-def _check_int(flag: str, value, lo: int, hi: int | None = None, note: str = "") -> None:
-    """``value`` must be an int (not a bool) in ``lo..hi``, else :class:`LowbitError`."""
-    if hi is not None:
-        what = f"an integer in {lo}..{hi}"
-    else:
-        what = "a positive integer" if lo == 1 else "a non-negative integer"
-    if (not isinstance(value, int) or isinstance(value, bool) or value < lo
-            or (hi is not None and value > hi)):
-        raise LowbitError(f"{flag} must be {what}{note}, not {value!r}")
+def _check_int(flag: str, value, lo: int) -> None:
+    """``value`` must be an int (not a bool) of at least ``lo``, else :class:`LowbitError`."""
+    what = "a positive integer" if lo == 1 else "a non-negative integer"
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+        raise LowbitError(f"{flag} must be {what}, not {value!r}")
 
 
 def _check_operand_sizes(m: int, k: int, n: int) -> None:
@@ -124,13 +110,12 @@ def _verify(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from lowbit.hw.driver import Protocol
+    from lowbit.hw.units import describe
     from lowbit.sim.harness import VerilatedUnit
     from lowbit.sim.operands import random_operands
 
     unit, params = verify_params(args)
-    hw = Protocol.for_unit(unit, **params).unit
-    hw._MustUse__silence = True
+    hw = describe(unit, **params)
     if args.k > hw.max_k:
         raise LowbitError(f"--k {args.k} exceeds the unit's max_k {hw.max_k} "
                           f"(raise it with --max-k)")
@@ -142,22 +127,23 @@ def _verify(args) -> int:
         print(f"  ready in {time.perf_counter() - start:.1f} s", flush=True)
         rng = np.random.default_rng(args.seed)
         kw = random_operands(hw, rng, args.m, args.k, args.n, relu=args.relu, raw=args.raw)
-        tiles = -(-args.m // hw.rows) * -(-args.n // hw.cols)
-        beats = tiles * (args.k if unit != "xnor" else
-                         -(-args.k // hw.lanes) * hw.a_planes * hw.w_planes)
-        with tqdm(total=beats, unit="beat", desc=f"RTL {args.m}x{args.k}x{args.n}",
+        job = rtl.prepare(**kw)
+        with tqdm(total=job.x_beats, unit="beat", desc=f"RTL {args.m}x{args.k}x{args.n}",
                   file=sys.stderr, disable=None) as bar:
-            res = rtl.matmul(**kw, gaps=args.backpressure, stalls=args.backpressure,
-                             seed=args.seed, progress=bar.update)
+            start = time.perf_counter()
+            y, cycles, _, _ = rtl.run(job, gaps=args.backpressure, stalls=args.backpressure,
+                                      seed=args.seed, progress=bar.update)
+            seconds = time.perf_counter() - start
+        y = y[0]
         want = rtl.expected(**kw)
-    matched = int((res.y == want).sum())
+    matched = int((y == want).sum())
     total = int(want.size)
-    print(f"cycles {res.cycles} (MAC-bound {res.ideal_cycles:.0f}, utilisation "
-          f"{100 * res.utilisation:.1f}%), {res.cycles_per_second / 1e6:.2f} M cycles/s")
+    print(f"cycles {cycles} (MAC-bound {job.ideal_cycles:.0f}, utilisation "
+          f"{100 * job.ideal_cycles / cycles:.1f}%), {cycles / seconds / 1e6:.2f} M cycles/s")
     if matched != total:
-        bad = np.argwhere(res.y != want)
+        bad = np.argwhere(y != want)
         for m, n in bad[:5]:
-            print(f"MISMATCH Y[{m}, {n}]: RTL {res.y[m, n]}, golden {want[m, n]}")
+            print(f"MISMATCH Y[{m}, {n}]: RTL {y[m, n]}, golden {want[m, n]}")
         if len(bad) > 5:
             print(f"... and {len(bad) - 5} more mismatches")
     print(f"bit-exact: {matched}/{total}", flush=True)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.contract import DEFAULT_MAX_K
 from lowbit.io import write_text_atomic
 
 FULL_SPLIT = 1000   # sentences of a Multi30k test split: the size the benchmark projects to
@@ -33,9 +34,9 @@ def _add_common(p, *, jobs_default) -> None:
                         "(default 64)")
     p.add_argument("--rows", type=int, default=8, help="PE array rows of every unit (default 8)")
     p.add_argument("--cols", type=int, default=8, help="PE array columns (default 8)")
-    p.add_argument("--max-k", type=int, default=32768,
-                   help="the units' largest K (default 32768, the contract's; it must cover the "
-                        "model's widest matmul)")
+    p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K,
+                   help=f"the units' largest K (default {DEFAULT_MAX_K}, the contract's; it must "
+                        f"cover the model's widest matmul)")
     p.add_argument("--lanes", type=int, default=32, help="XNOR unit lanes (default 32)")
 
 
@@ -195,7 +196,7 @@ def _write_json(path, data) -> None:
 
 def _finish(report) -> int:
     if report.mismatch is not None:
-        from lowbit.sim.cosim import CosimMismatch
+        from lowbit.sim.cosim_kernels import CosimMismatch
 
         print(CosimMismatch(report.mismatch).message())
     for i in report.differing[:5]:

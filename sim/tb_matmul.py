@@ -7,8 +7,9 @@ Structure (as in cocotb's examples/matrix_multiplier):
 * **monitors**: :class:`StreamMonitor` reports every beat that moved on a stream, inputs and
   output alike;
 * **golden model**: :class:`TileModel` is fed the *observed* ``cfg`` and ``x`` beats, decodes
-  them with the unit's layouts and computes each tile's expected rows with the golden kernels
-  of ``sw/golden.py`` (``int_matmul`` / ``log_matmul`` / ``xnor_matmul`` + ``requantize``);
+  them with the unit's layouts (:class:`lowbit.hw.packing.PayloadCodec`), turns them back into
+  golden operands (the unit description's ``tile_operands``) and computes each tile's expected
+  rows with the unit's golden kernel of ``sw/golden.py`` and ``requantize``;
 * **checker**: :class:`Scoreboard` compares every observed ``y`` row with the model's, by
   equality; in addition each matmul reassembled from the ``y`` stream must equal the golden
   result computed from the original operands (so the host tiling is checked too).
@@ -31,50 +32,18 @@ from collections import deque
 import cocotb
 import numpy as np
 import torch
-from amaranth.lib import data
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from lowbit.hw.driver import Protocol
+from lowbit.hw.packing import PayloadCodec
 from lowbit.sim.operands import corner_cases, random_operands
-from lowbit.sw import golden
 
 TIMEOUT_MS = int(os.environ.get("LOWBIT_TB_TIMEOUT_MS", "2000"))   # simulated time per test
 
 # The golden kernels here multiply tiny tiles; torch's thread pool only adds latency to those
 # (milliseconds per call on a busy machine, against microseconds with one thread).
 torch.set_num_threads(1)
-
-
-class FieldDecoder:
-    """Decodes payload integers into fields with precomputed shifts (data.Const per beat is
-    ten times slower and dominates a cocotb run). ``decode(v)`` returns ``{name: int or
-    [ints]}`` with signed fields sign-extended, as the layout declares them."""
-
-    def __init__(self, layout: data.StructLayout):
-        self.fields = []
-        for name, f in layout:
-            shape = f.shape
-            if isinstance(shape, data.ArrayLayout):
-                elem = shape.elem_shape
-                self.fields.append((name, f.offset, elem.width, shape.length, elem.signed))
-            else:
-                shape = shape if hasattr(shape, "width") else data.Layout.cast(shape)
-                self.fields.append((name, f.offset, shape.width, None, shape.signed))
-
-    def decode(self, value: int) -> dict:
-        out = {}
-        for name, off, width, count, signed in self.fields:
-            mask, sign = (1 << width) - 1, 1 << (width - 1)
-
-            def one(v):
-                v &= mask
-                return v - (1 << width) if signed and v & sign else v
-            if count is None:
-                out[name] = one(value >> off)
-            else:
-                out[name] = [one(value >> (off + e * width)) for e in range(count)]
-        return out
 
 
 def config() -> dict:
@@ -165,31 +134,31 @@ class TileModel:
     """Expected ``y`` rows computed from the ``cfg`` and ``x`` beats seen on the interface.
 
     Tiles pair up in order: the n-th observed ``cfg`` beat configures the n-th tile of ``x``
-    beats (a tile ends with ``last``). For each finished tile the model decodes the beats and
-    evaluates the golden kernel: INT/log on the tile's ``A [rows, K]`` and ``W [cols, K]``;
-    XNOR beat by beat (``alpha * 2**plane * dot`` of the beat's ``count`` lanes, with
-    :func:`golden.xnor_matmul` on one plane pair), since the beats name their activation
-    plane but the protocol leaves their order free.
+    beats (a tile ends with ``last``). For each finished tile the model decodes the beats,
+    turns them back into golden operands with the unit description's ``tile_operands`` (INT,
+    log: the tile's ``A [rows, K]`` and ``W [cols, K]``; XNOR: one plane pair per beat, since
+    the beats name their activation plane but the protocol leaves their order free) and
+    evaluates the golden kernel and the requantization.
     """
 
     def __init__(self, hw):
         self.hw = hw
-        self.x_fields = FieldDecoder(hw.x_layout)
-        self.cfg_fields = FieldDecoder(hw.cfg_layout)
+        self.x_codec = PayloadCodec(hw.x_layout)
+        self.cfg_codec = PayloadCodec(hw.cfg_layout)
         self.cfgs: deque = deque()
-        self.beats: list = []               # x beats of the tile in progress
-        self.finished: deque = deque()      # x beats of finished tiles still without cfg
+        self.beats: list = []               # x payloads of the tile in progress
+        self.finished: deque = deque()      # x payloads of finished tiles still without cfg
         self.expected: deque = deque()      # (tile index, row, [cols] values)
         self.tiles = 0
+        self._last = 1 << self.x_codec.fields["last"].offset
 
     def on_cfg(self, payload: int):
-        self.cfgs.append(self.cfg_fields.decode(payload))
+        self.cfgs.append(self.cfg_codec.decode(self.cfg_codec.from_ints([payload])))
         self._flush()
 
     def on_x(self, payload: int):
-        beat = self.x_fields.decode(payload)
-        self.beats.append(beat)
-        if beat["last"]:
+        self.beats.append(payload)
+        if payload & self._last:
             self.finished.append(self.beats)
             self.beats = []
             self._flush()
@@ -198,35 +167,14 @@ class TileModel:
         while self.finished and self.cfgs:
             self._tile(self.finished.popleft(), self.cfgs.popleft())
 
-    def _tile(self, beats, cfg):
-        hw, rows, cols = self.hw, self.hw.rows, self.hw.cols
-        bias = torch.tensor(cfg["bias"], dtype=torch.int64)
-        if hw.unit == "xnor":
-            t = torch.zeros(rows, cols, dtype=torch.int64)
-            for b in beats:
-                n = b["count"]
-
-                def words(v):  # the beat's first n lanes as golden-packed 32-bit words
-                    v &= (1 << n) - 1
-                    return [(v >> (32 * i)) & 0xFFFFFFFF for i in range(-(-n // 32))]
-                a = torch.tensor([[words(v) for v in b["a"]]])
-                w = torch.tensor([[words(v) for v in b["w"]]])
-                alpha = torch.tensor([b["alpha"]])
-                t += golden.xnor_matmul(a, w, alpha, n, max_k=hw.max_k) << b["plane"]
-            t += bias
-        else:
-            a = torch.tensor([b["a"] for b in beats], dtype=torch.int64).T    # [rows, K]
-            w = torch.tensor([b["w"] for b in beats], dtype=torch.int64).T    # [cols, K]
-            if hw.unit == "int8":
-                t = golden.int_matmul(a, w, bias, a_bits=hw.a_bits, w_bits=hw.w_bits,
-                                      max_k=hw.max_k)
-            else:
-                t = golden.log_matmul(a, w, bias, bits=hw.bits, a_bits=hw.a_bits,
-                                      zero_code=hw.zero_code, max_k=hw.max_k)
-        if not cfg["raw"]:
-            t = golden.requantize(t, torch.tensor(cfg["mult"]), torch.tensor(cfg["shift"]),
-                                  out_bits=hw.out_bits, relu=bool(cfg["relu"]))
-        for r in range(rows):
+    def _tile(self, payloads, cfg):
+        hw = self.hw
+        beats = self.x_codec.decode(self.x_codec.from_ints(payloads))
+        t = sum(hw.golden_accumulator(ops) << shift for ops, shift in hw.tile_operands(beats))
+        t = t + cfg["bias"][0]
+        if not cfg["raw"][0]:
+            t = hw.golden_output(t, cfg["mult"][0], cfg["shift"][0], bool(cfg["relu"][0]))
+        for r in range(hw.rows):
             self.expected.append((self.tiles, r, t[r].tolist()))
         self.tiles += 1
 
@@ -236,15 +184,15 @@ class Scoreboard:
 
     def __init__(self, hw, model: TileModel, log):
         self.hw, self.model, self.log = hw, model, log
-        self.y_fields = FieldDecoder(hw.y_layout)
+        self.y_codec = PayloadCodec(hw.y_layout)
         self.rows_seen: list[int] = []
         self.matched = 0
         self.errors: list[str] = []
 
     def on_y(self, payload: int):
         self.rows_seen.append(payload)
-        beat = self.y_fields.decode(payload)
-        got = beat["data"]
+        beat = {k: v[0] for k, v in self.y_codec.decode(self.y_codec.from_ints([payload])).items()}
+        got = beat["data"].tolist()
         if not self.model.expected:
             self.errors.append(f"unexpected y beat {got} (no tile finished)")
             return
@@ -267,8 +215,7 @@ class MatmulTB:
     def __init__(self, dut, cfg: dict):
         self.dut, self.cfg = dut, cfg
         self.protocol = Protocol.for_unit(cfg["unit"], **cfg["params"])
-        self.hw = self.protocol.unit
-        self.hw._MustUse__silence = True     # a description of the RTL, never elaborated here
+        self.hw = self.protocol.description
         rng = random.Random(cfg["seed"])
         self.rng = np.random.default_rng(cfg["seed"])
         self.cfg_src = StreamSource(dut, "cfg", random.Random(rng.random()), cfg["gaps"])

@@ -72,24 +72,20 @@ def unit_verilog(unit: str, **params) -> tuple[str, str]:
     :class:`lowbit.LowbitError` for an unknown unit or a bad parameter (the unit's own
     validation message).
     """
-    from lowbit.hw.verilog import MODULE_NAMES, generate_verilog
+    from amaranth.back import verilog as amaranth_verilog
 
-    if unit not in MODULE_NAMES:
-        raise LowbitError(f"unknown unit {unit!r} (choose from {', '.join(MODULE_NAMES)})")
-    name = MODULE_NAMES[unit]
+    from lowbit.hw.faults import make_faulty_unit
+    from lowbit.hw.units import describe
+
     fault = params.pop("fault", None)
     try:
-        if fault is None:
-            text = generate_verilog(unit, name=name, **params)
-        else:   # test-only variant with wrong arithmetic (lowbit.hw.faults)
-            from amaranth.back import verilog as amaranth_verilog
-
-            from lowbit.hw.faults import make_faulty_unit
-            text = amaranth_verilog.convert(make_faulty_unit(unit, fault, **params), name=name,
-                                            emit_src=False)
+        desc = describe(unit, **params)
+        # ``fault``: the test-only variant with wrong arithmetic (lowbit.hw.faults)
+        top = desc.build() if fault is None else make_faulty_unit(unit, fault, **params)
     except (TypeError, ValueError) as e:
         raise LowbitError(str(e)) from None
-    return name, text
+    return desc.module_name, amaranth_verilog.convert(top, name=desc.module_name,
+                                                      emit_src=False)
 
 
 def build_key(kind: str, top: str, verilog: str, params: dict, flags: list[str]) -> str:

@@ -1,8 +1,8 @@
 """Whole-model co-simulation (``lowbit cosim``, sim/cosim.py): packed models decoded with every
 quantized matmul run on the Verilated unit of its scheme and compared with the golden kernel.
 
-* the batched beats of :class:`lowbit.sim.cosim.BatchedPacker` are the driver's payloads, word
-  for word (no Verilator);
+* the batched beats co-simulation streams (one packer, :mod:`lowbit.hw.packing`, with its weight
+  cache) are the driver's payloads of each matmul, word for word (no Verilator);
 * a few real test sentences per scheme (INT8, log4, binary-coding mixed, BMT 1-bit weights and
   1-bit weights + activations) come out identical, inline and with two jobs;
 * a planted arithmetic fault in the RTL (lowbit.hw.faults ``drop-lsb``) is caught and reported
@@ -56,27 +56,14 @@ def _cosim(capsys, *argv) -> tuple[int, list[str]]:
 # Beats of batched matmuls = the driver's payloads
 
 
-class _RecordingUnit:
-    """Stands in for a VerilatedUnit: records the beats, answers with empty output rows."""
+class _Cached:
+    """Weights of a known shape that must come from the packer's cache, never be packed."""
 
-    def __init__(self, unit, **params):
-        from lowbit.sim.harness import BeatPacker, MatmulPacker
+    def __init__(self, w):
+        self.shape = w.shape
 
-        self.protocol = Protocol.for_unit(unit, **params)
-        self.hw = self.protocol.unit
-        self.kind = unit
-        self.packer = MatmulPacker(self.protocol)
-        self.cfg, self.x = [], []
-        self._BeatPacker = BeatPacker
-
-    def run_beats(self, cfg, x, n_y):
-        self.cfg += _ints(cfg)
-        self.x += _ints(x)
-        pk = self._BeatPacker(self.hw.y_layout, n_y)
-        last = np.zeros(n_y, np.int64)
-        last[self.hw.rows - 1::self.hw.rows] = 1
-        pk.put("last", last)
-        return pk.words, 0
+    def __call__(self):
+        raise AssertionError("constant weights packed a second time")
 
 
 def _ints(words: np.ndarray) -> list[int]:
@@ -89,37 +76,38 @@ def _ints(words: np.ndarray) -> list[int]:
     ("xnor", dict(rows=2, cols=3, a_planes=3, w_planes=2, lanes=20, max_k=200)),
 ])
 def test_batched_beats_equal_driver_payloads(unit, params):
-    """A batch of matmuls (own weights per element, or shared weights) streamed as one: the
+    """A batch of matmuls (own weights per element, or shared weights packed once and then
+    taken from the packer's weight cache) streamed as one, as co-simulation streams them: the
     beats are those of the driver's plans of the elements, one after the other, in raw mode;
     small chunks make several harness calls, as for a large batch."""
-    from lowbit.sim.cosim import BatchedPacker
+    from lowbit.hw.packing import Matmul, Packer
 
-    rtl = _RecordingUnit(unit, **params)
-    packer = BatchedPacker(rtl, chunk_beats=40)
+    protocol = Protocol.for_unit(unit, **params)
+    hw = protocol.description
+    packer = Packer(hw, weight_cache=True)
     rng = np.random.default_rng(11)
     m, k, n = 5, 37, 7
-    ops = [random_operands(rtl.hw, rng, m, k, n, raw=True) for _ in range(3)]
-    bias = ops[0]["bias"]
-    want_cfg, want_x = [], []
-    if unit == "xnor":
-        kw = ops[0]
-        packer.run_xnor(kw["a"], kw["w"], kw["alpha"], k, bias)
-        plans = [rtl.protocol.plan(kw["a"], kw["w"], bias, raw=True, alpha=kw["alpha"], k=k)]
+    ops = [random_operands(hw, rng, m, k, n, raw=True) for _ in range(3)]
+    bias, zeros = ops[0]["bias"], np.zeros(n, np.int64)
+    extra = {name: ops[0][name] for name in hw.extra_operands}
+    shared = ops[0]["w"][None]
+    if extra:       # packed planes: one matmul per call
+        a, weights = ops[0]["a"][None], [shared, _Cached(shared)]
     else:
         a = np.stack([o["a"] for o in ops])
-        for w in (np.stack([o["w"] for o in ops]), ops[0]["w"][None]):     # own, shared
-            packer.run(a, w, bias)
-            plans = [rtl.protocol.plan(a[i], w[i % len(w)], bias, raw=True)
-                     for i in range(len(a))]
-            for plan in plans:
-                want_cfg += [t.cfg for t in plan.tiles]
-                want_x += [beat for t in plan.tiles for beat in t.x]
-        plans = []
-    for plan in plans:
-        want_cfg += [t.cfg for t in plan.tiles]
-        want_x += [beat for t in plan.tiles for beat in t.x]
-    assert rtl.cfg == want_cfg
-    assert rtl.x == want_x
+        weights = [np.stack([o["w"] for o in ops]), shared, _Cached(shared)]
+    for i, w in enumerate(weights):
+        mm = Matmul(hw.operands(a, w, extra), bias, zeros, zeros, raw=True)
+        job = packer.job(mm, w_key=("w", None) if len(w.shape) and w.shape[0] == 1 else None)
+        w = shared if isinstance(w, _Cached) else w
+        cfg, x = [], []
+        for _, _, c, xb in packer.blocks(job, chunk_beats=40):
+            cfg += _ints(c)
+            x += _ints(xb)
+        plans = [protocol.plan(a[b], w[b % len(w)], bias, raw=True, **extra)
+                 for b in range(len(a))]
+        assert cfg == [t.cfg for p in plans for t in p.tiles], i
+        assert x == [beat for p in plans for t in p.tiles for beat in t.x], i
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,10 +18,11 @@ from lowbit.hw.fpga import BOARDS, ScanWrapper, parse_overflow, parse_report
 from lowbit.hw.fpga import FpgaResult
 from lowbit.hw import fpga_bench
 from lowbit.hw.fpga_bench import (
-    BASE_PARAMS, Config, _config, comparisons, default_configs, fit_array_model, fit_largest,
+    Config, _config, base_params, comparisons, default_configs, fit_array_model, fit_largest,
     plot_cost, plot_points, render_markdown, unit_cost,
 )
 from lowbit.hw.matmul import make_unit
+from lowbit.hw.units import describe
 
 
 def run_cli(capsys, *argv):
@@ -41,8 +42,8 @@ def run_cli(capsys, *argv):
      "--rows must be a positive integer, not 0"),
     (["--board", "icebreaker", "--unit", "log", "--cols", "65"],
      "--cols must be at most 64, not 65"),
-    (["--board", "icebreaker", "--unit", "int8", "--bits", "4"],
-     "--bits applies to the log unit only, not int8"),
+    (["--board", "icebreaker", "--unit", "log", "--w-bits", "4"],
+     "--w-bits applies to the int8 unit only, not log"),
     (["--board", "icebreaker", "--unit", "log", "--bits", "9"],
      "--bits must be an integer in 1..8, not 9"),
     (["--board", "icebreaker", "--unit", "xnor", "--lanes", "0"],
@@ -202,10 +203,9 @@ def test_parse_overflow_from_nextpnr_log():
 
 def _fake_record(board, unit, rows, cols, lut, ff, dsp=0, dsp_mode="requant", params=None,
                  wrapper_lut=0):
-    params = params if params is not None else BASE_PARAMS[unit]
+    params = params if params is not None else base_params(unit)
     cfg = _config(board, unit, (rows, cols), params, dsp_mode)
-    unit_obj = make_unit(unit, rows=rows, cols=cols, **params)
-    unit_obj._MustUse__silence = True
+    unit_obj = describe(unit, rows=rows, cols=cols, **params)
     lut_avail, dsp_avail = (83640, 156) if board == "ulx3s-85f" else (5280, 8)
     result = {"board": board, "unit": unit, "params": unit_obj.params,
               "lut": lut, "lut_available": lut_avail, "ff": ff, "ff_available": lut_avail,
@@ -409,7 +409,7 @@ def test_largest_square_verified_by_builds():
     """2x2 built and fits, 3x3 built and does not: the table says so and names the overflow."""
     records = dict(_fake_record("icebreaker", "log", r, c, 900 + 300 * c + 200 * r * c,
                                 50 * r * c) for r, c in ((1, 1), (2, 1), (2, 2)))
-    cfg = _config("icebreaker", "log", (3, 3), BASE_PARAMS["log"])
+    cfg = _config("icebreaker", "log", (3, 3), base_params("log"))
     records[cfg.key] = {"key": cfg.key, "fits": False,
                         "config": {"board": "icebreaker", "unit": "log", "rows": 3, "cols": 3,
                                    "params": [list(p) for p in cfg.params], "dsp": cfg.dsp},
@@ -448,7 +448,7 @@ def test_verification_builds_check_the_model_without_moving_it():
 def test_fallback_shapes_replace_tool_failures():
     """A shape a tool failed at is replaced by the next ALT_SIZES shape not yet failed."""
     configs = default_configs(("ulx3s-85f",), sweep=False)
-    bad = _config("ulx3s-85f", "log", (2, 4), BASE_PARAMS["log"])
+    bad = _config("ulx3s-85f", "log", (2, 4), base_params("log"))
     assert bad in configs
     records = {bad.key: {"key": bad.key, "fits": None, "error": "synthesis failed: ERROR: ..."}}
     first = fpga_bench.fallback_configs(configs, records)

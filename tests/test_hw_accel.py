@@ -19,9 +19,9 @@ import torch
 from amaranth.sim import Simulator
 
 from lowbit.cli import main
-from lowbit.hw import lint_verilog, make_unit
+from lowbit.hw import describe, lint_verilog, make_unit
 from lowbit.hw.accel import (
-    ACCEL_NAMES, MAGIC, REG, REGISTERS, Accelerator, RegisterBusSignature, bus_read, bus_write,
+    MAGIC, REG, REGISTERS, Accelerator, RegisterBusSignature, bus_read, bus_write,
     decode_id, generate_accel_verilog, register_table,
 )
 from lowbit.hw.driver import Protocol
@@ -190,7 +190,7 @@ def test_id_registers_read_back(unit, params):
     assert values == accel.id_values
     assert values["MAGIC"] == MAGIC == 0x4C424954
     found = decode_id(values)
-    u = accel.matmul
+    u = accel.description
     assert found["unit"] == unit and found["version"] == (1, 0)
     assert found["params"] == u.params                 # rebuilds the same unit
     assert (found["acc_width"], found["y_width"]) == (u.acc_width, u.y_width)
@@ -261,7 +261,7 @@ def test_matmul_through_the_top_and_counters(unit, x_valid, y_ready):
     rng = np.random.default_rng(["int8", "log", "xnor"].index(unit) * 10 + int(x_valid * 10))
     params, args, kwargs = matmul_case(unit, rng)
     accel = Accelerator(unit=unit, **params)
-    proto = Protocol(accel.matmul)                 # the unchanged host driver
+    proto = Protocol(accel.description)                 # the unchanged host driver
     plan = proto.plan(*args, **kwargs)
     tiles = len(plan.tiles)
     monitor, master, final = Monitor(accel), Master(accel), {}
@@ -352,7 +352,7 @@ def test_soft_reset_discards_a_half_sent_tile(soft_reset):
     rng = np.random.default_rng(5)
     params, args, kwargs = matmul_case("int8", rng, m=2, n=2, k=8)
     accel = Accelerator(unit="int8", **params)
-    proto = Protocol(accel.matmul)
+    proto = Protocol(accel.description)
     junk = proto.plan(*matmul_case("int8", rng, m=2, n=2, k=8)[1])
     plan = proto.plan(*args, **kwargs)
     y, seen = [], {}
@@ -398,7 +398,7 @@ def test_irq_rises_the_cycle_after_the_last_row_and_clears_on_w1c():
     rng = np.random.default_rng(9)
     params, args, kwargs = matmul_case("log", rng, m=2, n=2, k=5)
     accel = Accelerator(unit="log", **params)
-    proto = Protocol(accel.matmul)
+    proto = Protocol(accel.description)
     plan = proto.plan(*args, **kwargs)
     monitor, master, seen = Monitor(accel), Master(accel), {}
 
@@ -423,7 +423,7 @@ def test_irq_rises_the_cycle_after_the_last_row_and_clears_on_w1c():
 
 def test_irq_stays_low_while_disabled_and_follows_the_enable():
     accel = Accelerator(unit="int8", rows=1, cols=1)
-    proto = Protocol(accel.matmul)
+    proto = Protocol(accel.description)
     plan = proto.plan(np.array([[3]]), np.array([[-4]]), raw=True)
     levels, seen = [], {}
 
@@ -454,7 +454,7 @@ def test_job_gate_lets_exactly_job_tiles_through():
     rng = np.random.default_rng(11)
     params, args, kwargs = matmul_case("xnor", rng, m=2, n=6, k=9)   # 3 tiles of 2x2
     accel = Accelerator(unit="xnor", **params)
-    proto = Protocol(accel.matmul)
+    proto = Protocol(accel.description)
     plan = proto.plan(*args, **kwargs)
     assert len(plan.tiles) == 3
     y, seen, go = [], {}, []
@@ -540,7 +540,7 @@ def test_empty_job_and_start_while_busy():
 
 def set_field(accel, payload: int, name: str, value: int) -> int:
     """``payload`` with x field ``name`` replaced by ``value``."""
-    f = accel.matmul.x_layout[name]
+    f = accel.description.x_layout[name]
     mask = ((1 << f.shape.width) - 1) << f.offset
     return (payload & ~mask) | (value << f.offset)
 
@@ -566,7 +566,7 @@ def errors_after(accel, beats, cfg=None) -> tuple[int, int]:
 def test_k_overflow_int8_at_and_beyond_max_k():
     accel_params = dict(rows=1, cols=1, max_k=4)
     accel = Accelerator(unit="int8", **accel_params)
-    plan = Protocol(accel.matmul).plan(np.ones((1, 4), np.int64), np.ones((1, 4), np.int64),
+    plan = Protocol(accel.description).plan(np.ones((1, 4), np.int64), np.ones((1, 4), np.int64),
                                        raw=True)
     beats = plan.tiles[0].x
     assert errors_after(accel, beats) == (0, 0)                     # K = max_k: fine
@@ -581,7 +581,7 @@ def test_k_overflow_xnor_budget_is_count_shifted_by_plane():
     params = dict(rows=1, cols=1, a_planes=2, w_planes=1, lanes=4, max_k=8)
     accel = Accelerator(unit="xnor", **params)
     assert accel.k_budget == 8 * 3 * 1
-    plan = Protocol(accel.matmul).plan(packed(np.ones((2, 1, 8))), packed(np.ones((1, 1, 8))),
+    plan = Protocol(accel.description).plan(packed(np.ones((2, 1, 8))), packed(np.ones((1, 1, 8))),
                                        raw=True, alpha=np.array([[1]]), k=8)
     beats = plan.tiles[0].x                       # costs 4, 8, 4, 8: exactly the budget
     assert len(beats) == 4
@@ -597,7 +597,7 @@ def test_k_overflow_xnor_budget_is_count_shifted_by_plane():
 ])
 def test_bad_xnor_beats(field, value, bad):
     accel = Accelerator(unit="xnor", rows=1, cols=1, a_planes=2, lanes=4)
-    plan = Protocol(accel.matmul).plan(packed(np.ones((1, 1, 4))), packed(np.ones((1, 1, 4))),
+    plan = Protocol(accel.description).plan(packed(np.ones((1, 1, 4))), packed(np.ones((1, 1, 4))),
                                        raw=True, alpha=np.array([[1]]), k=4)
     (beat,) = plan.tiles[0].x
     errors, _ = errors_after(accel, [set_field(accel, beat, field, value)])
@@ -610,10 +610,10 @@ def test_bad_xnor_beats(field, value, bad):
 ])
 def test_bad_log_codes(bits_, zero_code, exponent, bad):
     accel = Accelerator(unit="log", rows=1, cols=2, bits=bits_, zero_code=zero_code)
-    plan = Protocol(accel.matmul).plan(np.ones((1, 1), np.int64), np.zeros((2, 1), np.int64),
+    plan = Protocol(accel.description).plan(np.ones((1, 1), np.int64), np.zeros((2, 1), np.int64),
                                        raw=True)
     (beat,) = plan.tiles[0].x
-    off = accel.matmul.x_layout["w"].offset + bits_        # column 1's code
+    off = accel.description.x_layout["w"].offset + bits_        # column 1's code
     beat |= exponent << off
     errors, pending = errors_after(accel, [beat])
     assert errors == (bits("ERRORS", "BAD_BEAT") if bad else 0)
@@ -706,10 +706,10 @@ def ports(source: str) -> dict[str, tuple[str, int]]:
 ])
 def test_top_verilog_lints_clean_as_one_module(unit, params):
     source = generate_accel_verilog(unit, **params)
-    name = ACCEL_NAMES[unit]
+    name = describe(unit, **params).accel_name
     lint_verilog(source, name)              # -Wall with the documented waivers only
     assert re.findall(r"^module (\S+)\(", source, re.M) == [name]
-    u = Accelerator(unit=unit, **params).matmul
+    u = describe(unit, **params)
     assert ports(source) == {
         "clk": ("input", 1), "rst": ("input", 1),
         "x__payload": ("input", u.x_layout.size), "x__valid": ("input", 1),

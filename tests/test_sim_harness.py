@@ -3,8 +3,8 @@
 Every unit is built once per parameter set (cached under the lowbit cache folder) and run on
 random matmuls with fixed seeds and on the corner cases of sim/operands.py, including the widest
 K the unit accepts (``max_k``, 32768 by default), with and without random backpressure.
-Comparison is equality. The packing of beats is checked word for word against the protocol
-driver (hw/driver.py) without Verilator.
+Comparison is equality. The harness streams the packer's words in blocks; the blocks are
+checked to join to exactly the driver's payloads without Verilator.
 """
 
 from __future__ import annotations
@@ -14,18 +14,13 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.hw.driver import Protocol
-from lowbit.sim.harness import MatmulPacker, VerilatedUnit
+from lowbit.hw.units import UnitDescription
+from lowbit.sim.harness import VerilatedUnit
 from lowbit.sim.operands import corner_cases, random_operands
 from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.timeout(600)
 
-
-
-def _protocol(unit, **params):
-    p = Protocol.for_unit(unit, **params)
-    p.unit._MustUse__silence = True
-    return p
 
 
 def _words_to_ints(words: np.ndarray) -> list[int]:
@@ -44,10 +39,10 @@ PACKING_CASES = [
 
 
 @pytest.mark.parametrize("unit,params", PACKING_CASES)
-def test_packed_words_equal_driver_payloads(unit, params):
-    """The harness's vectorised beats are exactly the driver's payload integers."""
-    protocol = _protocol(unit, **params)
-    packer = MatmulPacker(protocol)
+def test_blocks_join_to_the_driver_payloads(unit, params):
+    """The blocks the harness streams (whole tile rows) join to the driver's payloads."""
+    protocol = Protocol.for_unit(unit, **params)
+    packer = protocol.packer
     rng = np.random.default_rng(7)
     k_hi = min(protocol.unit.max_k, 150)
     for m, k, n in [(1, 1, 1), (5, k_hi, 7), (protocol.unit.rows * 2, 33, protocol.unit.cols)]:
@@ -56,7 +51,7 @@ def test_packed_words_equal_driver_payloads(unit, params):
         job = packer.prepare(**kw)
         # Small blocks so that several blocks are joined, as for a large matmul.
         cfg, x = [], []
-        for _, _, c, xb in packer.blocks(job, chunk_beats=3 * job.beats_per_tile):
+        for _, _, c, xb in packer.blocks(job, chunk_beats=3 * job.beats):
             cfg += _words_to_ints(c)
             x += _words_to_ints(xb)
         assert cfg == [t.cfg for t in plan.tiles]
@@ -126,7 +121,7 @@ def test_harness_detects_a_wrong_result():
 
 def test_harness_reports_a_hang():
     with VerilatedUnit("int8", rows=4, cols=4) as rtl:
-        job = rtl.packer.prepare(**random_operands(rtl.hw, np.random.default_rng(1), 4, 3, 4))
+        job = rtl.prepare(**random_operands(rtl.hw, np.random.default_rng(1), 4, 3, 4))
         _, _, cfg, x = next(rtl.packer.blocks(job))
         with pytest.raises(RuntimeError, match=r"the unit hung: after \d+ cycles"):
             rtl.run_beats(cfg, x[:-1], rtl.hw.rows)       # the tile's last beat never comes
@@ -153,13 +148,13 @@ def test_verify_cli(argv, capsys):
 
 def test_verify_cli_reports_mismatch(monkeypatch, capsys):
     """A golden model that disagrees in one element: the count drops and the exit status is 1."""
-    real = Protocol.expected
+    real = UnitDescription.golden_result
 
     def off_by_one(self, *a, **kw):
         y = real(self, *a, **kw)
         y[0, 1] += 1
         return y
-    monkeypatch.setattr(Protocol, "expected", off_by_one)
+    monkeypatch.setattr(UnitDescription, "golden_result", off_by_one)
     assert main(["verify", "--unit", "int8", "--m", "4", "--k", "8", "--n", "4"]) == 1
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == "bit-exact: 15/16"
