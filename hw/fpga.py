@@ -239,6 +239,7 @@ class FpgaResult:
     build_dir: str
     dsp_mode: str = "auto"
     utilization: dict = dataclasses.field(default_factory=dict)
+    design: str = "scan"
 
     @property
     def unit_lut(self) -> int:
@@ -364,6 +365,7 @@ _PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth {sel}; alumac
 # t*mult has the accumulator (20..47 bits at the default max_k) as one operand.
 _PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=17 %i r:B_WIDTH<=17 %i"
 DSP_MODES = ("auto", "requant", "off")
+DESIGNS = ("scan", "uart")      # what is built around the unit (build_unit's ``design``)
 
 
 def synth_options(board: Board, dsp: str) -> dict:
@@ -405,7 +407,8 @@ def _script_commands(script: str) -> list[tuple[str, str]]:
 
 def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
                dsp: str = "auto", progress: Callable[[str], None] | None = None,
-               timeout: float | None = None) -> FpgaResult:
+               timeout: float | None = None, design: str = "scan",
+               baud: int | None = None) -> FpgaResult:
     """Synthesise, place and route one matmul unit on a board; return its utilisation and Fmax.
 
     Parameters
@@ -423,6 +426,11 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
         Receives one line per stage (default: print to stderr).
     timeout : float, optional
         Seconds allowed per tool run.
+    design : ``"scan"`` (the unit in :class:`ScanWrapper`, for its cost) or ``"uart"`` (the
+        accelerator behind its UART bridge on the board's USB serial pins,
+        :class:`lowbit.hw.board.BoardDesign`: a bitstream a host can use; no wrapper cost).
+    baud : int, optional
+        The uart design's baud rate (default :data:`lowbit.hw.board.DEFAULT_BAUD`).
 
     Raises
     ------
@@ -438,14 +446,22 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
     platform_cls = _platform_class(board)
     env = tool_env()
     check_tools(board, env)
+    if design not in DESIGNS:
+        raise LowbitError(f"--design must be one of {', '.join(DESIGNS)}, not {design!r}")
+    platform = platform_cls()
     try:
-        unit = make_unit(unit_name, **params)
+        if design == "uart":
+            from .board import DEFAULT_BAUD, BoardDesign
+            unit = top = BoardDesign.for_platform(platform, unit_name, **params,
+                                                  baud=DEFAULT_BAUD if baud is None else baud)
+        else:
+            unit = make_unit(unit_name, **params)
+            top = ScanWrapper(unit)
     except (TypeError, ValueError) as e:
         raise LowbitError(str(e)) from None
-    top = ScanWrapper(unit)
     os.makedirs(build_dir, exist_ok=True)
     build_dir = os.path.abspath(build_dir)
-    plan = platform_cls().build(top, name="top", do_build=False, do_program=False,
+    plan = platform.build(top, name="top", do_build=False, do_program=False,
                                 nextpnr_opts="--report report.json --timing-allow-fail",
                                 **synth_options(board, dsp))
     plan.extract(build_dir)
@@ -482,9 +498,10 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
         netlist_ff = sum(n for cell, n in counts.items() if cell.startswith("SB_DFF"))
     numbers = parse_report(report, board, netlist_ff=netlist_ff)
     return FpgaResult(board=board.name, unit=unit_name, params=dict(unit.params), **numbers,
-                      wrapper_lut=top.wrapper_lut, wrapper_ff=top.wrapper_ff,
+                      wrapper_lut=getattr(top, "wrapper_lut", 0),
+                      wrapper_ff=getattr(top, "wrapper_ff", 0),
                       macs_per_cycle=macs_per_cycle(unit), seconds=seconds,
-                      build_dir=build_dir, dsp_mode=dsp,
+                      build_dir=build_dir, dsp_mode=dsp, design=design,
                       utilization={k: v for k, v in report["utilization"].items()
                                    if v.get("used")})
 
@@ -552,6 +569,12 @@ def register(subparsers) -> None:
                    help="auto (default): multipliers may use DSP blocks; requant: only the "
                         "per-column requantization multipliers, the PE array in LUT logic; "
                         "off: LUT logic only")
+    p.add_argument("--design", default="scan",
+                   help="scan (default): the unit in a scan wrapper, to measure its cost; "
+                        "uart: the accelerator behind a UART bridge on the board's USB serial "
+                        "port, a bitstream `lowbit board matmul` talks to (docs/hardware.md)")
+    p.add_argument("--baud", type=int, default=None,
+                   help="--design uart: the serial port's baud rate (default 115200)")
     p.add_argument("-o", "--build-dir", default=None,
                    help="build folder (default build/fpga/BOARD-UNIT-RxC); tool logs stay there")
     p.add_argument("--timeout", type=float, default=None,
@@ -569,6 +592,11 @@ def validate_args(args) -> tuple[str, str, dict]:
         raise LowbitError(f"--dsp must be one of {', '.join(DSP_MODES)}, not {args.dsp!r}")
     if args.timeout is not None and not args.timeout > 0:
         raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    if args.design not in DESIGNS:
+        raise LowbitError(f"--design must be one of {', '.join(DESIGNS)}, not {args.design!r}")
+    if args.baud is not None and (args.design != "uart" or args.baud < 1):
+        raise LowbitError(f"--baud must be a positive integer, not {args.baud}"
+                          if args.design == "uart" else "--baud applies to --design uart only")
     unit, params = unit_params(args)
     return board, unit, params
 
@@ -583,20 +611,25 @@ def default_build_dir(board: str, unit: str, params: dict, dsp: str = "auto") ->
 
 def _fpga_command(args) -> int:
     board, unit, params = validate_args(args)
-    build_dir = args.build_dir or default_build_dir(board, unit, params, args.dsp)
+    build_dir = args.build_dir or (default_build_dir(board, unit, params, args.dsp)
+                                   + ("" if args.design == "scan" else f"-{args.design}"))
     check_build_dir(build_dir, "-o")
     out = sys.stderr if args.json else sys.stdout
     say = lambda line: print(line, file=out, flush=True)  # noqa: E731
     say(f"building {unit} {params['rows']}x{params['cols']} for {board} in {build_dir}")
     start = time.monotonic()
     result = build_unit(board, unit, params, build_dir=build_dir, dsp=args.dsp, progress=say,
-                        timeout=args.timeout)
+                        timeout=args.timeout, design=args.design, baud=args.baud)
     total = time.monotonic() - start
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, sort_keys=True))
         return 0
     print(format_table([result]))
-    print(f"wrapper (scan chain + XOR tree): {result.wrapper_ff} FF, ~{result.wrapper_lut} LUT "
-          f"(unit alone: ~{result.unit_lut} LUT, {result.unit_ff} FF)")
+    if args.design == "uart":
+        print(f"whole design (accelerator + UART bridge): {result.lut} LUT, {result.ff} FF; "
+              f"bitstream in {build_dir}; then `lowbit board matmul --port PORT ...`")
+    else:
+        print(f"wrapper (scan chain + XOR tree): {result.wrapper_ff} FF, ~{result.wrapper_lut} "
+              f"LUT (unit alone: ~{result.unit_lut} LUT, {result.unit_ff} FF)")
     print(f"build time {total:.1f} s; logs in {build_dir} (top.rpt: Yosys, top.tim: nextpnr)")
     return 0

@@ -21,6 +21,7 @@ _COMMAND_MODULES = [
     "lowbit.sw.data_cli",
     "lowbit.sw.quant.cli",
     "lowbit.hw.cli",
+    "lowbit.hw.board_cli",
     "lowbit.sim.cli",
     "lowbit.regress",
 ]

@@ -294,6 +294,42 @@ def build_harness(unit: str, **params) -> Path:
     return _HARNESSES[memo]
 
 
+def build_library(prefix: str, top: str, verilog: str, source: Path) -> Path:
+    """Build (once, cached like :func:`build_harness`) Verilog module ``top`` together with the
+    C++ driver ``source`` into a shared library for ctypes; returns its path.
+
+    The Verilated class is ``prefix`` (``source`` includes ``"<prefix>.h"``). The cache key is
+    the Verilog, the C++ source, the Verilator version and the flags, the unit harness' flags,
+    whose runtime objects are reused.
+    """
+    flags = HARNESS_FLAGS + LINT_WAIVERS + [OPT_FAST]
+    h = hashlib.sha256()
+    for part in (prefix, top, verilog, verilator_version(), " ".join(flags), source.read_text()):
+        h.update(part.encode())
+        h.update(b"\0")
+    key = f"{prefix.lower()}-{h.hexdigest()[:20]}"
+    product = f"lib{prefix.lower()}.so"
+
+    def build(tmp: Path) -> None:
+        (tmp / "design.v").write_text(verilog)
+        obj = tmp / "obj"
+        log = tmp / "build.log"
+        _run(["verilator", "--cc", "--exe", *HARNESS_FLAGS, *LINT_WAIVERS, "--top-module", top,
+              "--prefix", prefix, "-Mdir", str(obj), "-CFLAGS", "-fPIC",
+              "-LDFLAGS", "-shared -Wl,-Bsymbolic", "-o", product, str(tmp / "design.v"),
+              str(source)], tmp, log, "verilator")
+        common = _common_objects("harness", flags)
+        _reuse_objects(common, obj)
+        _run(["make", "-j", str(os.cpu_count() or 1), "-C", str(obj), "-f", f"{prefix}.mk",
+              f"OPT_FAST={OPT_FAST}", "CFG_CXXFLAGS_PCH_I=-include"], tmp, log,
+             f"compiling the Verilated {top}")
+        _keep_objects(common, obj)
+        shutil.copy(obj / product, tmp / product)
+        shutil.rmtree(obj)
+
+    return _cached_build(key, product, build)
+
+
 def _ports_public_vlt(top: str) -> str:
     """Verilator control file that exposes only the top module's ports to VPI (for cocotb)."""
     ports = ["clk", "rst"] + sorted(PORTS.values())
