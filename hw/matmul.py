@@ -14,6 +14,8 @@ contract's helpers in :mod:`lowbit.contract`. The interface is specified in docs
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -313,9 +315,15 @@ class MatmulUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        rows, cols, aw = self.rows, self.cols, self.acc_width
+        bank = self._accumulate(m)
+        cfg, cfg_valid = self._config_buffer(m)
+        self._drain(m, bank, cfg, cfg_valid)
+        return m
 
-        # --- accumulation pipeline ----------------------------------------------------------
+    def _accumulate(self, m) -> "_Bank":
+        """The accumulation pipeline: x beats -> PE products -> accumulators; the beat marked
+        ``last`` moves the tile's sums into the output bank (returned)."""
+        rows, cols, aw = self.rows, self.cols, self.acc_width
         # One global advance signal: every stage moves together. The only stall is a finished
         # tile whose sums cannot enter the output bank because the previous tile still drains.
         advance = Signal()
@@ -350,18 +358,26 @@ class MatmulUnit(wiring.Component):
                         m.d.sync += [bank[r][c].eq(total), acc[r][c].eq(0)]
                     with m.Else():
                         m.d.sync += acc[r][c].eq(total)
+        return _Bank(rows=bank, full=bank_full, closing=do_accumulate & p_last)
 
-        # --- configuration buffer -----------------------------------------------------------
-        # One cfg beat is held ahead; it is released when its tile's last row leaves the bank.
+    def _config_buffer(self, m):
+        """One cfg beat held ahead (``cfg``, ``cfg_valid``); the drain releases it when its
+        tile's last row leaves the bank."""
         cfg = Signal(self.cfg_layout)
         cfg_valid = Signal()
         m.d.comb += self.cfg.ready.eq(~cfg_valid)
         with m.If(self.cfg.valid & self.cfg.ready):
             m.d.sync += [cfg.eq(self.cfg.payload), cfg_valid.eq(1)]
+        return cfg, cfg_valid
 
-        # --- drain and requantization pipeline ----------------------------------------------
-        # Stages: D1 t = bank row + bias; D2 p = t * mult; D3 p + 2^(shift-1); y register:
-        # >> shift, ReLU, saturation (or raw t). All advance together when y can take a beat.
+    def _drain(self, m, tile: "_Bank", cfg, cfg_valid) -> None:
+        """The drain and requantization pipeline: one bank row per y beat.
+
+        Stages: D1 t = bank row + bias; D2 p = t * mult; D3 p + 2^(shift-1); y register:
+        >> shift, ReLU, saturation (or raw t). All advance together when y can take a beat.
+        """
+        rows, cols, aw = self.rows, self.cols, self.acc_width
+        bank, bank_full = tile.rows, tile.full
         drain_advance = Signal()
         m.d.comb += drain_advance.eq(~self.y.valid | self.y.ready)
         draining = bank_full & cfg_valid
@@ -369,7 +385,7 @@ class MatmulUnit(wiring.Component):
         last_row = row == rows - 1
         do_emit = drain_advance & draining
 
-        with m.If(do_accumulate & p_last):
+        with m.If(tile.closing):
             m.d.sync += bank_full.eq(1)
         with m.If(do_emit):
             # The bank is a shift register: row 0 always leaves next (no rows:1 multiplexer).
@@ -409,7 +425,15 @@ class MatmulUnit(wiring.Component):
                 m.d.comb += rectified.eq(Mux(s3.relu & (shifted < 0), 0, shifted))
                 saturated = Mux(rectified < lo, lo, Mux(rectified > hi, hi, rectified))
                 m.d.sync += self.y.payload.data[c].eq(Mux(s3.raw, s3.raw_t[c], saturated))
-        return m
+
+
+@dataclass
+class _Bank:
+    """The output bank between accumulation and drain: ``rows[r][c]`` registers, ``full``
+    while a finished tile waits or drains, ``closing`` when a tile's sums enter it."""
+    rows: list
+    full: Signal
+    closing: object
 
 
 class _DrainStage:

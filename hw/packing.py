@@ -456,10 +456,14 @@ class Packer:
         wbatch = job.w_part.shape[0]
         for u0 in range(0, units, step):
             u1 = min(units, u0 + step)
-            w = job.w_part[(np.arange(u0, u1) // plan.tm) % wbatch]     # [u, tn, *beats, xw]
-            a = job.a_part[u0:u1, None]
-            x = np.broadcast_to(a | w, (u1 - u0, plan.tn) + full).reshape(-1, job.beats, xw)
-            x = np.array(x)
+            # the weight part of each tile row's batch element: [u or 1, tn, *beats, xw]
+            w = job.w_part[:1] if wbatch == 1 else \
+                job.w_part[(np.arange(u0, u1) // plan.tm) % wbatch]
+            x = job.a_part[u0:u1, None] | w
+            shape = (u1 - u0, plan.tn) + full
+            if x.shape != shape:        # a beat axis neither part varies over
+                x = np.broadcast_to(x, shape).copy()
+            x = x.reshape(-1, job.beats, xw)
             x[:, -1] |= last                                          # closes each tile
             yield u0, u1, np.tile(job.cfg_row, (u1 - u0, 1)), x.reshape(-1, xw)
 

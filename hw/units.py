@@ -206,7 +206,6 @@ class UnitDescription:
     kind_code: int = 0
     golden: object = None
     rtl: object = None
-    title: str = ""
     parameters: tuple = ()
     aliases: tuple = ()
     extra_operands: tuple = ()
@@ -616,7 +615,7 @@ class MatrixUnitDescription(UnitDescription):
 @register_unit
 class IntDescription(MatrixUnitDescription):
     """INT unit (INT8, also INT2..INT8): ``acc += a * w``, signed x signed (docs/numerics.md)."""
-    kind, kind_code, title = "int8", 1, "INT"
+    kind, kind_code = "int8", 1
     golden = "lowbit.sw.golden:int_matmul"
     rtl = "lowbit.hw.matmul:IntMatmul"
     parameters = (Param("a_bits", "A bits", 8, 2, 8, help="activation bits"),
@@ -662,7 +661,7 @@ class IntDescription(MatrixUnitDescription):
 @register_unit
 class LogDescription(MatrixUnitDescription):
     """Log-shift unit: power-of-two weight codes, the multiply is a shift and a negate."""
-    kind, kind_code, title = "log", 2, "log-shift"
+    kind, kind_code = "log", 2
     golden = "lowbit.sw.golden:log_matmul"
     rtl = "lowbit.hw.matmul:LogMatmul"
     w_name = "codes"
@@ -742,7 +741,7 @@ class LogDescription(MatrixUnitDescription):
 @register_unit
 class XnorDescription(UnitDescription):
     """XNOR-popcount unit over bit planes with integer plane scales (BMT, binary coding)."""
-    kind, kind_code, title = "xnor", 3, "XNOR-popcount"
+    kind, kind_code = "xnor", 3
     golden = "lowbit.sw.golden:xnor_matmul"
     rtl = "lowbit.hw.matmul:XnorMatmul"
     parameters = (Param("a_planes", "A planes", 1, 1, 8, help="activation planes"),

@@ -34,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lowbit import LowbitError
+from lowbit.contract import ceil_div
 from lowbit.toolenv import activate_verilator, cache_dir, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
@@ -204,7 +205,7 @@ def _port_words(verilog: str, top: str) -> dict[str, int]:
         if not m:
             raise LowbitError(f"module {top} declares no port {port}")
         width = int(m.group(1)) + 1 if m.group(1) else 1
-        words[port] = (width + 31) // 32
+        words[port] = ceil_div(width, 32)
     return words
 
 

@@ -95,7 +95,7 @@ class TernaryMatmul(MatmulUnit):
 
 class TernaryDescription(MatrixUnitDescription):
     """Ternary weights (2-bit codes), signed ``a_bits`` activations."""
-    kind, kind_code, title = "ternary", 15, "ternary"
+    kind, kind_code = "ternary", 15
     golden = ternary_matmul
     rtl = TernaryMatmul
     w_name = "codes"
