@@ -23,6 +23,7 @@ behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, ResetInserter, Signal
 from amaranth.lib import stream, wiring
@@ -369,43 +370,57 @@ class Accelerator(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         u = self.description.build()    # a submodule: built where it is elaborated
-        soft_rst = Signal()     # one cycle, registered from the CTRL write (no bus->stream path)
-        m.submodules.matmul = ResetInserter({"sync": soft_rst})(u)
+        s = SimpleNamespace(soft_rst=Signal(name="soft_rst"))  # one cycle, registered from the CTRL write
+        m.submodules.matmul = ResetInserter({"sync": s.soft_rst})(u)
+        self._control(m, s)
+        self._streams(m, u, s)
+        self._errors(m, u, s)
+        self._counters(m, s)
+        # Soft reset: everything but CTRL's settings and JOB_TILES. Last in the sync domain,
+        # so it wins over the updates of the phases above.
+        with m.If(s.soft_rst):
+            m.d.sync += [x.eq(0) for x in (
+                s.job_active, s.job_x, s.job_cfg, s.job_y, s.in_tile, s.x_tiles, s.cfg_tiles,
+                s.y_tiles, s.k_used, s.x_waiting, s.cfg_waiting, s.errors, s.pending,
+                *s.counters.values())]
+        self._read_side(m, s)
+        return m
 
+    def _control(self, m, s) -> None:
+        """The control registers: CTRL's settings and actions, JOB_TILES."""
         bus = self.bus
-        w = bus.w_data
-
-        def written(name):
-            return bus.w_stb & (bus.addr == REG[name].addr)
+        s.w = w = bus.w_data
+        s.written = lambda name: bus.w_stb & (bus.addr == REG[name].addr)
 
         def bit(reg, name):
             f = REG[reg].field(name)
             return w[f.lsb:f.lsb + f.width]
 
-        # --- control registers ---------------------------------------------------------------
-        job_gate = Signal()
-        irq_en = Signal(3)
-        job_tiles = Signal(COUNTER_WIDTH)
-        ctrl_write = written("CTRL")
-        start = ctrl_write & bit("CTRL", "START")
-        clear_counters = ctrl_write & bit("CTRL", "CLEAR_COUNTERS")
-        m.d.sync += soft_rst.eq(ctrl_write & bit("CTRL", "SOFT_RESET"))
+        s.job_gate, s.irq_en = Signal(name="job_gate"), Signal(3, name="irq_en")
+        s.job_tiles = Signal(COUNTER_WIDTH, name="job_tiles")
+        ctrl_write = s.written("CTRL")
+        s.start = ctrl_write & bit("CTRL", "START")
+        s.clear_counters = ctrl_write & bit("CTRL", "CLEAR_COUNTERS")
+        m.d.sync += s.soft_rst.eq(ctrl_write & bit("CTRL", "SOFT_RESET"))
         with m.If(ctrl_write):
-            m.d.sync += [job_gate.eq(bit("CTRL", "JOB_GATE")), irq_en.eq(bit("CTRL", "IRQ_EN"))]
-        with m.If(written("JOB_TILES")):
-            m.d.sync += job_tiles.eq(w)
+            m.d.sync += [s.job_gate.eq(bit("CTRL", "JOB_GATE")),
+                         s.irq_en.eq(bit("CTRL", "IRQ_EN"))]
+        with m.If(s.written("JOB_TILES")):
+            m.d.sync += s.job_tiles.eq(w)
 
-        # --- job ---------------------------------------------------------------------------
-        job_active = Signal()
-        job_x = Signal(COUNTER_WIDTH)       # tiles closed on x during the job
-        job_cfg = Signal(COUNTER_WIDTH)     # cfg beats accepted during the job
-        job_y = Signal(COUNTER_WIDTH)       # tiles out on y during the job
-
-        # --- streams: the unit's, gated by the job and closed during a soft reset ---------------
-        x_open, cfg_open = Signal(), Signal()
+    def _streams(self, m, u, s) -> None:
+        """The unit's streams, gated by the job and closed during a soft reset; the job's
+        progress and the busy flag (work in flight, from tile counts modulo 2^8)."""
+        s.job_active = Signal(name="job_active")
+        s.job_x = Signal(COUNTER_WIDTH, name="job_x")   # tiles closed on x during the job
+        s.job_cfg = Signal(COUNTER_WIDTH, name="job_cfg")   # cfg beats accepted during the job
+        s.job_y = Signal(COUNTER_WIDTH, name="job_y")   # tiles out on y during the job
+        soft_rst, job_gate, job_tiles = s.soft_rst, s.job_gate, s.job_tiles
+        s.x_open = x_open = Signal(name="x_open")
+        s.cfg_open = cfg_open = Signal(name="cfg_open")
         m.d.comb += [
-            x_open.eq(~soft_rst & (~job_gate | (job_active & (job_x < job_tiles)))),
-            cfg_open.eq(~soft_rst & (~job_gate | (job_active & (job_cfg < job_tiles)))),
+            x_open.eq(~soft_rst & (~job_gate | (s.job_active & (s.job_x < job_tiles)))),
+            cfg_open.eq(~soft_rst & (~job_gate | (s.job_active & (s.job_cfg < job_tiles)))),
             u.x.payload.eq(self.x.payload),
             u.x.valid.eq(self.x.valid & x_open),
             self.x.ready.eq(u.x.ready & x_open),
@@ -416,96 +431,92 @@ class Accelerator(wiring.Component):
             self.y.valid.eq(u.y.valid & ~soft_rst),
             u.y.ready.eq(self.y.ready & ~soft_rst),
         ]
-        do_x = self.x.valid & self.x.ready
-        do_cfg = self.cfg.valid & self.cfg.ready
-        do_y = self.y.valid & self.y.ready
+        s.do_x = do_x = self.x.valid & self.x.ready
+        s.do_cfg = do_cfg = self.cfg.valid & self.cfg.ready
+        s.do_y = do_y = self.y.valid & self.y.ready
         x_tile_closed = do_x & self.x.payload.last
-        tile_done = do_y & self.y.payload.last
+        s.tile_done = tile_done = do_y & self.y.payload.last
 
-        # --- busy: work in flight, from tile counts modulo 2^8 ---------------------------------
-        in_tile = Signal()
-        x_tiles, cfg_tiles, y_tiles = (Signal(_OCCUPANCY_BITS, name=n)
-                                       for n in ("x_tiles", "cfg_tiles", "y_tiles"))
+        s.in_tile = Signal(name="in_tile")
+        s.x_tiles, s.cfg_tiles, s.y_tiles = (Signal(_OCCUPANCY_BITS, name=n)
+                                             for n in ("x_tiles", "cfg_tiles", "y_tiles"))
         with m.If(do_x):
-            m.d.sync += in_tile.eq(~self.x.payload.last)
-        m.d.sync += [x_tiles.eq(x_tiles + x_tile_closed), cfg_tiles.eq(cfg_tiles + do_cfg),
-                     y_tiles.eq(y_tiles + tile_done)]
-        busy = Signal()
-        m.d.comb += busy.eq(job_active | in_tile | (x_tiles != y_tiles) | (cfg_tiles != y_tiles))
+            m.d.sync += s.in_tile.eq(~self.x.payload.last)
+        m.d.sync += [s.x_tiles.eq(s.x_tiles + x_tile_closed),
+                     s.cfg_tiles.eq(s.cfg_tiles + do_cfg), s.y_tiles.eq(s.y_tiles + tile_done)]
+        s.busy = Signal(name="busy")
+        m.d.comb += s.busy.eq(s.job_active | s.in_tile | (s.x_tiles != s.y_tiles)
+                              | (s.cfg_tiles != s.y_tiles))
 
-        # --- job progress ------------------------------------------------------------------
-        job_finishing = Signal()
-        job_y_next = job_y + tile_done
-        m.d.comb += job_finishing.eq(job_active & (job_y_next >= job_tiles))
-        with m.If(start & ~job_active):
-            m.d.sync += [job_active.eq(1), job_x.eq(0), job_cfg.eq(0), job_y.eq(0)]
-        with m.Elif(job_active):
-            m.d.sync += [job_x.eq(job_x + x_tile_closed), job_cfg.eq(job_cfg + do_cfg),
-                         job_y.eq(job_y_next)]
-            with m.If(job_finishing):
-                m.d.sync += job_active.eq(0)
+        s.job_finishing = Signal(name="job_finishing")
+        job_y_next = s.job_y + tile_done
+        m.d.comb += s.job_finishing.eq(s.job_active & (job_y_next >= job_tiles))
+        with m.If(s.start & ~s.job_active):
+            m.d.sync += [s.job_active.eq(1), s.job_x.eq(0), s.job_cfg.eq(0), s.job_y.eq(0)]
+        with m.Elif(s.job_active):
+            m.d.sync += [s.job_x.eq(s.job_x + x_tile_closed), s.job_cfg.eq(s.job_cfg + do_cfg),
+                         s.job_y.eq(job_y_next)]
+            with m.If(s.job_finishing):
+                m.d.sync += s.job_active.eq(0)
 
-        # --- error detection -----------------------------------------------------------------
+    def _errors(self, m, u, s) -> None:
+        """Error detection, the sticky ERRORS and IRQ_PENDING flags (W1C) and the irq line."""
         # K budget per tile, saturating at budget + 1 so it cannot wrap back below the limit.
-        budget = self.k_budget
-        k_used = Signal(range(budget + 2))
+        budget, do_x = self.k_budget, s.do_x
+        s.k_used = Signal(range(budget + 2), name="k_used")
         k_total = Signal(range(budget + (1 << 16) + 2))
-        m.d.comb += k_total.eq(k_used + u.pe.beat_cost(self.x.payload))
+        m.d.comb += k_total.eq(s.k_used + u.pe.beat_cost(self.x.payload))
         k_over = k_total > budget
         with m.If(do_x):
-            m.d.sync += k_used.eq(Mux(self.x.payload.last, 0, Mux(k_over, budget + 1, k_total)))
+            m.d.sync += s.k_used.eq(Mux(self.x.payload.last, 0,
+                                        Mux(k_over, budget + 1, k_total)))
         # Stream rule: once valid is high it stays high until ready (amaranth.lib.stream).
-        x_waiting, cfg_waiting = Signal(), Signal()
-        m.d.sync += [x_waiting.eq(self.x.valid & ~self.x.ready),
-                     cfg_waiting.eq(self.cfg.valid & ~self.cfg.ready)]
+        s.x_waiting, s.cfg_waiting = Signal(name="x_waiting"), Signal(name="cfg_waiting")
+        m.d.sync += [s.x_waiting.eq(self.x.valid & ~self.x.ready),
+                     s.cfg_waiting.eq(self.cfg.valid & ~self.cfg.ready)]
         error_events = Signal(len(REG["ERRORS"].fields))
         m.d.comb += error_events.eq(Cat(
             do_x & k_over,
             do_x & u.pe.bad_beat(self.x.payload, u.rows, u.cols),
-            x_waiting & ~self.x.valid,
-            cfg_waiting & ~self.cfg.valid,
-            start & job_active,
+            s.x_waiting & ~self.x.valid,
+            s.cfg_waiting & ~self.cfg.valid,
+            s.start & s.job_active,
         ))
-
-        # --- sticky flags: events set, W1C writes clear ------------------------------------------
-        errors = Signal(len(error_events))
-        pending = Signal(3)
-        pending_events = Cat(tile_done, job_finishing, error_events.any())
+        # Sticky flags: events set, W1C writes clear.
+        s.errors = Signal(len(error_events), name="errors")
+        s.pending = Signal(3, name="pending")
+        pending_events = Cat(s.tile_done, s.job_finishing, error_events.any())
         m.d.sync += [
-            errors.eq((errors & ~Mux(written("ERRORS"), w, 0)) | error_events),
-            pending.eq((pending & ~Mux(written("IRQ_PENDING"), w, 0)) | pending_events),
+            s.errors.eq((s.errors & ~Mux(s.written("ERRORS"), s.w, 0)) | error_events),
+            s.pending.eq((s.pending & ~Mux(s.written("IRQ_PENDING"), s.w, 0)) | pending_events),
         ]
-        m.d.comb += self.irq.eq((pending & irq_en).any())
+        m.d.comb += self.irq.eq((s.pending & s.irq_en).any())
 
-        # --- counters --------------------------------------------------------------------------
+    def _counters(self, m, s) -> None:
+        """The performance counters (and TILES_DONE), cleared by CLEAR_COUNTERS."""
         counted = {
-            "CYCLES": Const(1), "BUSY_CYCLES": busy, "X_BEATS": do_x, "CFG_BEATS": do_cfg,
-            "Y_BEATS": do_y, "X_STALLS": self.x.valid & ~self.x.ready,
-            "Y_STALLS": self.y.valid & ~self.y.ready, "X_IDLE": busy & ~self.x.valid,
-            "TILES_DONE": tile_done,
+            "CYCLES": Const(1), "BUSY_CYCLES": s.busy, "X_BEATS": s.do_x, "CFG_BEATS": s.do_cfg,
+            "Y_BEATS": s.do_y, "X_STALLS": self.x.valid & ~self.x.ready,
+            "Y_STALLS": self.y.valid & ~self.y.ready, "X_IDLE": s.busy & ~self.x.valid,
+            "TILES_DONE": s.tile_done,
         }
-        counters = {}
+        s.counters = {}
         for name, event in counted.items():
-            c = counters[name] = Signal(COUNTER_WIDTH, name=name.lower())
-            m.d.sync += c.eq(Mux(clear_counters, 0, c + event))
+            c = s.counters[name] = Signal(COUNTER_WIDTH, name=name.lower())
+            m.d.sync += c.eq(Mux(s.clear_counters, 0, c + event))
 
-        # --- soft reset: everything but CTRL's settings and JOB_TILES ------------------------------
-        # Last in the sync domain, so it wins over the updates above.
-        with m.If(soft_rst):
-            m.d.sync += [s.eq(0) for s in (job_active, job_x, job_cfg, job_y, in_tile, x_tiles,
-                                            cfg_tiles, y_tiles, k_used, x_waiting, cfg_waiting,
-                                            errors, pending, *counters.values())]
-
-        # --- read side ---------------------------------------------------------------------------
+    def _read_side(self, m, s) -> None:
+        """Register reads: ``r_data`` one cycle after ``r_stb``, 0 otherwise."""
+        bus = self.bus
         values = {name: Const(v, DATA_WIDTH) for name, v in self.id_values.items()}
         values.update({
-            "CTRL": Cat(Const(0, 3), job_gate, Const(0, 4), irq_en),
-            "STATUS": Cat(busy, job_active, self.irq, in_tile, x_open),
-            "IRQ_PENDING": pending,
-            "ERRORS": errors,
-            "JOB_TILES": job_tiles,
-            "JOB_DONE_TILES": job_y,
-            **counters,
+            "CTRL": Cat(Const(0, 3), s.job_gate, Const(0, 4), s.irq_en),
+            "STATUS": Cat(s.busy, s.job_active, self.irq, s.in_tile, s.x_open),
+            "IRQ_PENDING": s.pending,
+            "ERRORS": s.errors,
+            "JOB_TILES": s.job_tiles,
+            "JOB_DONE_TILES": s.job_y,
+            **s.counters,
         })
         assert set(values) == set(REG), set(REG) ^ set(values)
         with m.If(bus.r_stb):
@@ -517,7 +528,6 @@ class Accelerator(wiring.Component):
                     m.d.sync += bus.r_data.eq(0)
         with m.Else():
             m.d.sync += bus.r_data.eq(0)
-        return m
 
 
 # ---------------------------------------------------------------------------------------------
