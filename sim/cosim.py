@@ -58,6 +58,8 @@ class CosimOptions:
     # that decodes the first batch
     rtl_fault: str | None = None        # test only: faulty RTL variant (lowbit.hw.faults)
     harnesses: dict = field(default_factory=dict)  # built libraries, handed to the workers
+    ray: str | None = None              # None: local processes; "": a local Ray; else its address
+    crash_once: str | None = None       # test hook (Ray): the first batch kills its worker once
 
 
 @dataclass
@@ -290,7 +292,10 @@ def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, pro
         progress(empty)
     batches = make_batches(encoded, opts.batch_size)
     t0 = time.perf_counter()
-    if opts.jobs <= 1 or len(batches) <= 1:
+    if opts.ray is not None:
+        del model
+        _run_ray(model_dir, opts, encoded, batches, report, progress)
+    elif opts.jobs <= 1 or len(batches) <= 1:
         del model
         _run_inline(model_dir, opts, encoded, batches, report, progress)
     else:
@@ -325,6 +330,90 @@ def _run_inline(model_dir, opts, encoded, batches, report, progress) -> None:
     finally:
         _merge_stats(report, worker.rtl.stats())
         worker.rtl.close()
+
+
+class RayWorker:
+    """A Ray actor that decodes batches like a ``--jobs`` process. Every batch returns its own
+    unit statistics, so a batch retried after a lost worker is counted once, as without the
+    failure. On a node other than the driver's the units are built there (its own cache)."""
+
+    def __init__(self, model_dir, opts):
+        from lowbit.sim.verilator import remember_harnesses
+
+        torch.set_num_threads(1)
+        remember_harnesses(opts.harnesses)
+        self.opts = opts
+        self.worker = _Worker(model_dir, opts)
+
+    def batch(self, number: int, items: list):
+        marker = self.opts.crash_once
+        if marker is not None and number == 0 and not os.path.exists(marker):
+            with open(marker, "w") as f:        # test hook: die like a lost node, once
+                f.write(str(os.getpid()))
+            os._exit(1)
+        before = [s.to_dict() for s in self.worker.rtl.stats()]
+        fault = self.opts.plant_fault if number == 0 else None
+        try:
+            rtl_ids, gold_ids = self.worker.batch([ids for _, ids in items], fault)
+        except CosimMismatch as e:
+            return "mismatch", e.info, []
+        rows = [(i, r, g) for (i, _), r, g in zip(items, rtl_ids, gold_ids)]
+        return "batch", rows, _stats_delta([s.to_dict() for s in self.worker.rtl.stats()], before)
+
+
+def _stats_delta(now: list[dict], before: list[dict]) -> list[dict]:
+    """Per-unit statistics of ``now`` minus ``before`` (units are only ever added)."""
+    old = {(d["unit"], repr(d["params"])): d for d in before}
+    out = []
+    for d in now:
+        b = old.get((d["unit"], repr(d["params"])))
+        out.append({k: (v - b[k] if b is not None and isinstance(v, (int, float)) else v)
+                    for k, v in d.items()})
+    return out
+
+
+def _run_ray(model_dir, opts, encoded, batches, report, progress) -> None:
+    """Batches as calls to ``opts.jobs`` Ray actors; a dead actor is restarted and its call
+    retried (possibly on another node). Results come back to this process only."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        if opts.ray:
+            ray.init(address=opts.ray, log_to_driver=False)
+        else:
+            ray.init(num_cpus=opts.jobs, include_dashboard=False, log_to_driver=False)
+    try:
+        actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)(RayWorker)
+        workers = [actor.remote(model_dir, opts) for _ in range(min(opts.jobs, len(batches)))]
+        queue = list(enumerate(batches))
+        pending = {}
+
+        def submit(w):
+            number, batch = queue.pop(0)
+            pending[w.batch.remote(number, [(i, encoded[i]) for i in batch])] = w
+
+        for w in workers:
+            if queue:
+                submit(w)
+        while pending:
+            [ref], _ = ray.wait(list(pending), num_returns=1)
+            w = pending.pop(ref)
+            try:
+                kind, payload, stats = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                raise LowbitError(f"co-simulation on Ray failed: "
+                                  f"{str(e).strip().splitlines()[-1][:300]}") from None
+            _merge_stats(report, stats)
+            if kind == "mismatch":
+                report.mismatch = payload
+                break
+            _take(report, payload, progress)
+            if queue:
+                submit(w)
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _run_jobs(model_dir, opts, encoded, batches, report, progress) -> None:

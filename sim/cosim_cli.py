@@ -38,6 +38,11 @@ def _add_common(p, *, jobs_default) -> None:
                    help=f"the units' largest K (default {DEFAULT_MAX_K}, the contract's; it must "
                         f"cover the model's widest matmul)")
     p.add_argument("--lanes", type=int, default=32, help="XNOR unit lanes (default 32)")
+    p.add_argument("--ray", metavar="ADDRESS", nargs="?", const="", default=None,
+                   help="send the batches to --jobs Ray workers: the cluster at ADDRESS, or "
+                        "without one a local Ray instance (docs/regress.md)")
+    # Test hook (docs/cosim.md): with --ray, the worker of the first batch dies once.
+    p.add_argument("--crash-once", metavar="MARKER", help=argparse_suppress())
 
 
 def register_cosim(subparsers) -> None:
@@ -97,6 +102,7 @@ def _options(args):
     return CosimOptions(rows=args.rows, cols=args.cols, max_k=args.max_k, lanes=args.lanes,
                         beam=args.beam, batch_size=args.batch_size, jobs=args.jobs,
                         plant_fault=getattr(args, "plant_mismatch", None),
+                        ray=args.ray, crash_once=args.crash_once,
                         rtl_fault=_rtl_fault(getattr(args, "rtl_fault", None)))
 
 

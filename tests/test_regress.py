@@ -92,3 +92,25 @@ def test_config_errors(tmp_path, capsys, body, message):
     assert main(["regress", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("lowbit: error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_cosim_on_ray_survives_a_killed_worker_with_the_same_report(tmp_path):
+    """`lowbit cosim --ray`: the worker of the first batch dies once; the batch is retried and
+    the report (identity, simulated cycles, calls) equals a run in this process."""
+    from lowbit.sim.cosim import CosimOptions, cosim_split
+    from lowbit.sw.checkpoint import resolve_model_dir
+    from lowbit.sw.data import read_parallel
+
+    src, _ = read_parallel(Path(DATA), "test_2016_flickr", limit=4)
+    model = str(resolve_model_dir("multi30k-en-de-int8"))
+    marker = tmp_path / "crashed"
+    on_ray = cosim_split(model, src, CosimOptions(jobs=2, batch_size=2, ray="",
+                                                  crash_once=str(marker)),
+                         log=lambda m: None)
+    inline = cosim_split(model, src, CosimOptions(jobs=1, batch_size=2), log=lambda m: None)
+    assert marker.exists()
+    assert on_ray.ok and on_ray.identical == inline.identical == 4
+    assert on_ray.translations == inline.translations
+    assert on_ray.cycles == inline.cycles
+    assert [(u.unit, u.calls, u.macs) for u in on_ray.units] == \
+        [(u.unit, u.calls, u.macs) for u in inline.units]
