@@ -24,7 +24,8 @@ def test_targets_are_judged_on_each_split():
                + _rec("a", "int8", 39.81, 32.80, size=750, bits=8.0)      # 99.53%, 99.39%
                + _rec("b", "log4", 39.70, 32.71, size=400, bits=4.0)      # -0.30, -0.29
                + _rec("c", "mixed", 39.40, 32.60, size=250, bits=2.9)     # -0.60, -0.40
-               + _rec("d", "bmt1", 38.0, 31.0, size=900, bits=9.4))       # -2.0, -2.0
+               + _rec("d", "bmt1", 38.0, 31.0, size=900, bits=9.4)        # -2.0, -2.0
+               + _rec("e", "bmt1a1", 35.0, 27.9, size=90, bits=1.1))      # -5.0, -5.1
     lines = check_targets(build_rows(records, 5))
     text = "\n".join(lines)
     assert "- **partly met**: INT8 (all matmuls) >= 99.5% of FP32 BLEU: 2016: 99.5% (met); " \
@@ -36,6 +37,8 @@ def test_targets_are_judged_on_each_split():
     assert "- **partly met**: mixed loses <= 0.5 BLEU: 2016: loses 0.60 (not met); " \
            "2017: loses 0.40 (met)" in text
     assert "- **not met**: BMT 1-bit weights lose <= 1.0 BLEU" in text
+    assert "- **partly met**: BMT 1-bit weights and activations lose <= 5.0 BLEU: 2016: loses " \
+           "5.00 (met); 2017: loses 5.10 (not met)" in text
 
 
 def test_fp32_control_is_no_reference_and_shipped_packages_are_judged():
