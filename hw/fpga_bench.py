@@ -15,6 +15,7 @@ marginal cost, the fitted per-PE slope divided by the MACs one PE does per cycle
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -198,10 +199,49 @@ def load_results(path: Path = RESULTS_PATH) -> dict:
     return data
 
 
+@contextlib.contextmanager
+def build_pool(jobs: int, ray_address: str | None = None, inline: bool = False):
+    """Yields ``submit(config, build_root, timeout) -> Future`` of :func:`_build_one` records:
+    ``jobs`` local processes (``inline``: in the calling thread, whose tools run as
+    subprocesses anyway), or Ray tasks (``ray_address``: a cluster's address, or "" for a local
+    instance with ``jobs`` CPUs) retried when their worker dies. Either way the caller, alone,
+    writes the results."""
+    if ray_address is None and inline:
+        from concurrent.futures import Future
+
+        def run(*args):
+            future = Future()
+            future.set_result(_build_one(*args))
+            return future
+
+        yield run
+        return
+    if ray_address is None:
+        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) \
+                as pool:
+            yield lambda *args: pool.submit(_build_one, *args)
+        return
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        if ray_address:
+            ray.init(address=ray_address, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, jobs), include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1, max_retries=2)(_build_one)
+        yield lambda *args: task.remote(*args).future()
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def run_bench(configs: list[Config], *, results_path: Path = RESULTS_PATH,
               build_root: str = "build/fpga-bench", jobs: int = 1, reuse: bool = True,
-              timeout: float | None = None) -> dict:
-    """Build ``configs`` (``jobs`` at a time), saving each record as it finishes.
+              timeout: float | None = None, ray_address: str | None = None) -> dict:
+    """Build ``configs`` (``jobs`` at a time, or on Ray: :func:`build_pool`), saving each record
+    as it finishes.
 
     With ``reuse``, configs already in ``results_path`` (built successfully or found not to
     fit) are not rebuilt. Returns the results dict.
@@ -214,9 +254,8 @@ def run_bench(configs: list[Config], *, results_path: Path = RESULTS_PATH,
                                        and records[c.key].get("fits") is not None)]
     bar = tqdm(total=len(todo), desc="fpga builds", unit="build", file=sys.stderr)
     if todo:
-        with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=get_context("spawn")) \
-                as pool:
-            futures = {pool.submit(_build_one, c, build_root, timeout): c for c in todo}
+        with build_pool(jobs, ray_address) as submit:
+            futures = {submit(c, build_root, timeout): c for c in todo}
             from concurrent.futures import as_completed
             for future in as_completed(futures):
                 record = future.result()
@@ -770,7 +809,8 @@ def report_section(docs_dir) -> str:
 
 
 def verify_largest(data: dict, *, results_path: Path, build_root: str,
-                   timeout: float | None, boards, jobs: int = 1) -> dict:
+                   timeout: float | None, boards, jobs: int = 1,
+                   ray_address: str | None = None) -> dict:
     """Confirm each estimated largest square array by building it and its neighbour.
 
     From the estimate ``n``: if ``n x n`` fits, build ``n+1`` (and upward while those fit);
@@ -792,7 +832,7 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
             known = records.get(config.key, {}).get("fits")
         if known is None:
             print(f"verifying {config.key} ...", file=sys.stderr, flush=True)
-            record = _build_one(config, build_root, timeout)    # tools run as subprocesses
+            record = submit(config, build_root, timeout).result()
             with lock:
                 records[config.key] = record
                 _write_json_atomic(Path(results_path), data)
@@ -813,7 +853,8 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
 
     rows = [row for row in largest_table(records)
             if row["board"] in boards and row["fit"] is not None]
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    with build_pool(jobs, ray_address, inline=True) as submit, \
+            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(verify, row) for row in rows]:
             future.result()
     return data
@@ -851,6 +892,10 @@ def register_bench(subparsers) -> None:
     p.add_argument("--build-root", default="build/fpga-bench", help="build folders")
     p.add_argument("--render-only", action="store_true",
                    help="build nothing: re-render the docs from the results file")
+    p.add_argument("--ray", metavar="ADDRESS", nargs="?", const="", default=None,
+                   help="run the builds as Ray tasks: on the cluster at ADDRESS, or without one "
+                        "on a local Ray instance with --jobs CPUs (docs/regress.md); this "
+                        "process alone writes the results file")
     p.set_defaults(func=_bench_command)
 
 
@@ -895,7 +940,8 @@ def _bench_command(args) -> int:
     else:
         configs = default_configs(boards, sweep=not (args.no_sweep or args.quick))
         data = run_bench(configs, results_path=results, build_root=args.build_root,
-                         jobs=args.jobs, reuse=not args.rebuild, timeout=args.timeout)
+                         jobs=args.jobs, reuse=not args.rebuild, timeout=args.timeout,
+                         ray_address=args.ray)
         while True:     # replace shapes a tool failed at (ALT_SIZES), as long as any are left
             more = fallback_configs(configs, data["records"])
             if not more:
@@ -904,11 +950,13 @@ def _bench_command(args) -> int:
                   + ", ".join(c.key for c in more), file=sys.stderr, flush=True)
             configs = configs + more
             data = run_bench(more, results_path=results, build_root=args.build_root,
-                             jobs=args.jobs, reuse=True, timeout=args.timeout)
+                             jobs=args.jobs, reuse=True, timeout=args.timeout,
+                             ray_address=args.ray)
         verify_on = tuple(b for b in verify_on if b in boards)
         if verify_on:
             data = verify_largest(data, results_path=results, build_root=args.build_root,
-                                  timeout=args.timeout, boards=verify_on, jobs=args.jobs)
+                                  timeout=args.timeout, boards=verify_on, jobs=args.jobs,
+                                  ray_address=args.ray)
     if lock is not None:
         lock.close()
     markdown = render_markdown(

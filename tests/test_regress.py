@@ -114,3 +114,17 @@ def test_cosim_on_ray_survives_a_killed_worker_with_the_same_report(tmp_path):
     assert on_ray.cycles == inline.cycles
     assert [(u.unit, u.calls, u.macs) for u in on_ray.units] == \
         [(u.unit, u.calls, u.macs) for u in inline.units]
+
+
+def test_fpga_builds_on_ray_give_the_record_of_a_local_build(tmp_path):
+    """`lowbit bench fpga --ray`: a build as a Ray task; the driver writes the record."""
+    from lowbit.hw.fpga_bench import _config, base_params, load_results, run_bench
+
+    config = _config("icebreaker", "log", (1, 1), dict(base_params("log"), bits=1), "requant")
+    results = tmp_path / "fpga.json"
+    data = run_bench([config], results_path=results, build_root=str(tmp_path / "b"), jobs=1,
+                     ray_address="")
+    record = load_results(results)["records"][config.key]
+    assert record == json.loads(json.dumps(data["records"][config.key]))
+    assert record["fits"] is True
+    assert record["result"]["lut"] > 0 and record["result"]["fmax_mhz"] > 0
