@@ -21,6 +21,8 @@ import json
 import sys
 import time
 
+from lowbit import LowbitError
+from lowbit.io import check_output_file, write_text_atomic
 from lowbit.sw.checkpoint import load_model
 from lowbit.sw.data import read_parallel, resolve_data_dir
 from lowbit.sw.decode import DecodeOptions, corpus_bleu, translate
@@ -40,6 +42,10 @@ def main() -> int:
     p.add_argument("--limit", type=int, help="only the first N sentences of each split")
     p.add_argument("--variants", default=",".join(("all-float", "all-integer") + OPS))
     args = p.parse_args()
+    try:
+        check_output_file(args.out, "OUT.json")
+    except LowbitError as e:
+        raise SystemExit(f"integer_ablation: error: {e}") from None
     data_dir = resolve_data_dir(args.data_dir)
     model, tokenizer, meta = load_model(args.checkpoint, args.device)
     records = []
@@ -62,8 +68,7 @@ def main() -> int:
                             "beam": args.beam, "bleu": round(score.score, 2),
                             "signature": str(signature), "seconds": round(time.time() - t0, 1)})
             print(f"{variant:12} {split}: {score.score:.2f}", flush=True)
-            with open(args.out, "w", encoding="utf-8") as f:
-                json.dump(records, f, indent=1)
+            write_text_atomic(args.out, json.dumps(records, indent=1) + "\n")
     return 0
 
 
