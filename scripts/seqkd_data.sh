@@ -45,7 +45,8 @@ for f in "$DATA_DIR"/*; do
 done
 
 case "$src" in *.gz) zcat "$src" ;; *) cat "$src" ;; esac \
-    | { if [ -n "${LIMIT:-}" ]; then head -n "$LIMIT"; else cat; fi; } > "$tmp/train.en"
+    | { if [ -n "${LIMIT:-}" ]; then awk -v n="$LIMIT" 'NR <= n'; else cat; fi; } > "$tmp/train.en"
+# (awk reads to the end: `head` would close the pipe early and pipefail would stop the script)
 n_src=$(wc -l < "$tmp/train.en")
 echo "translating $n_src training sentences with $MODEL (beam $BEAM) -> $OUT" >&2
 lowbit translate --model "$MODEL" --beam "$BEAM" --device "$DEVICE" --batch-size "$BATCH" \

@@ -239,7 +239,8 @@ def size_figure(rows: list[dict]):
     for ax, split in zip(axes, SPLITS):
         shipped, labels = [], []
         top = max((r.get(split) or 0.0) for r in rows)
-        floor = top + Y_FLOOR - 1.0 if ref is None else ref[split] + Y_FLOOR
+        floor = (ref[split] if ref is not None and ref.get(split) is not None
+                 else top - 1.0) + Y_FLOOR
         for r in rows:
             b, size = r.get(split), r.get("size_bytes")
             if b is None or not size:
