@@ -245,12 +245,16 @@ class TilePlan:
         return [(b, i * self.rows, j * self.cols) for b in range(self.batch)
                 for i in range(self.tm) for j in range(self.tn)]
 
+    def check_beats(self, beats: int) -> None:
+        """ValueError unless ``beats`` is the number of ``y`` beats of every tile."""
+        want = self.tiles * self.rows
+        if beats != want:
+            raise ValueError(f"expected {want} y beats ({self.tiles} tiles x {self.rows} rows), "
+                             f"got {beats}")
+
     def assemble(self, values: np.ndarray) -> np.ndarray:
         """``y`` rows in stream order ``[tiles * rows, cols]`` -> ``Y [batch, M, N]``."""
-        want = self.tiles * self.rows
-        if len(values) != want:
-            raise ValueError(f"expected {want} y beats ({self.tiles} tiles x {self.rows} rows), "
-                             f"got {len(values)}")
+        self.check_beats(len(values))
         y = (values.reshape(self.batch, self.tm, self.tn, self.rows, self.cols)
              .transpose(0, 1, 3, 2, 4).reshape(self.batch, self.tm * self.rows,
                                                self.tn * self.cols))
@@ -482,6 +486,5 @@ class Packer:
 
     def assemble(self, job: Job, y_words: np.ndarray) -> np.ndarray:
         """The ``y`` words of every tile of ``job`` (stream order) -> ``Y [batch, M, N]``."""
-        if len(y_words) != job.y_beats:
-            return job.plan.assemble(np.zeros((len(y_words), 0)))    # raises: beat count
+        job.plan.check_beats(len(y_words))
         return job.plan.assemble(self.y_values(y_words))
