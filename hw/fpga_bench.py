@@ -221,20 +221,11 @@ def build_pool(jobs: int, ray_address: str | None = None, inline: bool = False):
                 as pool:
             yield lambda *args: pool.submit(_build_one, *args)
         return
-    import ray
+    from lowbit.ray_session import ray_session
 
-    started = not ray.is_initialized()
-    if started:
-        if ray_address:
-            ray.init(address=ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=max(1, jobs), include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(ray_address, max(1, jobs)) as ray:
         task = ray.remote(num_cpus=1, max_retries=2)(_build_one)
         yield lambda *args: task.remote(*args).future()
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_bench(configs: list[Config], *, results_path: Path = RESULTS_PATH,

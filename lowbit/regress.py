@@ -24,6 +24,7 @@ Config (TOML)::
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.io import check_output_file, write_text_atomic
+from lowbit.ray_session import ray_session
 
 CHECKS = ("bleu", "devices", "cosim")
 
@@ -210,13 +212,7 @@ def regress(cfg: RegressConfig, address: str | None = None, cpus: int | None = N
             not in ("pass", "fail", "skipped")]
     if not todo:
         return cells
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(address, cpus):
         task = ray.remote(max_retries=3, num_cpus=1)(run_cell)
         pending = {}
         for c in todo:
@@ -234,9 +230,6 @@ def regress(cfg: RegressConfig, address: str | None = None, cpus: int | None = N
                 _save(cfg, cells)
                 if progress:
                     progress(c, cells[cell_key(c)])
-    finally:
-        if started:
-            ray.shutdown()
     return cells
 
 
@@ -256,14 +249,8 @@ def register(sub) -> None:
                    help="CPUs of a local Ray instance (default: all)")
     p.add_argument("--data-dir", help="Multi30k directory (overrides the config's)")
     # Test hook (docs/regress.md): the first attempt of the first cell kills its worker.
-    p.add_argument("--crash-once", metavar="MARKER", help=argparse_suppress())
+    p.add_argument("--crash-once", metavar="MARKER", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_regress)
-
-
-def argparse_suppress():
-    import argparse
-
-    return argparse.SUPPRESS
 
 
 def _cmd_regress(args) -> int:

@@ -375,15 +375,9 @@ def _stats_delta(now: list[dict], before: list[dict]) -> list[dict]:
 def _run_ray(model_dir, opts, encoded, batches, report, progress) -> None:
     """Batches as calls to ``opts.jobs`` Ray actors; a dead actor is restarted and its call
     retried (possibly on another node). Results come back to this process only."""
-    import ray
+    from lowbit.ray_session import ray_session
 
-    started = not ray.is_initialized()
-    if started:
-        if opts.ray:
-            ray.init(address=opts.ray, log_to_driver=False)
-        else:
-            ray.init(num_cpus=opts.jobs, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(opts.ray, opts.jobs) as ray:
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)(RayWorker)
         workers = [actor.remote(model_dir, opts) for _ in range(min(opts.jobs, len(batches)))]
         queue = list(enumerate(batches))
@@ -411,9 +405,6 @@ def _run_ray(model_dir, opts, encoded, batches, report, progress) -> None:
             _take(report, payload, progress)
             if queue:
                 submit(w)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _run_jobs(model_dir, opts, encoded, batches, report, progress) -> None:
