@@ -73,6 +73,12 @@ def integer_evaluation():
         _integer_evaluation[0] = saved
 
 
+def evaluating_integers() -> bool:
+    """Whether the calling code is inside :func:`integer_evaluation` (faster evaluations of the
+    kernels, which multiply floats, stand aside there)."""
+    return _integer_evaluation[0]
+
+
 def _exact_matmul(a: torch.Tensor, w: torch.Tensor, bound: int) -> torch.Tensor:
     """``a @ w.T`` for int64 ``a [..., M, K]`` and ``w [..., N, K]``, exact.
 
@@ -418,9 +424,16 @@ def quantize_symmetric(x: torch.Tensor, scale, bits: int) -> torch.Tensor:
     ``scale`` is a positive float or a tensor broadcasting against ``x`` (e.g. per token).
     Division and round-half-to-even are exactly rounded IEEE operations, identical on CPU/GPU.
     """
+    return quantize_symmetric_values(x, scale, bits).to(torch.int64)
+
+
+def quantize_symmetric_values(x: torch.Tensor, scale, bits: int) -> torch.Tensor:
+    """:func:`quantize_symmetric`'s integers, left in the float tensor they were rounded in
+    (``x``'s dtype promoted with ``scale``'s; float32 and float64 hold every 16-bit integer
+    exactly): the operand of :class:`PreparedMatmul`, without the round trip through int64."""
     _check_bits("bits", bits, 2, 16)
     lo, hi = int_range(bits)
-    return torch.round(x / scale).clamp(lo, hi).to(torch.int64)
+    return torch.div(x, scale).round_().clamp_(lo, hi)
 
 
 def requant_params(scale, *, check: bool = True):
@@ -496,3 +509,380 @@ def _requantize(acc, mult, shift, out_bits: int, relu: bool) -> torch.Tensor:
         r = r.clamp(min=0)
     lo_s, hi_s = int_range(out_bits)
     return r.clamp(lo_s, hi_s)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast evaluation with prepared weights: the kernels' integers from fewer, cheaper operations
+
+
+FLOAT32_EXACT = 1 << 24   # float32 represents every integer of magnitude <= 2**24
+_INT32_MAX = (1 << 31) - 1
+
+
+def float32_matmul_is_ieee(device) -> bool:
+    """Whether float32 matrix products on ``device`` round in IEEE single precision.
+
+    PyTorch can trade precision for speed in float32 products (TF32 on CUDA, bf16 through oneDNN
+    on the CPU: ``torch.backends.*.matmul.fp32_precision``, ``set_float32_matmul_precision``,
+    ``allow_tf32``); with fewer mantissa bits even small integer sums are rounded, so the fast
+    products then use float64, which no such setting touches.
+    """
+    cuda = torch.device(device).type == "cuda"
+    try:
+        if cuda:
+            precision = getattr(torch.backends.cuda.matmul, "fp32_precision", None)
+        else:
+            precision = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision",
+                                None)
+        if precision is not None:           # PyTorch >= 2.9: per backend; "none" is IEEE
+            return precision in ("ieee", "none")
+        if cuda and torch.backends.cuda.matmul.allow_tf32:
+            return False
+        return torch.get_float32_matmul_precision() == "highest"
+    except RuntimeError:                    # settings made through both APIs: assume the worst
+        return False
+
+
+_int8_exact: dict = {}
+
+
+def int8_matmul_is_exact(device) -> bool:
+    """Whether ``torch._int_mm`` (int8 x int8 -> int32) gives exact sums on ``device``.
+
+    Only the CPU is considered (CUDA keeps the float products). An integer product is exact
+    by nature, but x86 CPUs without VNNI multiply int8 pairs into 16-bit intermediates that
+    saturate; PyTorch routes around them, and this checks it once per process: products whose
+    pairs of terms overflow 16 bits (``127 * 127 + 127 * 127``, ``-128 * -128 + ...``) and
+    random ones against the float64 product.
+    """
+    if torch.device(device).type != "cpu":
+        return False
+    if "cpu" not in _int8_exact:
+        ok = hasattr(torch, "_int_mm")
+        if ok:
+            gen = torch.Generator().manual_seed(0)
+            a = torch.randint(-128, 128, (19, 77), generator=gen, dtype=torch.int8)
+            b = torch.randint(-128, 128, (77, 13), generator=gen, dtype=torch.int8)
+            a[0], a[1], a[2, ::2], b[:, 0], b[:, 1], b[::3, 2] = 127, -128, -128, 127, -128, -128
+            try:
+                for x, y in ((a, b), (a[:, :1], b[:1]), (a[:1], b[:, :1])):
+                    x, y = _int8_operand(x), _int8_operand(y)
+                    got = torch._int_mm(x, y)
+                    ok = ok and got.dtype == torch.int32 and torch.equal(
+                        got.to(torch.float64), x.to(torch.float64) @ y.to(torch.float64))
+            except (RuntimeError, NotImplementedError):
+                ok = False
+        _int8_exact["cpu"] = ok
+    return _int8_exact["cpu"]
+
+
+class PreparedMatmul:
+    """The constant weights of one unit matmul, prepared once for many exact products.
+
+    Calling it with activations ``a [M, K]`` returns ``a @ W.T + bias``: the integers of
+    :func:`int_matmul`, :func:`log_matmul` or :func:`xnor_matmul` on the same operands, as an
+    integer-valued float tensor (float32 or float64). The weights are planes with integer
+    scales, ``W[n, k] = sum_j alpha[j, n] * b_j[n, k]`` (one plane with ``alpha = 1`` for the
+    INT and log units); everything that depends on them alone is done here once, including a
+    bound on every partial sum, ``max_n (a_max * sum_k |W[n, k]| + |bias[n]|)``. The product:
+
+    * ``"int8"`` (CPU, :func:`int8_matmul_is_exact`): when the planes and the activations are
+      8-bit integers -- or the activations are the XNOR unit's odd 8-plane values ``a = 2q+1``,
+      multiplied as ``q`` (``a . b = 2 q . b + sum_k b``) -- one int8 product of all planes
+      into exact int32 sums (``|sum| <= 128 * max|b| * K < 2**31``), combined as
+      ``sum_j alpha[j, n] * sum_j + bias`` in float64 (integers below 2**53: exact);
+    * ``"float32"``: one float32 product of ``W`` (and the bias added in it) when the bound is
+      at most 2**24: every partial sum, in any order, is an integer float32 holds exactly;
+    * ``"planes"``: for one plane whose scaled sum is too wide for float32, the plane's
+      product in float32 (bounded by ``a_max * max|b| * K <= 2**24``), times ``alpha`` plus the
+      bias in float64;
+    * ``"float64"``: one float64 product of ``W``, exact for any bound below 2**53.
+
+    The float32 plans fall back to float64 where float32 products are not IEEE
+    (:func:`float32_matmul_is_ieee`). The activations must be integers of the kernel's width
+    (:func:`quantize_symmetric_values`; the XNOR unit's odd values, or use :meth:`odd`): valid
+    by construction, they are not checked per call. Build with :func:`prepare_int`,
+    :func:`prepare_log` or :func:`prepare_xnor`, which check the weights and the bias as the
+    kernels do. docs/numerics.md ("Exactness of the golden kernels") has the arguments.
+    """
+
+    PLANS = ("int8", "float32", "planes", "float64")
+
+    def __init__(self, planes: torch.Tensor, alpha: torch.Tensor, bias: torch.Tensor | None,
+                 a_max: int, odd: bool, plan: str | None = None):
+        # planes: int64 [P, N, K]; alpha: int64 [P, N] (>= 0); odd: activations are odd values
+        # of a_max = 2**Pa - 1 (XNOR unit), else signed integers of magnitude <= a_max.
+        p, n, k = planes.shape
+        eff = (planes * alpha.unsqueeze(-1)).sum(0) if p > 1 else planes[0] * alpha[0, :, None]
+        row = eff.abs().sum(-1) * a_max + (0 if bias is None else bias.abs())
+        self.bound = int(row.max()) if row.numel() else 0
+        if self.bound >= _EXACT_LIMIT:
+            raise ValueError(f"matmul bound {self.bound} is too wide for exact evaluation "
+                             f"(>= 2**53)")
+        b_max = int(planes.abs().max()) if planes.numel() else 0
+        self.k, self.n, self.a_max, self.odd_values = k, n, a_max, odd
+        self.half = odd and a_max > 127          # a = 2q + 1 with q in -128..127
+        fits8 = (int(planes.min()) >= -128 and int(planes.max()) <= 127 if planes.numel()
+                 else True)
+        exact = {"int8": (fits8 and (a_max <= 128 or self.half)
+                          and 128 * max(b_max, 1) * k <= _INT32_MAX
+                          and int8_matmul_is_exact("cpu")),
+                 "float32": self.bound <= FLOAT32_EXACT,
+                 "planes": p == 1 and a_max * b_max * k <= FLOAT32_EXACT,
+                 "float64": True}
+        if plan is None:
+            plan = next(name for name in self.PLANS if exact[name])
+        elif plan not in self.PLANS:
+            raise ValueError(f"plan must be one of {', '.join(self.PLANS)}, not {plan!r}")
+        elif not exact[plan]:
+            raise ValueError(f"plan {plan!r} is not exact for these weights "
+                             f"(bound {self.bound}, K={k})")
+        self.plan = plan
+        self._eff, self._bias = eff, bias
+        self._build(planes, alpha)
+        self._wide = None
+
+    def _build(self, planes: torch.Tensor, alpha: torch.Tensor) -> None:
+        f64 = torch.float64
+        bias = self._bias
+        if self.plan == "float32" or self.plan == "float64":
+            dtype = torch.float32 if self.plan == "float32" else f64
+            self.wt = self._eff.T.to(dtype).contiguous()             # [K, N]: as the GEMM reads
+            self.bias = None if bias is None else bias.to(dtype)
+            return
+        if self.plan == "planes":
+            self.wt = planes[0].T.to(torch.float32).contiguous()
+            self.alpha = alpha[0].to(f64)
+            self.bias = None if bias is None else bias.to(f64)
+            return
+        # int8: plane j of the rows that have it, stacked as columns of one [K, R] operand.
+        # Row n has planes 0 .. count[n]-1 (trailing planes with alpha 0 add exact zeros and
+        # are left out); plane 0 of every row comes first, in row order.
+        p, n, _ = planes.shape
+        nonzero = alpha != 0
+        last = torch.where(nonzero, torch.arange(1, p + 1).unsqueeze(-1), 0).amax(0)
+        count = last.clamp(min=1)
+        plane_sums = torch.zeros(n, dtype=torch.int64)    # sum_j alpha_j * sum_k b_j[n, k]
+        cols, self.segments = [], []
+        for j in range(p):
+            rows = torch.nonzero(count > j).flatten()
+            if not rows.numel():
+                break
+            cols.append(planes[j, rows])
+            plane_sums[rows] += alpha[j, rows] * planes[j, rows].sum(-1)
+            self.segments.append((None if rows.numel() == n else rows, alpha[j, rows]))
+        self.w8 = _int8_operand(torch.cat(cols).T)                   # [K, R]
+        self.plane_sums = plane_sums
+        self.bias = None
+        self._affine = {}
+
+    def _affine_terms(self, s: int, c: int):
+        """For activations ``a = s * x + c`` given as ``x``: ``a . b_j = s (x . b_j) + c sum_k
+        b_j``, so ``acc = sum_j (s alpha_j) t_j + (bias + c sum_j alpha_j sum_k b_j)``. The
+        constant and the segment weights (None for 1) in float64, exact, built once."""
+        terms = self._affine.get((s, c))
+        if terms is None:
+            const = self.plane_sums * c
+            if self._bias is not None:
+                const = const + self._bias.to(const.device)
+            weights = [None if bool((alpha * s == 1).all()) else (alpha * s).to(torch.float64)
+                       for _, alpha in self.segments]
+            const = None if not bool(const.any()) else const.to(torch.float64)
+            terms = self._affine[(s, c)] = (const, weights)
+        return terms
+
+    @property
+    def device(self) -> torch.device:
+        return self._eff.device
+
+    def to(self, device) -> "PreparedMatmul":
+        """This matmul with its tensors on ``device`` (a new object; ``self`` if already there).
+        The int8 plan is CPU-only: elsewhere it becomes the float plan the bound allows."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        new = object.__new__(PreparedMatmul)
+        new.__dict__.update(self.__dict__)
+        new._wide = None
+        if self.plan == "int8" and device.type != "cpu":
+            new._eff = self._eff.to(device)
+            new._bias = None if self._bias is None else self._bias.to(device)
+            new.plan = "float32" if self.bound <= FLOAT32_EXACT else "float64"
+            new._build(None, None)
+            return new
+        for name, t in list(new.__dict__.items()):
+            if isinstance(t, torch.Tensor):
+                setattr(new, name, t.to(device))
+        return new
+
+    def _float64(self):
+        if self._wide is None:
+            self._wide = (self._eff.T.to(torch.float64).contiguous(),
+                          None if self._bias is None else self._bias.to(torch.float64))
+        return self._wide
+
+    def __call__(self, a: torch.Tensor) -> torch.Tensor:
+        """``a @ W.T + bias`` for activations ``a [M, K]`` (integer-valued, any float dtype)."""
+        if self.plan == "int8":
+            return self._int8((a - 1) / 2, 2, 1) if self.half else self._int8(a, 1, 0)
+        return self._float(a)
+
+    def odd(self, q: torch.Tensor) -> torch.Tensor:
+        """The product for the odd activations ``a = 2q + 1`` (the XNOR unit's 8-plane coding
+        of 8-bit integers ``q``, float tensor [M, K]): the int8 plan multiplies ``q`` itself."""
+        if self.plan == "int8":
+            return self._int8(q, 2, 1)
+        return self(q * 2 + 1)
+
+    def signs(self, positive: torch.Tensor) -> torch.Tensor:
+        """The product for the +-1 activations ``a = 2u - 1`` of the bool tensor
+        ``u = positive [M, K]`` (the XNOR unit's 1-plane activations): the int8 plan multiplies
+        the bits ``u`` themselves."""
+        if self.plan == "int8":
+            return self._int8(positive, 2, -1)
+        return self(positive.to(torch.float32) * 2 - 1)
+
+    def _int8(self, x: torch.Tensor, s: int, c: int) -> torch.Tensor:
+        """The product for activations ``a = s * x + c`` given as ``x`` (8-bit integers)."""
+        const, weights = self._affine_terms(s, c)
+        t = torch._int_mm(_int8_operand(x), self.w8).to(torch.float64)   # [M, R] exact
+        n = self.n
+        if len(weights) == 1 and weights[0] is None:
+            return t if const is None else t.add_(const)
+        out = t[:, :n]
+        if weights[0] is not None:
+            out = out * weights[0] if const is None else torch.addcmul(const, out, weights[0])
+        else:
+            out = out.clone() if const is None else out.add(const)
+        start = n                               # plane 0 of every row came first, in row order
+        for (rows, _), weight in zip(self.segments[1:], weights[1:]):
+            width = n if rows is None else rows.numel()
+            part = t[:, start:start + width]
+            start += width
+            if weight is not None:
+                part = part * weight
+            if rows is None:
+                out.add_(part)
+            else:
+                out.index_add_(1, rows, part)
+        return out
+
+    def _float(self, a: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        if plan != "float64" and not float32_matmul_is_ieee(a.device):
+            wt, bias = self._float64()
+            return _product(a.to(torch.float64), wt, bias)
+        if plan == "float32":
+            return _product(a.to(torch.float32), self.wt, self.bias)
+        if plan == "planes":
+            t = torch.matmul(a.to(torch.float32), self.wt).to(torch.float64).mul_(self.alpha)
+            return t if self.bias is None else t.add_(self.bias)
+        return _product(a.to(torch.float64), self.wt, self.bias)
+
+
+def _int8_operand(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (integers of -128..127) as an int8 matrix with the standard row-major strides:
+    ``torch._int_mm`` reads a size-1 dimension's stride as a leading dimension, and a
+    "contiguous" [1, N] whose row stride is 1 (a transposed [N, 1]) gives wrong sums."""
+    out = torch.empty(t.shape, dtype=torch.int8, device=t.device)
+    return out.copy_(t)
+
+
+def _product(a: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    if bias is None:
+        return torch.matmul(a, wt)
+    if a.dim() == 2:
+        return torch.addmm(bias, a, wt)
+    return torch.matmul(a, wt) + bias
+
+
+def int_matmul_values(a: torch.Tensor, w: torch.Tensor, *, a_bits: int = 8, w_bits: int = 8,
+                      max_k: int = DEFAULT_MAX_K) -> torch.Tensor:
+    """:func:`int_matmul` without bias of integer-valued float operands that both vary per call
+    (Q.K^T, attention.V), as an integer-valued float tensor. When either operand is float32,
+    ``K * Pmax <= 2**24`` and float32 products are IEEE on the device (:func:`int_float32_exact`),
+    the product is float32; otherwise float64 (exact below 2**53), so two float64 operands are
+    multiplied as they are. The operands must hold signed ``a_bits`` / ``w_bits`` integers
+    (:func:`quantize_symmetric_values`); they are not checked."""
+    _check_bits("a_bits", a_bits, 2, 8)
+    _check_bits("w_bits", w_bits, 2, 8)
+    k = _check_shapes(a, w, max_k)
+    narrow = (torch.float32 in (a.dtype, w.dtype)
+              and int_float32_exact(k, a_bits, w_bits, a.device))
+    dtype = torch.float32 if narrow else torch.float64
+    return torch.matmul(a.to(dtype), w.to(dtype).transpose(-1, -2))
+
+
+def int_float32_exact(k: int, a_bits: int, w_bits: int, device) -> bool:
+    """Whether a float32 product of signed ``a_bits`` by ``w_bits`` integers over ``K = k`` is
+    exact on ``device``: ``k * Pmax <= 2**24`` and IEEE float32 products."""
+    return (k * int_max_product(a_bits, w_bits) <= FLOAT32_EXACT
+            and float32_matmul_is_ieee(device))
+
+
+def _check_weight_matrix(w: torch.Tensor, max_k: int) -> None:
+    if w.dim() != 2:
+        raise ValueError(f"prepared weights must be [N, K], not {tuple(w.shape)}")
+    _check_shapes(w, w, max_k)
+
+
+def _prepared_bias(bias: torch.Tensor | None, n: int, bound: int) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    bias = check_range("bias", bias, -bound, bound)
+    if bias.dim() != 1 or bias.shape[0] != n:
+        raise ValueError(f"bias must be [N] with N={n}, not {tuple(bias.shape)}")
+    return bias.cpu()
+
+
+def prepare_int(w: torch.Tensor, bias: torch.Tensor | None = None, *, a_bits: int = 8,
+                w_bits: int = 8, max_k: int = DEFAULT_MAX_K,
+                plan: str | None = None) -> PreparedMatmul:
+    """:class:`PreparedMatmul` of :func:`int_matmul` with weights ``w [N, K]`` (same checks).
+    ``plan`` picks the product (default: the fastest exact one); a plan that is not exact for
+    these weights raises :class:`ValueError`."""
+    _check_bits("a_bits", a_bits, 2, 8)
+    _check_bits("w_bits", w_bits, 2, 8)
+    w = check_signed("weights", w, w_bits).cpu()
+    _check_weight_matrix(w, max_k)
+    bias = _prepared_bias(bias, w.shape[0], bias_bound(int_max_product(a_bits, w_bits), max_k))
+    return PreparedMatmul(w[None], torch.ones(1, w.shape[0], dtype=torch.int64), bias,
+                          1 << (a_bits - 1), odd=False, plan=plan)
+
+
+def prepare_log(codes: torch.Tensor, bias: torch.Tensor | None = None, *, bits: int,
+                a_bits: int = 8, zero_code: bool = False, max_k: int = DEFAULT_MAX_K,
+                plan: str | None = None) -> PreparedMatmul:
+    """:class:`PreparedMatmul` of :func:`log_matmul` with codes ``[N, K]`` (same checks;
+    ``plan`` as in :func:`prepare_int`)."""
+    _check_bits("a_bits", a_bits, 2, 8)
+    w = log_weight_values(codes, bits, zero_code).cpu()
+    _check_weight_matrix(w, max_k)
+    bias = _prepared_bias(bias, w.shape[0],
+                          bias_bound(log_max_product(a_bits, bits, zero_code), max_k))
+    return PreparedMatmul(w[None], torch.ones(1, w.shape[0], dtype=torch.int64), bias,
+                          1 << (a_bits - 1), odd=False, plan=plan)
+
+
+def prepare_xnor(w_words: torch.Tensor, alpha: torch.Tensor, k: int,
+                 bias: torch.Tensor | None = None, *, a_planes: int,
+                 max_k: int = DEFAULT_MAX_K, plan: str | None = None) -> PreparedMatmul:
+    """:class:`PreparedMatmul` of :func:`xnor_matmul` with packed weight planes ``[Pw, N, W]``,
+    for activations of ``a_planes`` planes, passed as their values ``sum_j 2**j * s_j`` (odd
+    integers in ``[-(2**Pa-1), 2**Pa-1]``) instead of packed planes. Same checks as the kernel;
+    ``plan`` as in :func:`prepare_int`."""
+    if w_words.dim() != 3:
+        raise ValueError(f"packed planes must be [P, rows, words]; got {tuple(w_words.shape)}")
+    pw = w_words.shape[0]
+    _check_bits("activation planes", a_planes, 1, 8)
+    _check_bits("weight planes", pw, 1, 8)
+    if not 1 <= k <= max_k:
+        raise ValueError(f"K must be in 1..{max_k}, not {k}")
+    alpha = check_range("alpha", alpha, 0, (1 << ALPHA_BITS) - 1).cpu()
+    if tuple(alpha.shape) != (pw, w_words.shape[1]):
+        raise ValueError(f"alpha must be [Pw, N] = {(pw, w_words.shape[1])}, "
+                         f"not {tuple(alpha.shape)}")
+    w_pm = unpack_bits(w_words.cpu(), k)                # [Pw, N, K] of +-1
+    bias = _prepared_bias(bias, w_pm.shape[1],
+                          bias_bound(xnor_max_product(a_planes, pw), max_k))
+    return PreparedMatmul(w_pm, alpha, bias, (1 << a_planes) - 1, odd=True, plan=plan)

@@ -69,6 +69,13 @@ def kernel(name: str):
     return _overrides.get(name) or getattr(golden, name)
 
 
+def fast(name: str) -> bool:
+    """Whether a caller may evaluate kernel ``name`` with a faster equivalent of the golden kernel
+    (:class:`lowbit.sw.golden.PreparedMatmul`, same integers) instead of :func:`call`: the kernel
+    is not substituted, nothing observes the calls, and ``golden.integer_evaluation`` is off."""
+    return name not in _overrides and not _observers and not golden.evaluating_integers()
+
+
 def call(name: str, site: MatmulSite, *args, **kwargs):
     """Run kernel ``name`` for ``site``: ``kernel(name)(*args, **kwargs)``, observed."""
     fn = kernel(name)

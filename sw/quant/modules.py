@@ -32,6 +32,8 @@ integer offset correction of the 8-plane activation code (see :meth:`QuantLinear
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -99,11 +101,42 @@ class ActQuant(nn.Module):
             return torch.where(x >= 0, 1, -1).to(torch.int64), s
         return golden.quantize_symmetric(x, s, self.bits), s
 
+    def quantize_values(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`quantize`'s integers left in a float tensor (the operand of the prepared
+        products, :class:`lowbit.sw.golden.PreparedMatmul`)."""
+        s = self.scale(x)
+        if self.kind == "sign":
+            return torch.where(x >= 0, 1.0, -1.0), s
+        return golden.quantize_symmetric_values(x, s, self.bits), s
+
     def fake(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ste(x, q * s), s)`` after updating the range."""
         self.observe(x)
         q, s = self.quantize(x.detach())
         return ste(x, q.to(x.dtype) * s), s
+
+
+def _dequantize(acc: torch.Tensor, dtype: torch.dtype, *factors: torch.Tensor) -> torch.Tensor:
+    """``acc.to(dtype) * factors[0] * factors[1] ...`` (left to right, as the kernel path computes
+    it; the factors have ``dtype``) for a fresh accumulator of a prepared product, scaled in
+    place (no new tensor per factor)."""
+    y = acc.to(dtype)
+    for f in factors:
+        y.mul_(f)
+    return y
+
+
+def _batch_flattens(t: torch.Tensor) -> bool:
+    """Whether the batch dimensions of ``t [..., R, C]`` merge into one without a copy (what
+    ``torch.matmul`` needs to hand it to a batched product as it is)."""
+    expected = None
+    for size, stride in zip(reversed(t.shape[:-2]), reversed(t.stride()[:-2])):
+        if size == 1:
+            continue
+        if expected is not None and stride != expected:
+            return False
+        expected = stride * size
+    return True
 
 
 def _no_autocast(x: torch.Tensor):
@@ -137,6 +170,7 @@ class QuantLinear(nn.Module):
         self.mode = "fake"
         self._cache = None
         self.ints = nn.Module()  # integer-mode tensors, as non-persistent buffers
+        self._prep = None        # integer mode: golden.PreparedMatmul of the weights
 
     def extra_repr(self) -> str:
         return (f"in={self.in_features}, out={self.out_features}, unit={self.spec.unit}, "
@@ -265,11 +299,61 @@ class QuantLinear(nn.Module):
             self.grouped = isinstance(qw, RowGroups)
             if bias is not None:
                 reg("bias_f", bias)
+        self._prep = self._prepare()
         self.qweight = qw
         self.mode = "int"
         self.to(self.weight.device)
 
+    def _prepare(self, plan: str | None = None):
+        """The golden kernel's operands prepared once (:class:`golden.PreparedMatmul`, ``plan``
+        as there): the fast path of :meth:`forward` computes the same accumulators from them.
+        Row groups become one matmul: each group's planes in its rows, missing planes with
+        ``alpha = 0`` (they add exact zeros), so every row's sum is its group's."""
+        ints, spec = self.ints, self.spec
+        if spec.unit == "int":
+            return golden.prepare_int(ints.w, getattr(ints, "bias_int", None),
+                                      a_bits=spec.a_bits, w_bits=spec.w_bits, plan=plan)
+        if spec.unit == "log":
+            return golden.prepare_log(ints.w, getattr(ints, "bias_int", None), bits=spec.w_bits,
+                                      a_bits=spec.a_bits, plan=plan)
+        n = self.out_features
+        planes = max(getattr(ints, f"alpha{j}").shape[0] for j in range(self.n_groups))
+        words = torch.zeros(planes, n, ints.words0.shape[-1], dtype=torch.int64)
+        alpha = torch.zeros(planes, n, dtype=torch.int64)
+        corr = torch.zeros(n, dtype=torch.int64)
+        scale = torch.zeros(n, dtype=torch.float64)
+        covered = torch.zeros(n, dtype=torch.bool)
+        for j in range(self.n_groups):
+            rows = getattr(ints, f"rows{j}").cpu() if self.grouped else torch.arange(n)
+            p = getattr(ints, f"alpha{j}").shape[0]
+            words[:p, rows] = getattr(ints, f"words{j}").cpu()
+            alpha[:p, rows] = getattr(ints, f"alpha{j}").cpu()
+            corr[rows] = getattr(ints, f"corr{j}").cpu()
+            scale[rows] = getattr(ints, f"scale{j}").cpu().to(torch.float64)
+            covered[rows] = True
+        if not bool(covered.all()):
+            return None         # rows outside every group: only the kernel path knows them
+        self.ints.register_buffer("scale_all", scale.to(ints.words0.device), persistent=False)
+        sign = self.act.kind == "sign"
+        return golden.prepare_xnor(words, alpha, self.in_features, None if sign else corr,
+                                   a_planes=1 if sign else self.act.bits, plan=plan)
+
+    def _fast(self, kernel: str, x2: torch.Tensor):
+        """The prepared matmul on ``x2``'s device when the fast path gives the kernel's integers
+        and the float results of the kernel path (float32/float64 inputs); else None."""
+        prep = self._prep
+        if prep is None or x2.dtype not in (torch.float32, torch.float64) or \
+                not kernels.fast(kernel):
+            return None
+        if prep.device != x2.device:
+            prep = self._prep = prep.to(x2.device)
+        return prep
+
     def _int_unit(self, x2: torch.Tensor) -> torch.Tensor:
+        prep = self._fast("int_matmul" if self.spec.unit == "int" else "log_matmul", x2)
+        if prep is not None:
+            acc = prep(self.act.quantize_values(x2)[0])
+            return _dequantize(acc, x2.dtype, self.ints.acc_scale.to(x2.dtype))
         a, _ = self.act.quantize(x2)
         bias = getattr(self.ints, "bias_int", None)
         if self.spec.unit == "int":
@@ -285,6 +369,17 @@ class QuantLinear(nn.Module):
         ``q`` (per token): the unit takes the odd integers ``2q+1`` as 8 planes, and the bias port
         adds ``-sum_k w_int[n, k]``, so ``acc = 2 * sum_k q w_int`` exactly and
         ``y = acc * (s/2) * s_w``."""
+        prep = self._fast("xnor_matmul", x2)
+        if prep is not None:    # every row group in one product, the same integers
+            if self.act.kind == "sign":     # the +-1 signs as bits: x >= 0 is +1
+                acc, s_eff = prep.signs(x2 >= 0), self.act.scale(x2)
+            else:
+                q, s = self.act.quantize_values(x2)
+                acc, s_eff = prep.odd(q), s / 2
+            y = _dequantize(acc, x2.dtype, s_eff, self.ints.scale_all.to(x2.dtype))
+            if hasattr(self.ints, "bias_f"):
+                y.add_(self.ints.bias_f.to(x2.dtype))
+            return y
         q, s = self.act.quantize(x2)                                   # [M, K], [M, 1]
         k = x2.shape[-1]
         if self.act.kind == "sign":
@@ -343,6 +438,7 @@ class QuantMatMul(nn.Module):
         self.b_act = ActQuant("tensor", spec.bits)
         self.enabled = True
         self.mode = "fake"
+        self._memo = None   # integer mode: the last quantized b (see _quantized_b)
 
     def extra_repr(self) -> str:
         return f"unit=int, bits={self.spec.bits}, mode={self.mode}"
@@ -355,7 +451,39 @@ class QuantMatMul(nn.Module):
                 raise ValueError(f"{self.site.name}: input range was never calibrated")
         self.mode = "int"
 
+    def _quantized_b(self, b: torch.Tensor):
+        """``b_act.quantize_values(b)``, reused while ``b`` is the same memory with the same
+        contents: the cross-attention keys and values of a decode, quantized once instead of at
+        every step. Same memory: the same root tensor (held weakly, so its memory cannot have
+        been reused), pointer, shape, strides and dtype; same contents: its version counter
+        (shared by all views, raised by every in-place write) and the range's. A reused operand
+        is kept in float32 where that is exact (half the bytes for every later product)."""
+        root = b if b._base is None else b._base
+        key = (b.data_ptr(), b.shape, b.stride(), b.dtype, b._version, self.b_act.amax._version)
+        memo = self._memo
+        if memo is not None and memo[0]() is root and memo[1] == key:
+            q, s = memo[2]
+            if q.dtype != torch.float32 and golden.int_float32_exact(
+                    b.shape[-2], self.spec.bits, self.spec.bits, b.device):
+                q = q.to(torch.float32)
+                self._memo = (memo[0], key, (q, s))
+            return q, s
+        q, s = self.b_act.quantize_values(b)
+        if not _batch_flattens(q):
+            # The batched product would copy it at every call (the cross-attention keys are a
+            # transposed view of the projection): copied once here instead.
+            q = q.contiguous()
+        self._memo = (weakref.ref(root), key, (q, s))
+        return q, s
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.mode == "int" and a.dtype in (torch.float32, torch.float64) and \
+                kernels.fast("int_matmul"):
+            qa, sa = self.a_act.quantize_values(a)
+            qb, sb = self._quantized_b(b)
+            acc = golden.int_matmul_values(qa, qb.transpose(-1, -2), a_bits=self.spec.bits,
+                                           w_bits=self.spec.bits)
+            return acc.to(a.dtype) * (sa * sb).to(a.dtype)
         if self.mode == "int":
             qa, sa = self.a_act.quantize(a)
             qb, sb = self.b_act.quantize(b.transpose(-1, -2))
