@@ -178,8 +178,13 @@ def register_bench(bench_sub) -> None:
                         "export) and INT8 (--int8-model and CTranslate2's int8 of the FP32 export)")
     p.add_argument("--int8-model", default="multi30k-en-de-int8",
                    help="lowbit's INT8 model with --peer (multi30k-en-de-int8)")
+    p.add_argument("--models",
+                   help="comma-separated models (shipped names or directories) decoded in one run "
+                        "on the CPU, runs alternating; speeds are given relative to the first "
+                        "(e.g. multi30k-en-de,multi30k-en-de-int8,multi30k-en-de-mixed)")
     p.add_argument("--repeats", type=_positive_int, default=1,
-                   help="timed runs of each runtime with --peer, alternating; the fastest counts (1)")
+                   help="timed runs of each runtime with --peer or each model with --models, "
+                        "alternating; the fastest counts (1)")
     p.set_defaults(func=_cmd_bench_decode)
 
 
@@ -401,10 +406,22 @@ def _cmd_bench_decode(args):
 
     beams = int_list(args.beams, "--beams")
     threads = int_list(args.threads, "--threads")
-    if args.peer:
+    if args.peer and args.models:
+        raise LowbitError("--peer and --models are separate measurements: give one of them")
+    if args.peer or args.models:
         if args.devices not in ("auto", "cpu"):
-            raise LowbitError("--peer measures on the CPU: leave out --devices")
+            raise LowbitError(f"--{'peer' if args.peer else 'models'} measures on the CPU: "
+                              f"leave out --devices")
+    if args.peer:
         return _bench_decode_peer(args, beams, threads)
+    if args.models:
+        if args.model:
+            raise LowbitError("--models names every model measured: leave out --model")
+        models = [m.strip() for m in args.models.split(",")]
+        if not all(models) or len(set(models)) != len(models):
+            raise LowbitError(f"--models must be distinct comma-separated model names, "
+                              f"not {args.models!r}")
+        return _bench_decode_models(args, models, beams, threads)
     if args.devices == "auto":
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     else:
@@ -431,6 +448,48 @@ def _cmd_bench_decode(args):
     print(f"{'device':<7} {'where':<24} {'search':<8} {'sentences':>9} {'seconds':>8} {'sent/s':>8}")
     for device, name, search, n, seconds in rows:
         print(f"{device:<7} {name[:24]:<24} {search:<8} {n:>9} {seconds:>8.2f} {n / seconds:>8.1f}")
+
+
+def _bench_decode_models(args, names: list[str], beams: list[int], threads: list[int]) -> None:
+    """``bench decode --models A,B,...``: every model decodes the same sentences on the CPU with
+    the same threads, runs alternating (forward, then backward order), the fastest of
+    ``--repeats`` counting; speeds per wall-clock second and per second of the process's CPU
+    time (the steadier one on a shared machine), both also relative to the first model."""
+    import torch
+
+    from .checkpoint import load_model
+    from .data import read_parallel, resolve_data_dir
+    from .decode import DecodeOptions, translate
+
+    src, _ = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.sentences)
+    models = {name: load_model(name, "cpu") for name in names}
+    rows = []
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for model, tokenizer, _ in models.values():  # warm-up
+            translate(model, tokenizer, src[:8], DecodeOptions(beam=1, batch_size=args.batch_size))
+        for beam in beams:
+            opts = DecodeOptions(beam=beam, batch_size=args.batch_size)
+            wall, cpu = {}, {}
+            for repeat in range(args.repeats):
+                for name in (names if repeat % 2 == 0 else names[::-1]):
+                    model, tokenizer, _ = models[name]
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    translate(model, tokenizer, src, opts)
+                    wall[name] = min(wall.get(name, float("inf")), time.perf_counter() - t0)
+                    cpu[name] = min(cpu.get(name, float("inf")), time.process_time() - c0)
+            for name in names:
+                rows.append((name, n_threads, "greedy" if beam == 1 else f"beam {beam}",
+                             len(src) / wall[name], wall[names[0]] / wall[name],
+                             len(src) / cpu[name], cpu[names[0]] / cpu[name]))
+    print(f"split: {args.split} ({len(src)} sentences)  batch size: {args.batch_size}  device: cpu  "
+          f"runs: {args.repeats} each, alternating, fastest counted")
+    width = max(len(n) for n in names)
+    print(f"{'model':<{width}} {'threads':>7} {'search':<8} {'sent/s':>8} {'x first':>7} "
+          f"{'sent/CPU-s':>10} {'x first':>7}")
+    for name, n_threads, search, speed, ratio, cpu_speed, cpu_ratio in rows:
+        print(f"{name:<{width}} {n_threads:>7} {search:<8} {speed:>8.1f} {ratio:>7.2f} "
+              f"{cpu_speed:>10.1f} {cpu_ratio:>7.2f}")
 
 
 def _bench_decode_peer(args, beams: list[int], threads: list[int]) -> None:

@@ -467,6 +467,29 @@ def test_shipped_package_decodes_the_same_tokens(name):
         assert fast == ref
 
 
+def test_bench_decode_models(capsys):
+    from lowbit.cli import main
+
+    argv = ["bench", "decode", "--models", "multi30k-en-de,multi30k-en-de-int8", "--sentences",
+            "4", "--beams", "1,2", "--repeats", "2"]
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.strip().split("\n")
+    assert lines[0].startswith("split: test_2016_flickr (4 sentences)")
+    rows = [line.split() for line in lines[-4:]]
+    assert [r[:3] for r in rows] == [[name, "1", search] for search in ("greedy", "beam")
+                                     for name in ("multi30k-en-de", "multi30k-en-de-int8")]
+    assert rows[0][-3] == rows[0][-1] == rows[2][-3] == rows[2][-1] == "1.00"   # the reference
+    assert all(float(r[-4]) > 0 and float(r[-2]) > 0 for r in rows)
+    for argv, message in (
+            (["--models", "multi30k-en-de,multi30k-en-de"], "--models must be distinct"),
+            (["--models", "multi30k-en-de,"], "--models must be distinct"),
+            (["--models", "multi30k-en-de", "--model", "multi30k-en-de"], "--models names every"),
+            (["--models", "multi30k-en-de", "--devices", "cuda"], "--models measures on the CPU"),
+            (["--models", "multi30k-en-de", "--peer", "ctranslate2"], "--peer and --models")):
+        assert main(["bench", "decode", *argv]) == 2
+        assert capsys.readouterr().err.startswith(f"lowbit: error: {message}")
+
+
 # ---------------------------------------------------------------------------------------------
 # CUDA
 

@@ -11,6 +11,12 @@ Every integer matmul of a quantized model (in integer mode) goes through :func:`
   element");
 * tells the observers registered with :func:`observe` (matmul counting, statistics).
 
+While a kernel is the golden one and nothing observes the calls (:func:`fast`), the quantized
+modules compute its integers with :class:`lowbit.sw.golden.PreparedMatmul` instead (weights
+prepared once, no bit packing; docs/numerics.md says why the integers are the same); a
+substituted kernel or an observer sees every call through :func:`call`, with the packed
+operands, as described here.
+
 Example (a co-simulation hook)::
 
     from lowbit.sw.quant import kernels
