@@ -107,7 +107,9 @@ def beam_search(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]
         logits = model.decode_step(tokens, memory, src_mask, cache, step)      # (B*K, V)
         logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
         vocab = logp.shape[-1]
-        cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)  # (B, K*V)
+        # scores + logp, added into logp (not needed after this): the same sums without a
+        # second (B, K*V) tensor per step
+        cand = logp.view(b, k, vocab).add_(scores[:, :, None]).view(b, k * vocab)  # (B, K*V)
         top_scores, top_idx = cand.topk(2 * k, dim=1)                          # (B, 2K)
         top_beam, top_tok = top_idx // vocab, top_idx % vocab
         is_eos = top_tok == cfg.eos_token_id

@@ -566,7 +566,7 @@ def int8_matmul_is_exact(device) -> bool:
             a[0], a[1], a[2, ::2], b[:, 0], b[:, 1], b[::3, 2] = 127, -128, -128, 127, -128, -128
             try:
                 for x, y in ((a, b), (a[:, :1], b[:1]), (a[:1], b[:, :1])):
-                    x, y = _int8_operand(x), _int8_operand(y)
+                    x, y = int8_operand(x), int8_operand(y)
                     got = torch._int_mm(x, y)
                     ok = ok and got.dtype == torch.int32 and torch.equal(
                         got.to(torch.float64), x.to(torch.float64) @ y.to(torch.float64))
@@ -671,7 +671,7 @@ class PreparedMatmul:
             cols.append(planes[j, rows])
             plane_sums[rows] += alpha[j, rows] * planes[j, rows].sum(-1)
             self.segments.append((None if rows.numel() == n else rows, alpha[j, rows]))
-        self.w8 = _int8_operand(torch.cat(cols).T)                   # [K, R]
+        self.w8 = int8_operand(torch.cat(cols).T)                   # [K, R]
         self.plane_sums = plane_sums
         self.bias = None
         self._affine = {}
@@ -729,10 +729,11 @@ class PreparedMatmul:
 
     def odd(self, q: torch.Tensor) -> torch.Tensor:
         """The product for the odd activations ``a = 2q + 1`` (the XNOR unit's 8-plane coding
-        of 8-bit integers ``q``, float tensor [M, K]): the int8 plan multiplies ``q`` itself."""
+        of 8-bit integers ``q``, [M, K], integer-valued float or :func:`int8_operand`): the int8
+        plan multiplies ``q`` itself."""
         if self.plan == "int8":
             return self._int8(q, 2, 1)
-        return self(q * 2 + 1)
+        return self(q.to(torch.float64) * 2 + 1)
 
     def signs(self, positive: torch.Tensor) -> torch.Tensor:
         """The product for the +-1 activations ``a = 2u - 1`` of the bool tensor
@@ -745,11 +746,13 @@ class PreparedMatmul:
     def _int8(self, x: torch.Tensor, s: int, c: int) -> torch.Tensor:
         """The product for activations ``a = s * x + c`` given as ``x`` (8-bit integers)."""
         const, weights = self._affine_terms(s, c)
-        t = torch._int_mm(_int8_operand(x), self.w8).to(torch.float64)   # [M, R] exact
+        t = torch._int_mm(int8_operand(x), self.w8).to(torch.float64)   # [M, R] exact
         n = self.n
-        if len(weights) == 1 and weights[0] is None:
+        if len(weights) == 1:                   # one plane per row: combined in place
+            if weights[0] is not None:
+                t.mul_(weights[0])
             return t if const is None else t.add_(const)
-        out = t[:, :n]
+        out = t[:, :n]                          # a new [M, N] tensor, in row-major order
         if weights[0] is not None:
             out = out * weights[0] if const is None else torch.addcmul(const, out, weights[0])
         else:
@@ -759,12 +762,10 @@ class PreparedMatmul:
             width = n if rows is None else rows.numel()
             part = t[:, start:start + width]
             start += width
-            if weight is not None:
-                part = part * weight
             if rows is None:
-                out.add_(part)
+                out.add_(part) if weight is None else out.addcmul_(part, weight)
             else:
-                out.index_add_(1, rows, part)
+                out.index_add_(1, rows, part if weight is None else part * weight)
         return out
 
     def _float(self, a: torch.Tensor) -> torch.Tensor:
@@ -780,10 +781,14 @@ class PreparedMatmul:
         return _product(a.to(torch.float64), self.wt, self.bias)
 
 
-def _int8_operand(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (integers of -128..127) as an int8 matrix with the standard row-major strides:
-    ``torch._int_mm`` reads a size-1 dimension's stride as a leading dimension, and a
-    "contiguous" [1, N] whose row stride is 1 (a transposed [N, 1]) gives wrong sums."""
+def int8_operand(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (a matrix of integers in -128..127, or bools) as an operand of
+    :class:`PreparedMatmul`'s int8 product: int8 with the standard row-major strides (returned
+    as it is if it is one already). ``torch._int_mm`` reads a size-1 dimension's stride as a
+    leading dimension: a "contiguous" [1, N] whose row stride is 1 (a transposed [N, 1]) gives
+    wrong sums."""
+    if t.dtype == torch.int8 and t.dim() == 2 and t.stride() == (t.shape[1], 1):
+        return t
     out = torch.empty(t.shape, dtype=torch.int8, device=t.device)
     return out.copy_(t)
 

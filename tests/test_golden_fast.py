@@ -115,6 +115,34 @@ def test_quantize_symmetric_values_are_the_kernel_integers():
                        g.quantize_symmetric(rows, scale, 8))
 
 
+def test_per_token_scale_is_max_abs():
+    """ActQuant's per-row max|x| (from the row's max and min) is abs().amax() bit for bit."""
+    from lowbit.sw.quant.modules import ActQuant
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(12, 40, generator=gen, dtype=torch.float64) * 5
+    x[0] = 0.0
+    x[1] = -0.0
+    x[2, 3] = float("inf")
+    x[3, 4] = float("-inf")
+    x[4, 5] = float("nan")
+    x[5] = -x[5].abs()
+    x[6] = x[6].abs()
+    x[7] = 5e-324
+    x[8, ::2] = -0.0
+    x[8, 1::2] = 0.0
+    for kind, bits, ref in (("token", 8, lambda m: torch.where(m / 127 > 0, m / 127, 1.0)),
+                            ("sign", 1, lambda m: m / 2)):
+        act = ActQuant(kind, bits)
+        for dtype in (torch.float64, torch.float32):
+            xs = x.to(dtype)
+            got = act.scale(xs)
+            want = ref(xs.abs().amax(-1, keepdim=True))
+            assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
+            assert torch.equal(got.isnan(), want.isnan())
+            assert not torch.signbit(got).any()
+
+
 # ---------------------------------------------------------------------------------------------
 # INT unit
 
@@ -432,6 +460,26 @@ def test_matmul_fast_path_reuses_an_unchanged_operand():
     assert torch.equal(changed, reference(a, kv.transpose(1, 2).transpose(-1, -2)))
     other = torch.randn(2, 3, 16, 5, generator=gen, dtype=torch.float64)
     assert torch.equal(mm(a, other), reference(a, other))
+
+
+def test_token_operand_is_shared_while_the_input_is_unchanged():
+    """Layers reading one tensor (Q, K, V) share its per-token quantization; an in-place change
+    of the tensor, or another tensor, is quantized anew."""
+    first, x = integer_layer("binary3", torch.float64, seed=1)
+    others = [integer_layer(key, torch.float64, seed=2)[0] for key in ("rows", "bmt1", "bmt1a1")]
+
+    def both(x):
+        with reference_kernels():
+            want = [m(x) for m in (first, *others)]
+        return want, [m(x) for m in (first, *others)]
+
+    for step in range(3):
+        want, got = both(x)
+        assert all(torch.equal(g_, w) for g_, w in zip(got, want)), step
+        if step == 0:
+            x.mul_(-3.0)                                # in place: same memory, new version
+        else:
+            x = x.flip(0).contiguous()                  # another tensor
 
 
 def test_fast_path_stands_aside_for_substitutes_observers_and_integer_evaluation():

@@ -88,7 +88,10 @@ class ActQuant(nn.Module):
         if self.per_tensor:
             s = self.amax.to(x.dtype) / self.qmax
             return torch.where(s > 0, s, torch.ones_like(s))
-        m = x.detach().abs().amax(-1, keepdim=True)
+        # max|x| per row from the row's max and min (two reads, no |x| tensor): the same value,
+        # NaN included; abs_ makes an all-zero row's -0.0 the +0.0 of max|x|
+        x = x.detach()
+        m = torch.maximum(x.amax(-1, keepdim=True), x.amin(-1, keepdim=True).neg_()).abs_()
         if self.kind == "sign":
             return m / 2  # BMT: +-B/2 with B = max|x| (B = 0 gives 0, which is exact)
         s = m / self.qmax
@@ -114,6 +117,47 @@ class ActQuant(nn.Module):
         self.observe(x)
         q, s = self.quantize(x.detach())
         return ste(x, q.to(x.dtype) * s), s
+
+
+class _TokenOperand:
+    """An input of the XNOR unit quantized per token (``sign``: the bits ``x >= 0`` of
+    ``a = 2u - 1``; ``token``: ``q`` of ``a = 2q + 1``) and its dequantization factor (``B/2``
+    resp. ``s/2``), shared by the modules that read the same tensor: the Q, K and V projections
+    of a self-attention quantize their one input once. Per-token quantization depends on the
+    tensor alone (and the kind and width), so sharing it changes nothing. The last operand is
+    kept while its tensor is the same memory with the same contents (as
+    :meth:`QuantMatMul._quantized_b` checks)."""
+
+    _last = None    # (weakref to the tensor's root, key, operand)
+
+    def __init__(self, act: ActQuant, x2: torch.Tensor):
+        if act.kind == "sign":          # the +-1 signs as bits: x >= 0 is +1
+            self.values, self.s_eff = x2 >= 0, act.scale(x2)
+        else:
+            q, s = act.quantize_values(x2)
+            self.values, self.s_eff = q, s / 2
+        self.sign = act.kind == "sign"
+        self._int8 = None
+
+    @classmethod
+    def of(cls, act: ActQuant, x2: torch.Tensor) -> "_TokenOperand":
+        root = x2 if x2._base is None else x2._base
+        key = (x2.data_ptr(), x2.shape, x2.stride(), x2.dtype, x2._version, act.kind, act.bits)
+        last = cls._last
+        if last is not None and last[0]() is root and last[1] == key:
+            return last[2]
+        operand = cls(act, x2)
+        cls._last = (weakref.ref(root), key, operand)
+        return operand
+
+    def product(self, prep) -> torch.Tensor:
+        """``prep``'s accumulator for this input (the int8 operand made once, if needed)."""
+        values = self.values
+        if prep.plan == "int8":
+            if self._int8 is None:
+                self._int8 = golden.int8_operand(values)
+            values = self._int8
+        return prep.signs(values) if self.sign else prep.odd(values)
 
 
 def _dequantize(acc: torch.Tensor, dtype: torch.dtype, *factors: torch.Tensor) -> torch.Tensor:
@@ -371,12 +415,9 @@ class QuantLinear(nn.Module):
         ``y = acc * (s/2) * s_w``."""
         prep = self._fast("xnor_matmul", x2)
         if prep is not None:    # every row group in one product, the same integers
-            if self.act.kind == "sign":     # the +-1 signs as bits: x >= 0 is +1
-                acc, s_eff = prep.signs(x2 >= 0), self.act.scale(x2)
-            else:
-                q, s = self.act.quantize_values(x2)
-                acc, s_eff = prep.odd(q), s / 2
-            y = _dequantize(acc, x2.dtype, s_eff, self.ints.scale_all.to(x2.dtype))
+            operand = _TokenOperand.of(self.act, x2)
+            acc = operand.product(prep)
+            y = _dequantize(acc, x2.dtype, operand.s_eff, self.ints.scale_all.to(x2.dtype))
             if hasattr(self.ints, "bias_f"):
                 y.add_(self.ints.bias_f.to(x2.dtype))
             return y
