@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
                              signed_width)
 
+from .requant import rounding, shift_relu_saturate
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
 
@@ -408,22 +409,14 @@ class MatmulUnit(wiring.Component):
             m.d.sync += s3.follow(s2)
             m.d.sync += [s3.raw_t[c].eq(s2.raw_t[c]) for c in range(cols)]
             for c in range(cols):
-                # |p| < 2^(pw-1), so for every shift >= pw the rounded result is 0, the same as
-                # at shift = pw: clamping keeps 2^(shift-1) and p + 2^(shift-1) in pw + 1 bits.
-                shift = Signal(range(pw + 1), name=f"shift_clamped_{c}")
-                m.d.comb += shift.eq(Mux(s2.shift[c] > pw, pw, s2.shift[c]))
-                rounding = Signal(unsigned(pw), name=f"round_{c}")
-                m.d.comb += rounding.eq((C(1, pw + 1) << shift) >> 1)
-                m.d.sync += [s3.value[c].eq(s2.value[c] + rounding), s3.shift[c].eq(shift)]
+                # |p| < 2^(pw-1): the clamped shift keeps p + 2^(shift-1) in pw + 1 bits.
+                shift, term = rounding(m, s2.shift[c], pw, f"_{c}")
+                m.d.sync += [s3.value[c].eq(s2.value[c] + term), s3.shift[c].eq(shift)]
 
-            lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
             m.d.sync += [self.y.valid.eq(s3.valid), self.y.payload.last.eq(s3.last)]
             for c in range(cols):
-                shifted = Signal(signed(pw + 1), name=f"shifted_{c}")
-                m.d.comb += shifted.eq(s3.value[c] >> s3.shift[c])
-                rectified = Signal(signed(pw + 1), name=f"rectified_{c}")
-                m.d.comb += rectified.eq(Mux(s3.relu & (shifted < 0), 0, shifted))
-                saturated = Mux(rectified < lo, lo, Mux(rectified > hi, hi, rectified))
+                saturated = shift_relu_saturate(m, s3.value[c], s3.shift[c], s3.relu,
+                                                self.out_bits, f"_{c}")
                 m.d.sync += self.y.payload.data[c].eq(Mux(s3.raw, s3.raw_t[c], saturated))
 
 
