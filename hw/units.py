@@ -215,11 +215,7 @@ class UnitDescription:
     fpga_sweep: tuple = ()              # (bits, parameters) of the FPGA bench's bit sweep
 
     def __init__(self, **params):
-        names = [p.name for p in self.all_parameters()]
-        for name in params:
-            if name not in names:
-                raise ParameterTypeError(name, f"Unknown parameter {name!r} for the {self.kind} "
-                                         f"unit", f"(it takes {', '.join(names)})")
+        names = self.check_names(params)
         by_name = {p.name: p for p in self.all_parameters()}
         values = {}
         for name in ("rows", "cols", "out_bits", "max_k") + tuple(p.name for p in self.parameters):
@@ -233,6 +229,17 @@ class UnitDescription:
             raise ParameterValueError("max_k", MAX_K.label,
                                       f"{self.max_k} needs a {width}-bit accumulator; at most "
                                       f"{ACC_MAX_BITS} bits are allowed")
+
+    @classmethod
+    def check_names(cls, params: dict) -> list[str]:
+        """The parameter names of the kind; :class:`ParameterTypeError` for any key of
+        ``params`` that is not one of them."""
+        names = [p.name for p in cls.all_parameters()]
+        for name in params:
+            if name not in names:
+                raise ParameterTypeError(name, f"Unknown parameter {name!r} for the {cls.kind} "
+                                         f"unit", f"(it takes {', '.join(names)})")
+        return names
 
     @classmethod
     def all_parameters(cls) -> tuple:
