@@ -36,8 +36,7 @@ from lowbit.contract import DEFAULT_MAX_K
 
 from .cosim_kernels import CosimMismatch, GoldenRecord, RtlKernels, UnitStats, units_for_model
 
-__all__ = ["cosim_split", "CosimOptions", "CosimReport", "build_units", "make_batches",
-           "greedy_retiring"]
+__all__ = ["cosim_split", "CosimOptions", "CosimReport", "build_units", "make_batches"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,52 +118,13 @@ def make_batches(encoded: list, batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def greedy_retiring(model, src: torch.Tensor, opts) -> list[list[int]]:
-    """Greedy decoding of a batch with finished sentences leaving it: the same tokens as
-    :func:`lowbit.sw.decode.greedy_search`, fewer matmul rows.
-
-    ``greedy_search`` keeps every sentence in the batch until the last one ends; on the
-    simulated hardware those rows are real work (a batch of 64 runs as long as its longest
-    translation). Here a sentence is dropped from the decoder state (its rows of the encoder
-    output, the mask and the key/value cache) at the step it emits EOS, a padding token (where
-    ``greedy_search`` cuts its output) or reaches its length limit. Every row of the model is
-    computed independently of the others (per-row activation scales, per-tensor scales fixed by
-    calibration), so the kept rows' results do not change: ``tests/test_cosim.py`` checks the
-    tokens against ``greedy_search``.
-    """
-    from lowbit.sw.decode import _max_lengths
-
-    cfg = model.config
-    b = src.shape[0]
-    max_len = _max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)
-    memory, src_mask = model.encode(src), model.src_mask(src)
-    cache = model.new_cache()
-    tokens = torch.full((b,), cfg.decoder_start_token_id, dtype=torch.long, device=src.device)
-    alive = torch.arange(b, device=src.device)         # batch row -> sentence
-    out: list[list[int]] = [[] for _ in range(b)]
-    for step in range(int(max_len.max())):
-        tokens = model.decode_step(tokens, memory, src_mask, cache, step).argmax(-1)
-        ended = (tokens == cfg.eos_token_id) | (tokens == cfg.pad_token_id)
-        for i, t, e in zip(alive.tolist(), tokens.tolist(), ended.tolist()):
-            if not e:
-                out[i].append(t)
-        done = ended | (step + 1 >= max_len[alive])
-        if bool(done.all()):
-            break
-        if bool(done.any()):
-            keep = (~done).nonzero().view(-1)
-            alive, tokens = alive[keep], tokens[keep]
-            memory, src_mask = memory.index_select(0, keep), src_mask.index_select(0, keep)
-            model.reorder_cache(cache, keep, static_too=True)
-    return out
-
-
 def _decode(model, src: torch.Tensor, opts) -> list[list[int]]:
     """The decode co-simulation runs: greedy with retiring sentences, or beam search."""
-    from lowbit.sw.decode import decode_batch
+    from lowbit.sw.decode import decode_batch, greedy_search
 
-    return greedy_retiring(model, src, opts) if opts.beam == 1 else decode_batch(model, src,
-                                                                                  opts)
+    if opts.beam == 1:
+        return greedy_search(model, src, opts, retire=True)
+    return decode_batch(model, src, opts)
 
 
 class _Worker:

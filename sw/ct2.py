@@ -231,7 +231,7 @@ class Ct2Translator:
         its own limit: the same for greedy search, faster, but a beam search may then finish a
         sentence that reaches its limit differently.
         """
-        from .decode import DecodeOptions, _max_lengths, encode_sources, pad_batch
+        from .decode import DecodeOptions, encode_sources, max_lengths, pad_batch
 
         opts = opts or DecodeOptions()
         tok = self.tokenizer
@@ -248,7 +248,7 @@ class Ct2Translator:
             groups = tqdm(groups, desc="translating", unit="group", file=sys.stderr)
         for group in groups:
             src = pad_batch([encoded[i] for i in group], tok.pad_id)
-            limits = _max_lengths(src, tok.pad_id, opts, self.max_positions).tolist()
+            limits = max_lengths(src, tok.pad_id, opts, self.max_positions)
             pieces = [[tok.pieces[t] for t in encoded[i][:-1]] for i in group]  # the model adds </s>
             results = self.translator.translate_batch(
                 pieces, beam_size=opts.beam, length_penalty=opts.length_penalty, num_hypotheses=1,

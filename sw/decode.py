@@ -11,6 +11,7 @@ import math
 import sys
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from lowbit import LowbitError
@@ -43,40 +44,64 @@ def pad_batch(seqs: list[list[int]], pad: int, device=None) -> torch.Tensor:
     return out.to(device)
 
 
-def _max_lengths(src: torch.Tensor, pad: int, opts: DecodeOptions, limit: int) -> torch.Tensor:
-    src_len = (src != pad).sum(1)
-    return (src_len.float() * opts.max_len_a + opts.max_len_b).long().clamp(1, limit)
+def max_lengths(src: torch.Tensor, pad: int, opts: DecodeOptions, limit: int) -> list[int]:
+    """Per-sentence output length limit ``a * source length + b``, truncated, in 1..``limit``.
+
+    Computed on the host in float32 (numpy, no tensor operation: the integer-only decode's
+    guard against floating-point tensor operations stays quiet), the same for every decoder.
+    """
+    lengths = (src != pad).sum(1).tolist()
+    a, b = np.float32(opts.max_len_a), np.float32(opts.max_len_b)
+    return [min(max(int(np.float32(n) * a + b), 1), limit) for n in lengths]
 
 
 @torch.no_grad()
-def greedy_search(model, src: torch.Tensor, opts: DecodeOptions | None = None) -> list[list[int]]:
-    """Greedy decoding of a batch: src (B, S) -> B id lists (without the final EOS)."""
+def greedy_search(model, src: torch.Tensor, opts: DecodeOptions | None = None, *,
+                  retire: bool = False) -> list[list[int]]:
+    """Greedy decoding of a batch: src (B, S) -> B id lists (without the final EOS).
+
+    A sentence ends at the step it emits EOS or a padding token, or reaches its length limit.
+    With ``retire`` an ended sentence leaves the batch (its rows of the encoder output, the mask
+    and the key/value cache), so later steps compute fewer rows: on simulated hardware a batch
+    then runs as long as its sentences' total, not as its longest times the batch. The tokens
+    are the same for every model whose rows are computed independently of each other (the
+    quantized models: per-row activation scales, integer kernels; ``tests/test_cosim.py``
+    checks it). Without ``retire`` the batch keeps its shape (an ended row is fed padding), as
+    a float model's matmuls may round differently for another number of rows.
+
+    The next token is the model's ``pick_token(scores)`` where it has one (the integer-only
+    model: ``golden_ops.argmax`` of its integer scores), else the logits' argmax (the first
+    largest, as ``golden_ops.argmax``).
+    """
     opts = opts or DecodeOptions()
+    pick = getattr(model, "pick_token", None) or (lambda scores: scores.argmax(-1))
     cfg = model.config
-    b = src.shape[0]
-    max_len = _max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)
+    b, device = src.shape[0], src.device
+    limits = max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)
+    max_len = torch.tensor(limits, dtype=torch.long, device=device)
     memory, src_mask = model.encode(src), model.src_mask(src)
     cache = model.new_cache()
-    tokens = torch.full((b,), cfg.decoder_start_token_id, dtype=torch.long, device=src.device)
-    out = torch.full((b, int(max_len.max())), cfg.pad_token_id, dtype=torch.long, device=src.device)
-    done = torch.zeros(b, dtype=torch.bool, device=src.device)
-    for step in range(int(max_len.max())):
-        logits = model.decode_step(tokens, memory, src_mask, cache, step)      # (B, V)
-        tokens = logits.argmax(-1)
-        tokens = torch.where(done, torch.full_like(tokens, cfg.pad_token_id), tokens)
-        out[:, step] = tokens
-        done |= (tokens == cfg.eos_token_id) | (step + 1 >= max_len)
-        if bool(done.all()):
+    tokens = torch.full((b,), cfg.decoder_start_token_id, dtype=torch.long, device=device)
+    alive = torch.arange(b, device=device)                  # batch row -> sentence
+    live = torch.ones(b, dtype=torch.bool, device=device)   # rows still writing tokens
+    out: list[list[int]] = [[] for _ in range(b)]
+    for step in range(max(limits)):
+        logits = model.decode_step(tokens, memory, src_mask, cache, step)      # (rows, V)
+        tokens = torch.where(live, pick(logits), cfg.pad_token_id)
+        stop = (tokens == cfg.eos_token_id) | (tokens == cfg.pad_token_id)
+        for i, t, write in zip(alive.tolist(), tokens.tolist(), (live & ~stop).tolist()):
+            if write:
+                out[i].append(t)
+        ended = live & (stop | (step + 1 >= max_len[alive]))
+        live &= ~ended
+        if not bool(live.any()):
             break
-    result = []
-    for row in out.tolist():
-        ids = []
-        for t in row:
-            if t in (cfg.eos_token_id, cfg.pad_token_id):
-                break
-            ids.append(t)
-        result.append(ids)
-    return result
+        if retire and bool(ended.any()):
+            keep = live.nonzero().view(-1)
+            alive, tokens, live = alive[keep], tokens[keep], live[keep]
+            memory, src_mask = memory.index_select(0, keep), src_mask.index_select(0, keep)
+            model.reorder_cache(cache, keep, static_too=True)
+    return out
 
 
 @torch.no_grad()
@@ -91,7 +116,7 @@ def beam_search(model, src: torch.Tensor, opts: DecodeOptions) -> list[list[int]
     k = opts.beam
     cfg = model.config
     b, device = src.shape[0], src.device
-    max_len = _max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings).tolist()
+    max_len = max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)
     memory, src_mask = model.encode(src), model.src_mask(src)
     rows = torch.arange(b, device=device).repeat_interleave(k)                 # (B*K,)
     memory, src_mask = memory.index_select(0, rows), src_mask.index_select(0, rows)

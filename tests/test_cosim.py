@@ -134,22 +134,24 @@ def test_cosim_two_jobs(capsys, tmp_path):
     assert len(lines) == 3 and all(lines)
 
 
-def test_retiring_greedy_equals_greedy_search():
+@pytest.mark.parametrize("model_name", [MODELS["mixed"], "multi30k-en-de-int8i"])
+def test_retiring_greedy_equals_greedy_search(model_name):
     """Co-simulation drops finished sentences from the batch; the tokens are greedy_search's
-    (golden kernels, 48 real sentences in batches sorted by length, as cosim makes them)."""
-    from lowbit.sim.cosim import _encode, greedy_retiring, make_batches
+    (golden kernels, 48 real sentences in batches sorted by length, as cosim makes them), for a
+    fake-quantized model and for the integer-only one (whose greedy picks golden_ops.argmax)."""
+    from lowbit.sim.cosim import _encode, make_batches
     from lowbit.sw.checkpoint import load_model
     from lowbit.sw.data import read_parallel, resolve_data_dir
-    from lowbit.sw.decode import DecodeOptions, decode_batch, pad_batch
+    from lowbit.sw.decode import DecodeOptions, decode_batch, greedy_search, pad_batch
 
-    model, tok, _ = load_model(packed_model("mixed"))
+    model, tok, _ = load_model(model_name)
     src, _ = read_parallel(resolve_data_dir(None), "test_2016_flickr", limit=48)
     encoded = _encode(tok, src, 256, print)
     opts = DecodeOptions(beam=1, batch_size=16)
     checked = 0
     for batch in make_batches(encoded, 16):
         ids = pad_batch([encoded[i] for i in batch], tok.pad_id)
-        assert greedy_retiring(model, ids, opts) == decode_batch(model, ids, opts)
+        assert greedy_search(model, ids, opts, retire=True) == decode_batch(model, ids, opts)
         checked += len(batch)
     assert checked == 48
 

@@ -169,7 +169,7 @@ def test_integer_search_rules(tokenizer, data):
     assert values.tolist() == [[5, 5, 5]] and index.tolist() == [[1, 2, 4]]
     # beam 1 and greedy agree
     assert (intdecode.beam_search(model, src, DecodeOptions(beam=1))
-            == intdecode.greedy_search(model, src, DecodeOptions(beam=1)))
+            == intdecode.decode_batch(model, src, DecodeOptions(beam=1)))
 
 
 def test_unsupported_models_are_refused():

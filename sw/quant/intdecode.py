@@ -1,9 +1,10 @@
 """Greedy and beam search on integer scores (the integer-only model's :meth:`search`).
 
-They mirror :func:`lowbit.sw.decode.greedy_search` and :func:`~lowbit.sw.decode.beam_search`
-step for step, with the float arithmetic replaced (docs/numerics.md, "Output scores and search"):
+Greedy decoding is :func:`lowbit.sw.decode.greedy_search` itself (the next token is the model's
+``pick_token``: ``golden_ops.argmax`` of the integer scores, ties to the lowest id); the beam
+search here mirrors :func:`~lowbit.sw.decode.beam_search` step for step, with the float
+arithmetic replaced (docs/numerics.md, "Output scores and search"):
 
-* greedy: the next token is ``golden_ops.argmax`` of the integer scores (ties: lowest id);
 * beam search: ``golden_ops.log_softmax`` gives integer log-probabilities (log2 domain,
   2**-16 units, <= 0); a hypothesis' score is their exact int64 sum; candidates are ranked by
   score, ties by the lower candidate index (beam-major: ``beam * V + token``), a stable sort;
@@ -21,60 +22,20 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-import numpy as np
 import torch
 
 from lowbit import LowbitError
 from lowbit.sw import golden_ops as gops
+from lowbit.sw.decode import greedy_search, max_lengths
 
 DEAD = -(1 << 62)          # score of a hypothesis that does not exist (float decode: -inf)
 ALIVE_ABOVE = -(1 << 61)   # real scores stay far above: 512 steps * 2**34 < 2**43
-
-
-def max_lengths(src: torch.Tensor, pad: int, opts, limit: int) -> list[int]:
-    """Per-sentence output length limit, ``a * source length + b`` truncated, in 1..limit
-    (float32 like :func:`lowbit.sw.decode._max_lengths`, on the host)."""
-    lengths = (src != pad).sum(1).tolist()
-    a, b = np.float32(opts.max_len_a), np.float32(opts.max_len_b)
-    return [min(max(int(np.float32(n) * a + b), 1), limit) for n in lengths]
 
 
 def _top(scores: torch.Tensor, k: int):
     """The ``k`` largest scores of each row and their indices; ties: lower index first."""
     values, index = torch.sort(scores, dim=1, descending=True, stable=True)
     return values[:, :k], index[:, :k]
-
-
-def _strip(row: list[int], eos: int, pad: int) -> list[int]:
-    out = []
-    for t in row:
-        if t in (eos, pad):
-            break
-        out.append(t)
-    return out
-
-
-@torch.no_grad()
-def greedy_search(model, src: torch.Tensor, opts) -> list[list[int]]:
-    """Greedy decoding on integer scores: src (B, S) -> B id lists (without the final EOS)."""
-    cfg = model.config
-    b, device = src.shape[0], src.device
-    max_len = max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)
-    limit = torch.tensor(max_len, dtype=torch.int64, device=device)
-    memory, src_mask = model.encode(src), model.src_mask(src)
-    cache = model.new_cache()
-    tokens = torch.full((b,), cfg.decoder_start_token_id, dtype=torch.int64, device=device)
-    out = torch.full((b, max(max_len)), cfg.pad_token_id, dtype=torch.int64, device=device)
-    done = torch.zeros(b, dtype=torch.bool, device=device)
-    for step in range(max(max_len)):
-        scores = model.decode_step(tokens, memory, src_mask, cache, step)     # (B, V)
-        tokens = gops.argmax(scores, check=False)
-        tokens = torch.where(done, torch.full_like(tokens, cfg.pad_token_id), tokens)
-        out[:, step] = tokens
-        done |= (tokens == cfg.eos_token_id) | (limit <= step + 1)
-        if bool(done.all()):
-            break
-    return [_strip(row, cfg.eos_token_id, cfg.pad_token_id) for row in out.tolist()]
 
 
 def _normalized(score: int, length: int, penalty: float):
@@ -160,5 +121,8 @@ def beam_search(model, src: torch.Tensor, opts) -> list[list[int]]:
 
 
 def decode_batch(model, src: torch.Tensor, opts) -> list[list[int]]:
-    """Greedy when ``opts.beam == 1``, beam search otherwise."""
-    return greedy_search(model, src, opts) if opts.beam == 1 else beam_search(model, src, opts)
+    """Greedy when ``opts.beam == 1`` (:func:`lowbit.sw.decode.greedy_search`, which picks each
+    token with the model's ``pick_token``: ``golden_ops.argmax``), beam search otherwise."""
+    if opts.beam == 1:
+        return greedy_search(model, src, opts)
+    return beam_search(model, src, opts)

@@ -484,6 +484,11 @@ class IntegerTransformer(Transformer):
     def embed(self, ids: torch.Tensor, offset: int = 0) -> torch.Tensor:
         raise LowbitError("the integer-only model embeds inside encode/decode")
 
+    def pick_token(self, scores: torch.Tensor) -> torch.Tensor:
+        """Greedy decoding's choice: ``golden_ops.argmax`` of the integer scores in integer mode
+        (ties: lowest id), the float logits' argmax otherwise."""
+        return gops.argmax(scores, check=False) if self.integer_only else scores.argmax(-1)
+
     def search(self, src: torch.Tensor, opts) -> list[list[int]]:
         """Decode a batch: the integer greedy / beam search in integer mode, the float ones
         (on the fake-mode logits) otherwise."""
