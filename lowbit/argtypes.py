@@ -11,7 +11,7 @@ import argparse
 import math
 
 __all__ = ["positive_int", "nonneg_int", "finite_float", "positive_float", "nonneg_float",
-           "int_range"]
+           "int_range", "positive_int_list"]
 
 
 def _int(text: str, what: str) -> int:
@@ -72,3 +72,15 @@ def int_range(low: int, high: int):
         return value
     parse.__name__ = f"int_{low}_{high}"
     return parse
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, e.g. ``4,3,2,1``."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, "
+                                         f"not {text!r}") from None
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, not {text!r}")
+    return values

@@ -13,6 +13,7 @@ from lowbit import LowbitError
 from lowbit.io import check_output_dir, check_output_file, write_text_atomic
 from lowbit.argtypes import finite_float, nonneg_float, nonneg_int, positive_float
 from lowbit.argtypes import positive_int as _positive_int
+from lowbit.argtypes import positive_int_list
 
 
 def _device(name: str | None) -> str:
@@ -102,6 +103,10 @@ def register(sub) -> None:
                         "bmt: float with BMT norms, then binarized) (1000)")
     p.add_argument("--qat-phase-minutes", type=positive_float,
                    help="advance QAT phases by training time instead of steps (minutes per phase)")
+    p.add_argument("--qat-word-planes", type=positive_int_list, metavar="P1,P2,...",
+                   help="planes per word of the binary-coded embedding/output matrix (mixed, bmt*) "
+                        "for the frequency clusters 1 : 4 : 16 : ..., most frequent first "
+                        "(default 4,3,2,1)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
@@ -221,7 +226,8 @@ def _cmd_train(args):
         from .quant.cli import qat_hooks
 
         hooks["transform_model"], hooks["after_step"] = qat_hooks(
-            args.qat, args.init, data_dir, args.qat_phase_steps, log, args.qat_phase_minutes)
+            args.qat, args.init, data_dir, args.qat_phase_steps, log, args.qat_phase_minutes,
+            args.qat_word_planes)
     train(data_dir, Path(args.out), args.config, opts, init=args.init, resume=args.resume,
           device=_device(args.device), log=log, **hooks)
 

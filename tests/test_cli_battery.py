@@ -134,6 +134,12 @@ CASES = [
     (["train", D, "--out", f"{W}/fp32", "--init", f"{W}/fp32"], None, "would overwrite the input"),
     (["train", D, "--out", f"{W}/run", "--qat", "int8"], None, "--qat needs --init"),
     (["train", D, "--out", f"{W}/run", "--qat", "int99", "--init", f"{W}/fp32"], None, "int99"),
+    (["train", D, "--out", f"{W}/run", "--qat", "bmt1", "--init", f"{W}/fp32",
+      "--qat-word-planes", "2,3"], None, "--qat-word-planes: Word planes must not increase"),
+    (["train", D, "--out", f"{W}/run", "--qat", "int8", "--init", f"{W}/fp32",
+      "--qat-word-planes", "2,1"], None, "word planes apply to mixed and the BMT schemes"),
+    (["train", D, "--out", f"{W}/run", "--qat", "mixed", "--init", f"{W}/fp32",
+      "--qat-word-planes", "4,x"], None, "comma-separated positive integers"),
     # -- import-hf / export-hf -----------------------------------------------------------------
     (["import-hf", "/nonexistent/marian", "-o", f"{W}/hf-in"], None, "is not a directory"),
     (["import-hf", f"{W}/notes", "-o", f"{W}/hf-in"], None, "notes"),

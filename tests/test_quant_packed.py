@@ -282,3 +282,34 @@ def test_load_model_dispatches_packed_directories(packed):
     model, _, meta = load_model(packed["int8"][1])
     assert meta["packed"] and meta["scheme"] == "int8"
     assert all(m.mode == "int" for _, m in qat.quant_modules(model) if isinstance(m, QuantLinear))
+
+
+@pytest.mark.parametrize("scheme,planes", [("bmt1", (6, 5, 2)), ("mixed", (5, 4, 3, 2))])
+def test_word_planes_other_than_the_default_round_trip(scheme, planes, tokenizer, tmp_path):
+    """`--qat-word-planes`: more planes per word than 4/3/2/1 are recorded in the config, stored
+    per plane count, rebuilt on loading (the output unit gets max(planes)), and decode the same."""
+    from lowbit.sw.decode import pad_batch
+    from lowbit.sw.quant.schemes import get_scheme, with_word_planes
+
+    torch.manual_seed(3)
+    cfg = TransformerConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=1, decoder_layers=1,
+                            attention_heads=2, ffn_dim=64, dropout=0.0, attention_dropout=0.0)
+    model = qat.prepare_model(Transformer(cfg), with_word_planes(get_scheme(scheme), planes))
+    row_planes = qat.assign_word_planes(model, torch.arange(len(tokenizer), 0, -1).double())
+    assert sorted(set(row_planes.tolist()), reverse=True) == list(planes)
+    assert int(row_planes[0]) == planes[0] and int(row_planes[-1]) == planes[-1]  # id 0: most frequent
+    g = torch.Generator().manual_seed(3)
+    qat.calibrate(model, [(torch.randint(3, len(tokenizer), (4, 9), generator=g),
+                           torch.randint(3, len(tokenizer), (4, 6), generator=g))])
+    model.eval()
+    directory = write_packed(model, tokenizer, tmp_path / "pkg")
+    manifest = json.loads((directory / MANIFEST).read_text())
+    assert manifest["config"]["extra"]["qat"]["word_planes"] == list(planes)
+    assert {f"lm_head.p{p}.weight" for p in planes} <= set(manifest["tensors"])
+    assert manifest["tensors"][f"lm_head.p{planes[0]}.weight"]["shape"][0] == planes[0]
+    loaded, _, _ = load_packed(directory)
+    assert loaded.lm_head.spec.w_bits == planes[0]
+    assert torch.equal(loaded.lm_head.row_planes.cpu(), row_planes)
+    src = pad_batch([tokenizer.encode("A man rides a bike."), tokenizer.encode("Two dogs.")], 0)
+    tgt = torch.tensor([[0, 5, 6, 7], [0, 8, 9, 10]])
+    assert torch.equal(loaded(src, tgt), qat.to_integer(model)(src, tgt))

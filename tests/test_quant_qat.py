@@ -178,3 +178,29 @@ def test_quantize_eval_report_cli(tmp_path, capsys):
     assert main(["quantize", "--model", str(base), "--scheme", "bmt1", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "already a packed model" in err and "needs BMT's extra LayerNorms" in err
+
+
+def test_word_planes_option_is_checked_and_recorded():
+    from lowbit.sw.quant.schemes import get_scheme, with_word_planes
+
+    hooks = qat.QATHooks("bmt1", phase_steps=5, log=lambda m: None, word_planes=[5, 4, 3, 2],
+                         counts=torch.arange(float(CFG["vocab_size"])))
+    model = hooks.transform(Transformer(TransformerConfig(**CFG)))
+    recorded = model.config.extra["qat"]
+    assert recorded["word_planes"] == [5, 4, 3, 2] and recorded["embedding"] == "rows"
+    assert model.lm_head.spec.w_bits == 5
+    assert sorted(set(model.lm_head.row_planes.tolist())) == [2, 3, 4, 5]
+    assert get_scheme("bmt1", recorded).linear_spec("output").w_bits == 5     # rebuilt as made
+    assert get_scheme("mixed", {"word_planes": [2, 1]}).linear_spec("output").w_bits == 2
+    assert get_scheme("mixed").options["word_planes"] == [4, 3, 2, 1]
+    for planes, match in (([], "non-empty"), ([3, 0], r"in 1\.\.8"), ([9, 1], r"in 1\.\.8"),
+                          ([2, 3], "must not increase"), ([2.0], "integers"), ([True], "integers")):
+        with pytest.raises(LowbitError, match=match):
+            with_word_planes(get_scheme("bmt1"), planes)
+    for name in ("int8", "log4", "bmt1a1-nonorm", "fp32"):
+        if name == "bmt1a1-nonorm":
+            sch = get_scheme(name, {})          # recorded without the embedding: float embedding
+        else:
+            sch = get_scheme(name)
+        with pytest.raises(LowbitError, match="word planes apply to mixed and the BMT schemes"):
+            with_word_planes(sch, [2, 1])

@@ -120,16 +120,22 @@ def quantize_model(model, tokenizer, scheme: str, data_dir=None, calibrate_batch
 
 
 def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=print,
-              phase_minutes: float | None = None):
-    """``(transform_model, after_step)`` for ``lowbit train --qat SCHEME --init MODEL``."""
+              phase_minutes: float | None = None, word_planes=None):
+    """``(transform_model, after_step)`` for ``lowbit train --qat SCHEME --init MODEL``
+    (``word_planes``: ``--qat-word-planes``, None for the scheme's)."""
     from lowbit.sw.checkpoint import load_model
 
     from .qat import QATHooks, needs_word_counts, token_counts
-    from .schemes import get_scheme
+    from .schemes import get_scheme, with_word_planes
 
     sch = get_scheme(scheme)
     if sch.name == "fp32":
         raise LowbitError("--qat fp32 is plain training: leave --qat out")
+    if word_planes is not None:     # refused before any model or data is read
+        try:
+            sch = with_word_planes(sch, word_planes)
+        except LowbitError as e:
+            raise LowbitError(f"--qat-word-planes: {e}") from None
     if init is None:
         raise LowbitError("--qat needs --init MODEL: quantization-aware training starts from a "
                           "trained float model")
@@ -141,7 +147,7 @@ def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=pri
         src, tgt = read_parallel(data_dir, "train")
         counts = token_counts(tokenizer, src, tgt, model.config.vocab_size)
     hooks = QATHooks(sch.name, phase_steps=phase_steps, counts=counts, log=log,
-                     phase_minutes=phase_minutes)
+                     phase_minutes=phase_minutes, word_planes=word_planes)
     return hooks.transform, hooks.after_step
 
 

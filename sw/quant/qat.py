@@ -20,7 +20,7 @@ from lowbit import LowbitError
 
 from .integer import IntegerTransformer
 from .modules import ActQuant, QuantEmbedding, QuantLinear, QuantMatMul
-from .schemes import Scheme, block_of, get_scheme, group_of, word_cluster_planes
+from .schemes import Scheme, block_of, get_scheme, group_of, with_word_planes, word_cluster_planes
 
 
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -147,11 +147,16 @@ class QATHooks:
         several phases: mixed, bmt*).
     counts : token counts [V] for the mixed scheme's per-word bit widths (None otherwise).
     log : progress messages.
+    phase_minutes : advance phases by training minutes instead of steps (None: by steps).
+    word_planes : plane counts of the embedding's frequency clusters, most frequent first
+        (None: the scheme's, 4/3/2/1); see :func:`~lowbit.sw.quant.schemes.with_word_planes`.
     """
 
     def __init__(self, scheme: str, phase_steps: int = 1000, counts=None, log=print,
-                 phase_minutes: float | None = None):
+                 phase_minutes: float | None = None, word_planes=None):
         self.scheme = get_scheme(scheme)
+        if word_planes is not None:
+            self.scheme = with_word_planes(self.scheme, word_planes)
         if phase_steps < 1:
             raise LowbitError(f"--qat-phase-steps must be at least 1, not {phase_steps}")
         if phase_minutes is not None and not phase_minutes > 0:

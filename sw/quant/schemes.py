@@ -197,9 +197,12 @@ def get_scheme(name: str, recorded: dict | None = None) -> Scheme:
     if name == "mixed":
         blocks = {b: LinearSpec("xnor", "binary", p, "token", 8) for b, p in MIXED_BLOCK_PLANES.items()}
         blocks["output"] = LinearSpec("xnor", "rows", max(MIXED_WORD_PLANES), "token", 8)
-        return Scheme(name, "binary-coding mixed precision (Chung et al. 2020)", blocks, None,
-                      phases=(("embedding",), ("decoder",), ("encoder",)),
-                      options={"word_planes": list(MIXED_WORD_PLANES), "ratio": MIXED_RATIO})
+        scheme = Scheme(name, "binary-coding mixed precision (Chung et al. 2020)", blocks, None,
+                        phases=(("embedding",), ("decoder",), ("encoder",)),
+                        options={"word_planes": list(MIXED_WORD_PLANES), "ratio": MIXED_RATIO})
+        if isinstance(recorded, dict) and "word_planes" in recorded:
+            scheme = with_word_planes(scheme, recorded["word_planes"])
+        return scheme
     raise LowbitError(f"unknown quantization scheme {name!r}; schemes: int2..int8, log1..log8, "
                       f"int8i, log1i..log8i (integer-only), "
                       f"{', '.join(BMT_SCHEMES)}, mixed, fp32")
@@ -219,7 +222,7 @@ def _bmt_scheme(name: str, recorded: dict | None) -> Scheme:
         # the output layer's inputs stay 8-bit (logits from 1-bit inputs are not BMT's).
         recorded = recorded or {}
         options = {"embedding": "rows",
-                   "word_planes": list(recorded.get("word_planes", MIXED_WORD_PLANES)),
+                   "word_planes": check_word_planes(recorded.get("word_planes", MIXED_WORD_PLANES)),
                    "ratio": recorded.get("ratio", MIXED_RATIO)}
         blocks["output"] = LinearSpec("xnor", "rows", max(options["word_planes"]), "token", 8)
         what += ", binary-coded embedding"
@@ -227,6 +230,36 @@ def _bmt_scheme(name: str, recorded: dict | None) -> Scheme:
     return Scheme(name, f"BMT {what}{'' if norms else ', no extra LayerNorms'} "
                         f"(Zhang et al. 2023)", blocks, None, bmt_norms=norms,
                   phases=((), ("embedding", "encoder", "decoder")), options=options)
+
+
+def check_word_planes(planes) -> list:
+    """``planes`` (plane counts of the frequency clusters, most frequent first) as a list, or
+    :class:`LowbitError`: each count 1..8 (the XNOR unit's weight planes), none larger than the
+    one before (a rarer word never gets more planes than a more frequent one)."""
+    if (not isinstance(planes, (list, tuple)) or not planes
+            or any(isinstance(p, bool) or not isinstance(p, int) for p in planes)):
+        raise LowbitError(f"Word planes must be a non-empty list of integers, not {planes!r}")
+    if any(not 1 <= p <= 8 for p in planes):
+        raise LowbitError(f"Word planes must each be in 1..8, not {list(planes)}")
+    if any(b > a for a, b in zip(planes, planes[1:])):
+        raise LowbitError(f"Word planes must not increase from the most frequent cluster to the "
+                          f"rarest, not {list(planes)}")
+    return list(planes)
+
+
+def with_word_planes(scheme: Scheme, planes) -> Scheme:
+    """``scheme`` with Chung et al.'s per-word plane counts ``planes`` for the clusters of its
+    tied embedding/output matrix (most frequent first; cluster sizes stay ``1 : r : r^2 ...``).
+    The output layer's XNOR unit gets ``max(planes)`` weight planes. Only schemes that code the
+    embedding per word (``mixed``, ``bmt*`` with the binary-coded embedding) take them."""
+    spec = scheme.linear_spec("output")
+    if spec is None or spec.weights != "rows":
+        raise LowbitError(f"scheme {scheme.name} does not code the embedding with per-word planes; "
+                          f"word planes apply to mixed and the BMT schemes")
+    planes = check_word_planes(planes)
+    linears = dict(scheme.linears, output=dataclasses.replace(spec, w_bits=max(planes)))
+    return dataclasses.replace(scheme, linears=linears,
+                               options={**scheme.options, "word_planes": planes})
 
 
 def word_cluster_planes(counts, ratio: float = MIXED_RATIO, planes=MIXED_WORD_PLANES):
