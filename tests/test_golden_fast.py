@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from lowbit import LowbitError
 from lowbit.sw import golden as g
 from lowbit.sw.checkpoint import load_model, shipped_models
 from lowbit.sw.data import read_parallel, resolve_data_dir
@@ -495,6 +496,28 @@ def test_fast_path_stands_aside_for_substitutes_observers_and_integer_evaluation
     with kernels.observe(lambda site, acc: seen.append(acc.dtype)):
         layer(x)
     assert seen == [torch.int64] * 4                    # the kernel path: one call per group
+
+
+def test_reference_kernels_environment_variable(monkeypatch):
+    """LOWBIT_REFERENCE_KERNELS=1 sends every matmul of a process through the golden kernel itself
+    (the command-line switch for comparing whole decodes); 0 or unset keeps the fast path; any
+    other value is refused."""
+    layer, x = integer_layer("rows", torch.float64)
+    calls = []
+    golden_xnor = g.xnor_matmul
+    monkeypatch.setattr(g, "xnor_matmul", lambda *a, **k: calls.append(1) or golden_xnor(*a, **k))
+    monkeypatch.delenv(kernels.REFERENCE_ENV, raising=False)
+    fast = layer(x)
+    assert kernels.fast("xnor_matmul") and calls == []
+    monkeypatch.setenv(kernels.REFERENCE_ENV, "0")
+    assert torch.equal(layer(x), fast) and calls == []
+    monkeypatch.setenv(kernels.REFERENCE_ENV, "1")
+    assert not kernels.fast("int_matmul") and not kernels.fast("xnor_matmul")
+    assert torch.equal(layer(x), fast) and len(calls) == 4     # one kernel call per plane group
+    for bad in ("yes", "2", " 1"):
+        monkeypatch.setenv(kernels.REFERENCE_ENV, bad)
+        with pytest.raises(LowbitError, match="LOWBIT_REFERENCE_KERNELS must be 0 or 1"):
+            kernels.fast("int_matmul")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ While a kernel is the golden one and nothing observes the calls (:func:`fast`), 
 modules compute its integers with :class:`lowbit.sw.golden.PreparedMatmul` instead (weights
 prepared once, no bit packing; docs/numerics.md says why the integers are the same); a
 substituted kernel or an observer sees every call through :func:`call`, with the packed
-operands, as described here.
+operands, as described here. The environment variable ``LOWBIT_REFERENCE_KERNELS=1`` turns the
+prepared path off in a whole process (every command decodes through the golden kernels
+themselves), so that a decode can be compared with the reference path from the command line.
 
 Example (a co-simulation hook)::
 
@@ -33,10 +35,14 @@ Example (a co-simulation hook)::
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 
+from lowbit import LowbitError
 from lowbit.sw import golden
+
+REFERENCE_ENV = "LOWBIT_REFERENCE_KERNELS"
 
 KERNELS = ("int_matmul", "log_matmul", "xnor_matmul")
 UNIT_KERNEL = {"int": "int_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
@@ -75,11 +81,22 @@ def kernel(name: str):
     return _overrides.get(name) or getattr(golden, name)
 
 
+def reference_forced() -> bool:
+    """Whether ``LOWBIT_REFERENCE_KERNELS`` asks for the golden kernels at every call: ``1`` yes,
+    ``0`` or unset no; any other value is a :class:`LowbitError`."""
+    value = os.environ.get(REFERENCE_ENV, "")
+    if value not in ("", "0", "1"):
+        raise LowbitError(f"{REFERENCE_ENV} must be 0 or 1, not {value!r}")
+    return value == "1"
+
+
 def fast(name: str) -> bool:
     """Whether a caller may evaluate kernel ``name`` with a faster equivalent of the golden kernel
     (:class:`lowbit.sw.golden.PreparedMatmul`, same integers) instead of :func:`call`: the kernel
-    is not substituted, nothing observes the calls, and ``golden.integer_evaluation`` is off."""
-    return name not in _overrides and not _observers and not golden.evaluating_integers()
+    is not substituted, nothing observes the calls, ``golden.integer_evaluation`` is off, and
+    ``LOWBIT_REFERENCE_KERNELS=1`` (:func:`reference_forced`) is not set."""
+    return (name not in _overrides and not _observers and not golden.evaluating_integers()
+            and not reference_forced())
 
 
 def call(name: str, site: MatmulSite, *args, **kwargs):
