@@ -10,7 +10,9 @@ from __future__ import annotations
 __all__ = ["MULT_BITS", "SHIFT_MAX", "ALPHA_BITS", "WORD_BITS", "LOG_MAX_DEPTH", "ACC_MAX_BITS",
            "DEFAULT_MAX_K", "EXACT_LIMIT", "int_range", "check_bits", "signed_width",
            "accumulator_width", "bias_bound", "int_max_product", "int_acc_width", "log_depth",
-           "log_max_product", "log_acc_width", "xnor_max_product", "xnor_acc_width", "ceil_div"]
+           "log_max_product", "log_acc_width", "xnor_max_product", "xnor_acc_width", "ceil_div",
+           "LN_MAX_D", "LN_SQRT_SHIFT", "LN_RECIP_BITS", "LN_NORM_BITS", "LN_GAMMA_BITS",
+           "LN_BETA_BITS", "LN_SHIFT_MAX", "LN_EPS_MAX"]
 
 # Widths and limits (docs/numerics.md, "Common rules")
 MULT_BITS = 16          # requantization multiplier: unsigned, 0 .. 2**16 - 1
@@ -21,6 +23,16 @@ LOG_MAX_DEPTH = 16      # log weights: at most 16 magnitudes 2**0 .. 2**-15 (see
 ACC_MAX_BITS = 47       # widest accumulator any unit may have (requantization input)
 DEFAULT_MAX_K = 32768   # largest K every unit accepts by default (INT8 accumulator fits int32)
 EXACT_LIMIT = 2 ** 53   # float64 represents every integer below this exactly
+
+# Integer-only decode, LayerNorm (docs/numerics.md, "LayerNorm"; golden_ops.layernorm)
+LN_MAX_D = 1 << 12        # widest LayerNorm row (sum of squares < 2**44)
+LN_SQRT_SHIFT = 18        # sigma = isqrt(V << 18) = floor(sqrt(V) * 2**9)
+LN_RECIP_BITS = 40        # inv = floor(2**40 / sigma); |c * inv| < 2**32
+LN_NORM_BITS = 31         # c * inv = (normalized value / sqrt(D)) * 2**31
+LN_GAMMA_BITS = 16        # g: signed 16-bit
+LN_BETA_BITS = 48         # b: signed 48-bit
+LN_SHIFT_MAX = 47         # output shift S: 0..47
+LN_EPS_MAX = 1 << 44      # integer epsilon: 0..2**44
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from lowbit.contract import (LN_BETA_BITS, LN_EPS_MAX, LN_GAMMA_BITS, LN_MAX_D,
+                             LN_NORM_BITS, LN_RECIP_BITS, LN_SHIFT_MAX, LN_SQRT_SHIFT)
 from lowbit.sw import golden
 
 # ---------------------------------------------------------------------------------------------
@@ -44,14 +46,6 @@ EXP_ONE_BITS = 15         # table entry for 2**0 is 2**15; entries are 2**14 < E
 SOFTMAX_FRAC_BITS = 8     # attention scores enter the softmax as log2-domain fixed point, 2**-8
 SOFTMAX_RECIP_BITS = 31   # reciprocal R = floor((2**(ob-1) - 1) * 2**31 / S)
 MAX_ROW = 1 << 16         # longest softmax / log-softmax row (S < 2**31)
-LN_MAX_D = 1 << 12        # widest LayerNorm row (sum of squares < 2**44)
-LN_SQRT_SHIFT = 18        # sigma = isqrt(V << 18) = floor(sqrt(V) * 2**9)
-LN_RECIP_BITS = 40        # inv = floor(2**40 / sigma); |c * inv| < 2**32
-LN_NORM_BITS = 31         # c * inv = (normalized value / sqrt(D)) * 2**31
-LN_GAMMA_BITS = 16        # g: signed 16-bit
-LN_BETA_BITS = 48         # b: signed 48-bit
-LN_SHIFT_MAX = 47         # output shift S: 0..47
-LN_EPS_MAX = 1 << 44      # integer epsilon: 0..2**44
 SCORE_FRAC_BITS = 16      # output scores: log2-domain fixed point, 2**-16, signed 32-bit
 SCORE_BITS = 32
 LOG2_E = 1.4426950408889634   # 1 / ln 2 (the float64 nearest), for compile-time scales only
