@@ -12,7 +12,8 @@ __all__ = ["MULT_BITS", "SHIFT_MAX", "ALPHA_BITS", "WORD_BITS", "LOG_MAX_DEPTH",
            "accumulator_width", "bias_bound", "int_max_product", "int_acc_width", "log_depth",
            "log_max_product", "log_acc_width", "xnor_max_product", "xnor_acc_width", "ceil_div",
            "LN_MAX_D", "LN_SQRT_SHIFT", "LN_RECIP_BITS", "LN_NORM_BITS", "LN_GAMMA_BITS",
-           "LN_BETA_BITS", "LN_SHIFT_MAX", "LN_EPS_MAX"]
+           "LN_BETA_BITS", "LN_SHIFT_MAX", "LN_EPS_MAX", "EXP_INDEX_BITS", "EXP_ONE_BITS",
+           "SOFTMAX_FRAC_BITS", "SOFTMAX_RECIP_BITS", "MAX_ROW", "EXP2_TABLE"]
 
 # Widths and limits (docs/numerics.md, "Common rules")
 MULT_BITS = 16          # requantization multiplier: unsigned, 0 .. 2**16 - 1
@@ -33,6 +34,37 @@ LN_GAMMA_BITS = 16        # g: signed 16-bit
 LN_BETA_BITS = 48         # b: signed 48-bit
 LN_SHIFT_MAX = 47         # output shift S: 0..47
 LN_EPS_MAX = 1 << 44      # integer epsilon: 0..2**44
+
+# Integer-only decode, softmax (docs/numerics.md, "Softmax"; golden_ops.softmax)
+EXP_INDEX_BITS = 8        # the exponential table has 2**8 entries (8 fraction bits of its input)
+EXP_ONE_BITS = 15         # table entry for 2**0 is 2**15; entries are 2**14 < E[r] <= 2**15
+SOFTMAX_FRAC_BITS = 8     # attention scores enter the softmax as log2-domain fixed point, 2**-8
+SOFTMAX_RECIP_BITS = 31   # reciprocal R = floor((2**(ob-1) - 1) * 2**31 / S)
+MAX_ROW = 1 << 16         # longest softmax / log-softmax row (S < 2**31)
+
+
+def _exp2_table() -> tuple[int, ...]:
+    """``E[r] = round(2**15 * 2**(-r/256))`` for r = 0..255, computed exactly.
+
+    ``x = 2**(15 - r/256)`` satisfies ``x**256 = 2**(3840 - r)``, so integer powers decide both
+    the floor of ``x`` and whether ``x`` lies above ``floor(x) + 1/2`` (it never lies on it:
+    ``x`` is irrational for r > 0); no floating-point function enters the table.
+    """
+    out = []
+    for r in range(1 << EXP_INDEX_BITS):
+        target = 1 << (EXP_ONE_BITS * 256 - r)       # x**256
+        n = int(2.0 ** (EXP_ONE_BITS - r / 256))     # estimate, corrected exactly below
+        while n ** 256 > target:
+            n -= 1
+        while (n + 1) ** 256 <= target:
+            n += 1
+        if (2 * n + 1) ** 256 <= target << 256:      # x >= n + 1/2
+            n += 1
+        out.append(n)
+    return tuple(out)
+
+
+EXP2_TABLE = _exp2_table()
 
 
 def ceil_div(a: int, b: int) -> int:

@@ -34,45 +34,17 @@ import math
 
 import torch
 
-from lowbit.contract import (LN_BETA_BITS, LN_EPS_MAX, LN_GAMMA_BITS, LN_MAX_D,
-                             LN_NORM_BITS, LN_RECIP_BITS, LN_SHIFT_MAX, LN_SQRT_SHIFT)
+from lowbit.contract import (EXP2_TABLE, EXP_INDEX_BITS, EXP_ONE_BITS, LN_BETA_BITS, LN_EPS_MAX,
+                             LN_GAMMA_BITS, LN_MAX_D, LN_NORM_BITS, LN_RECIP_BITS, LN_SHIFT_MAX,
+                             LN_SQRT_SHIFT, MAX_ROW, SOFTMAX_FRAC_BITS, SOFTMAX_RECIP_BITS)
 from lowbit.sw import golden
 
 # ---------------------------------------------------------------------------------------------
 # Widths and limits (docs/numerics.md, "Integer-only decode")
 
-EXP_INDEX_BITS = 8        # the exponential table has 2**8 entries (8 fraction bits of its input)
-EXP_ONE_BITS = 15         # table entry for 2**0 is 2**15; entries are 2**14 < E[r] <= 2**15
-SOFTMAX_FRAC_BITS = 8     # attention scores enter the softmax as log2-domain fixed point, 2**-8
-SOFTMAX_RECIP_BITS = 31   # reciprocal R = floor((2**(ob-1) - 1) * 2**31 / S)
-MAX_ROW = 1 << 16         # longest softmax / log-softmax row (S < 2**31)
 SCORE_FRAC_BITS = 16      # output scores: log2-domain fixed point, 2**-16, signed 32-bit
 SCORE_BITS = 32
 LOG2_E = 1.4426950408889634   # 1 / ln 2 (the float64 nearest), for compile-time scales only
-
-
-def _exp2_table() -> tuple[int, ...]:
-    """``E[r] = round(2**15 * 2**(-r/256))`` for r = 0..255, computed exactly.
-
-    ``x = 2**(15 - r/256)`` satisfies ``x**256 = 2**(3840 - r)``, so integer powers decide both
-    the floor of ``x`` and whether ``x`` lies above ``floor(x) + 1/2`` (it never lies on it:
-    ``x`` is irrational for r > 0); no floating-point function enters the table.
-    """
-    out = []
-    for r in range(1 << EXP_INDEX_BITS):
-        target = 1 << (EXP_ONE_BITS * 256 - r)       # x**256
-        n = int(2.0 ** (EXP_ONE_BITS - r / 256))     # estimate, corrected exactly below
-        while n ** 256 > target:
-            n -= 1
-        while (n + 1) ** 256 <= target:
-            n += 1
-        if (2 * n + 1) ** 256 <= target << 256:      # x >= n + 1/2
-            n += 1
-        out.append(n)
-    return tuple(out)
-
-
-EXP2_TABLE = _exp2_table()
 
 
 _TABLES: dict = {}
