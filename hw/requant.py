@@ -25,7 +25,9 @@ def rounding(m, shift, width: int, name: str = ""):
     ``width + 1`` signed bits without changing the result.
     """
     clamped = Signal(range(width + 1), name=f"shift_clamped{name}")
-    m.d.comb += clamped.eq(Mux(shift > width, width, shift))
+    # no comparison when the shift cannot exceed the width (Verilator: CMPCONST)
+    m.d.comb += clamped.eq(Mux(shift > width, width, shift) if (1 << len(shift)) - 1 > width
+                           else shift)
     term = Signal(unsigned(width), name=f"round{name}")
     m.d.comb += term.eq((C(1, width + 1) << clamped) >> 1)
     return clamped, term

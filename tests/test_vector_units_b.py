@@ -1,0 +1,118 @@
+# amaranth: UnusedElaboratable=no
+"""LayerNorm, residual add and requantize vector units against their golden operations.
+
+Every case streams rows through the unit (the description's beats, ``pack``/``unpack``) and
+compares the results with the golden operation (``golden_ops.layernorm``,
+``golden_ops.residual_add``, ``golden.requantize``) by equality: random rows from fixed seeds
+and each kind's corner cases (D = 1 and D = max, zero variance, the largest |c|, epsilon and
+shift at their bounds, gains and offsets at their widths, saturation both ways, ...), in the
+Amaranth simulator with random input gaps and output stalls.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from lowbit.hw import vec_elementwise, vec_layernorm  # noqa: F401  (registers the kinds)
+from lowbit.hw.simulate import simulate
+from lowbit.hw.units import describe
+
+# (kind, parameters): small row buffers keep the Amaranth simulator fast
+CONFIGS = [
+    ("layernorm", dict(lanes=3, max_len=40)),
+    ("layernorm", dict(lanes=1, max_len=5, in_bits=2, out_bits=2)),
+    ("layernorm", dict(lanes=4, max_len=16, in_bits=12, out_bits=32)),
+    ("requant", dict(lanes=3)),
+    ("requant", dict(lanes=2, in_bits=47, out_bits=32, per_channel=True)),
+    ("requant", dict(lanes=1, in_bits=2, out_bits=2)),
+    ("residual", dict(lanes=4)),
+    ("residual", dict(lanes=3, per_channel=True)),
+    ("residual", dict(lanes=1, a_bits=2, b_bits=47, out_bits=2, per_channel=True)),
+]
+
+
+def _ints(words) -> list[int]:
+    return [sum(int(v) << (32 * i) for i, v in enumerate(w)) for w in np.asarray(words)]
+
+
+def simulate_rows(desc, ops, **kw):
+    """Rows of ``ops`` through ``desc``'s unit in the Amaranth simulator: ``(y, cycles)``."""
+    cfg, x, y_beats = desc.pack(ops)
+    length = np.shape(desc.x_fields(ops)["data"])[1]
+    per = -(-length // desc.lanes)
+    xs = _ints(x)
+    plan = SimpleNamespace(y_beats=y_beats, tiles=[
+        SimpleNamespace(cfg=c, x=xs[r * per:(r + 1) * per]) for r, c in enumerate(_ints(cfg))])
+    res = simulate(desc.build(), plan, **kw)
+    n = desc.codecs["y"].nwords
+    words = np.array([[(v >> (32 * i)) & 0xFFFFFFFF for i in range(n)] for v in res.y],
+                     np.uint32)
+    return desc.unpack(words, len(cfg), length), res.cycles
+
+
+def _cases(desc, seed):
+    rng = np.random.default_rng(seed)
+    length = min(desc.max_len, 2 * desc.lanes + 3)
+    return [("random", desc.random_rows(rng, 4, length)),
+            ("random_short", desc.random_rows(rng, 2, min(desc.max_len, desc.lanes - 1 or 1))),
+            *desc.corner_cases(rng)]
+
+
+@pytest.mark.parametrize("kind, params", CONFIGS,
+                         ids=[f"{k}-{'-'.join(f'{a}{b}' for a, b in p.items())}"
+                              for k, p in CONFIGS])
+def test_equal_to_golden_in_the_amaranth_simulator(kind, params):
+    desc = describe(kind, **params)
+    for i, (name, ops) in enumerate(_cases(desc, seed=15)):
+        want = desc.golden_rows(ops)
+        got, _ = simulate_rows(desc, ops, x_valid=0.7, y_ready=0.6, seed=i)
+        assert np.array_equal(got, want), f"{kind} {params} {name}:\n{got}\n!= golden\n{want}"
+
+
+@pytest.mark.parametrize("kind, params", [CONFIGS[0], CONFIGS[3], CONFIGS[7]])
+def test_cycles_per_row(kind, params):
+    """A row alone, x valid and y ready every cycle, takes ``cycles_per_row`` cycles for every
+    length and whatever the data; back-to-back rows of the elementwise units take one cycle
+    per beat."""
+    desc = describe(kind, **params)
+    rng = np.random.default_rng(3)
+    key = "t" if kind == "layernorm" else "data"
+    for length in sorted({1, desc.lanes, desc.lanes + 1, min(desc.max_len, 3 * desc.lanes)}):
+        ops = desc.random_rows(rng, 1, length)
+        constant = dict(ops, **{key: np.zeros_like(ops[key])})     # zero variance
+        for o in (ops, constant):
+            _, cycles = simulate_rows(desc, o)
+            assert cycles == desc.cycles_per_row(length), (length, cycles)
+    if kind != "layernorm":
+        rows, length = 5, 2 * desc.lanes
+        _, cycles = simulate_rows(desc, desc.random_rows(rng, rows, length))
+        assert cycles == desc.cycles_per_row(length) + (rows - 1) * 2
+
+
+def test_random_rows_are_not_degenerate():
+    """The random operands reach most of the output range, not only its saturation values."""
+    for kind, params in (CONFIGS[0], CONFIGS[3], CONFIGS[6]):
+        desc = describe(kind, **params)
+        want = desc.golden_rows(desc.random_rows(np.random.default_rng(0), 16, 16))
+        lo, hi = -(1 << (desc.out_bits - 1)), (1 << (desc.out_bits - 1)) - 1
+        inside = want[(want > lo) & (want < hi)]
+        assert inside.size > want.size // 2 and np.unique(inside).size > 20, kind
+
+
+@pytest.mark.parametrize("kind, params, message", [
+    ("layernorm", dict(max_len=4097), "Max len must be at most 4096, not 4097"),
+    ("layernorm", dict(in_bits=17), "In bits must be an integer in 2..16, not 17"),
+    ("layernorm", dict(out_bits=33), "Out bits must be an integer in 2..32, not 33"),
+    ("layernorm", dict(lanes=0), "Lanes must be a positive integer, not 0"),
+    ("requant", dict(in_bits=48), "In bits must be an integer in 2..47, not 48"),
+    ("requant", dict(per_channel=1), "Per channel must be a bool, not 1"),
+    ("residual", dict(out_bits=32), "Out bits must be an integer in 2..31, not 32"),
+    ("residual", dict(b_bits=1), "B bits must be an integer in 2..47, not 1"),
+])
+def test_parameter_messages(kind, params, message):
+    with pytest.raises((TypeError, ValueError)) as info:
+        describe(kind, **params)
+    assert str(info.value) == message
