@@ -130,6 +130,42 @@ def test_decode_runs_no_float_operation_and_a_planted_one_is_caught(tokenizer, d
             decode_batch(integer, batches[0][0], DecodeOptions(beam=1))
 
 
+def test_every_operation_goes_through_its_substitution_point(tokenizer, data):
+    """Integer mode calls every operation of kernels.OPS through kernels.call_op, with its site
+    visible: substitutes that record and forward give the same tokens; a substitute that
+    changes one operation's result changes the decode (nothing bypasses the hook)."""
+    from lowbit.sw.quant import kernels
+
+    model, batches = trained_tiny("int8i", tokenizer, data, steps=1)
+    integer = qat.to_integer(model)
+    src, opts = batches[0][0][:4], DecodeOptions(beam=1)
+    want = decode_batch(integer, src, opts)
+    seen = []
+
+    def recording(name):
+        def run(*args, **kwargs):
+            site = kernels.current_site()
+            seen.append((name, site.op, site.name))
+            return getattr(kernels.OPS[name], name)(*args, **kwargs)
+        return run
+
+    with kernels.use_kernels(**{name: recording(name) for name in kernels.OPS}):
+        assert decode_batch(integer, src, opts) == want
+    assert {name for name, _, _ in seen} == set(kernels.OPS)
+    assert all(name == op for name, op, _ in seen)
+    where = {site for _, _, site in seen}
+    assert {"encoder.embedding", "decoder.embedding", "lm_head.scores", "lm_head.argmax",
+            "model.encoder.layers.0.self_attn.qk.softmax",
+            "model.decoder.layers.0.encoder_attn.qk.softmax",
+            "model.decoder.layers.0.fc2.layernorm"} <= where, sorted(where)
+
+    def last_token(z, **kw):   # argmax that always answers the last id
+        return torch.full(z.shape[:-1], z.shape[-1] - 1, dtype=torch.int64)
+
+    with kernels.use_kernels(argmax=last_token):
+        assert decode_batch(integer, src, opts) != want
+
+
 def test_float_host_model_is_reported_with_its_first_float_operation(tokenizer, data):
     model = qat.to_integer(trained_tiny("int8", tokenizer, data, steps=0)[0])
     ok, what = check_integer(model, tokenizer, data[1][0][:2], DecodeOptions(beam=1),

@@ -28,6 +28,8 @@ from torch.utils._pytree import tree_flatten
 
 from lowbit import LowbitError
 
+from . import kernels
+
 _PACKAGE = Path(__file__).resolve().parents[1]   # sw/ (installed as lowbit/sw)
 
 
@@ -44,13 +46,20 @@ def _first_float(*trees):
     return None
 
 
+# frames that only forward a call: this guard and the kernel / operation dispatch
+_FORWARDERS = (Path(__file__).resolve(), Path(kernels.__file__).resolve())
+
+
 def _where() -> str:
-    """The innermost caller inside the lowbit package (file:line in function)."""
+    """The innermost caller inside the lowbit package (file:line in function), and the
+    matmul or operation site running, if any."""
+    site = kernels.current_site()
+    at = f" (site {site.name})" if site is not None else ""
     for frame in reversed(traceback.extract_stack()[:-1]):
         path = Path(frame.filename).resolve()
-        if path.is_relative_to(_PACKAGE) and path != Path(__file__).resolve():
-            return f"{path.relative_to(_PACKAGE.parent)}:{frame.lineno} in {frame.name}"
-    return "outside lowbit"
+        if path.is_relative_to(_PACKAGE) and path not in _FORWARDERS:
+            return f"{path.relative_to(_PACKAGE.parent)}:{frame.lineno} in {frame.name}{at}"
+    return "outside lowbit" + at
 
 
 def _describe(name: str, tensor: torch.Tensor) -> str:

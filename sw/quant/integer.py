@@ -227,9 +227,10 @@ class IntegerTransformer(Transformer):
             return c
 
         if self.integer_only:
-            c = self._const(f"{m.site.name}.linear", consts)
-            return golden.requantize(self._accumulate(m, x, c), c["mult"], c["shift"],
-                                     out_bits=ACT_BITS, relu=relu)
+            name = f"{m.site.name}.linear"
+            c = self._const(name, consts)
+            return kernels.call_op("requantize", name, self._accumulate(m, x, c), c["mult"],
+                                   c["shift"], out_bits=ACT_BITS, relu=relu)
         if m.act is not in_act:   # the packed model stores each layer's input range
             m.act.amax.copy_(in_act.amax)
         ref = self._ref_linear(m, x)
@@ -275,9 +276,11 @@ class IntegerTransformer(Transformer):
             return {"mult": m, "shift": s}
 
         if self.integer_only:
-            c = self._const(f"{qk.site.name}.softmax", consts)
-            z = golden.requantize(self._matmul(qk, q, k), c["mult"], c["shift"], out_bits=16)
-            return gops.softmax(z, mask, out_bits=PROB_BITS)
+            name = f"{qk.site.name}.softmax"
+            c = self._const(name, consts)
+            z = kernels.call_op("requantize", f"{qk.site.name}.scores", self._matmul(qk, q, k),
+                                c["mult"], c["shift"], out_bits=16)
+            return kernels.call_op("softmax", name, z, mask, out_bits=PROB_BITS)
         scores = (q @ k.transpose(-1, -2)) * attn.scaling
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
@@ -300,9 +303,11 @@ class IntegerTransformer(Transformer):
             return {"mult": m, "shift": s}
 
         if self.integer_only:
-            c = self._const(f"{av.site.name}.attend", consts)
+            name = f"{av.site.name}.attend"
+            c = self._const(name, consts)
             acc = self._matmul(av, probs, v.transpose(-1, -2))
-            return golden.requantize(acc, c["mult"], c["shift"], out_bits=ACT_BITS)
+            return kernels.call_op("requantize", name, acc, c["mult"], c["shift"],
+                                   out_bits=ACT_BITS)
         ref = probs @ v
         out_act.observe(ref)
         c = consts()
@@ -328,11 +333,12 @@ class IntegerTransformer(Transformer):
 
         if self.integer_only:
             c = self._const(f"{m.site.name}.residual", sum_consts)
-            t = gops.residual_add(x, c["mult_x"], c["shift_x"], self._accumulate(m, h, c),
-                                  c["mult"], c["shift"], out_bits=SUM_BITS)
+            t = kernels.call_op("residual_add", f"{m.site.name}.residual", x, c["mult_x"],
+                                c["shift_x"], self._accumulate(m, h, c), c["mult"], c["shift"],
+                                out_bits=SUM_BITS)
             n = self._const(f"{m.site.name}.layernorm", norm_consts)
-            return gops.layernorm(t, n["g"], n["b"], n["shift"], n["eps"], in_bits=SUM_BITS,
-                                  out_bits=ACT_BITS)
+            return kernels.call_op("layernorm", f"{m.site.name}.layernorm", t, n["g"], n["b"],
+                                   n["shift"], n["eps"], in_bits=SUM_BITS, out_bits=ACT_BITS)
         f_ref = self._ref_linear(m, h)
         acc = self._accumulate(m, _ints(h, m.act), self._acc_consts(m, _scale(m.act)))
         p = self.config.dropout if self.training else 0.0
@@ -376,8 +382,8 @@ class IntegerTransformer(Transformer):
         name = "encoder" if act is self.model.encoder.embed_act else "decoder"
         if self.integer_only:
             c = self._const(f"{name}.embedding", consts)
-            return gops.embedding(ids, c["table"], c["mult"], c["shift"], c["pos"], offset,
-                                  out_bits=ACT_BITS)
+            return kernels.call_op("embedding", f"{name}.embedding", ids, c["table"], c["mult"],
+                                   c["shift"], c["pos"], offset, out_bits=ACT_BITS)
         ref = (self.model.shared(ids) * self.embed_scale
                + self.positions[offset:offset + ids.shape[1]].to(torch.float32))
         act.observe(ref)
@@ -403,8 +409,8 @@ class IntegerTransformer(Transformer):
 
         if self.integer_only:
             c = self._const("lm_head.scores", consts)
-            return golden.requantize(self._accumulate(head, y, c), c["mult"], c["shift"],
-                                     out_bits=gops.SCORE_BITS)
+            return kernels.call_op("requantize", "lm_head.scores", self._accumulate(head, y, c),
+                                   c["mult"], c["shift"], out_bits=gops.SCORE_BITS)
         if head.act is not y_act:
             head.act.amax.copy_(y_act.amax)
         ref = self._ref_linear(head, y) + self.final_logits_bias
@@ -487,7 +493,9 @@ class IntegerTransformer(Transformer):
     def pick_token(self, scores: torch.Tensor) -> torch.Tensor:
         """Greedy decoding's choice: ``golden_ops.argmax`` of the integer scores in integer mode
         (ties: lowest id), the float logits' argmax otherwise."""
-        return gops.argmax(scores, check=False) if self.integer_only else scores.argmax(-1)
+        if self.integer_only:
+            return kernels.call_op("argmax", "lm_head.argmax", scores, check=False)
+        return scores.argmax(-1)
 
     def search(self, src: torch.Tensor, opts) -> list[list[int]]:
         """Decode a batch: the integer greedy / beam search in integer mode, the float ones

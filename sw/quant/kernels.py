@@ -19,6 +19,12 @@ operands, as described here. The environment variable ``LOWBIT_REFERENCE_KERNELS
 prepared path off in a whole process (every command decodes through the golden kernels
 themselves), so that a decode can be compared with the reference path from the command line.
 
+The integer-only model (:mod:`.integer`) runs every operation between its matmuls through
+:func:`call_op` in the same way: the operations of :data:`OPS` (``requantize``, ``softmax``,
+``residual_add``, ``layernorm``, ``embedding``, ``argmax``) are the golden functions of
+:mod:`lowbit.sw.golden` / :mod:`lowbit.sw.golden_ops` unless :func:`use_kernels` substituted
+them, with the calling :class:`OpSite` visible through :func:`current_site`.
+
 Example (a co-simulation hook)::
 
     from lowbit.sw.quant import kernels
@@ -41,11 +47,16 @@ from dataclasses import dataclass, field
 
 from lowbit import LowbitError
 from lowbit.sw import golden
+from lowbit.sw import golden_ops
 
 REFERENCE_ENV = "LOWBIT_REFERENCE_KERNELS"
 
 KERNELS = ("int_matmul", "log_matmul", "xnor_matmul")
 UNIT_KERNEL = {"int": "int_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
+# The integer-only model's operations between the matmuls: the module of each golden function
+# (looked up by name at each call, as the kernels are)
+OPS = {"requantize": golden, "softmax": golden_ops, "residual_add": golden_ops,
+       "layernorm": golden_ops, "embedding": golden_ops, "argmax": golden_ops}
 
 _overrides: dict = {}
 _site_stack: list = []
@@ -72,6 +83,21 @@ class MatmulSite:
     @property
     def kernel(self) -> str:
         return UNIT_KERNEL[self.unit]
+
+
+@dataclass(frozen=True)
+class OpSite:
+    """One integer operation of the integer-only model.
+
+    Attributes
+    ----------
+    name : where it runs, e.g. ``model.encoder.layers.0.self_attn.qk.softmax`` (the module path
+        of the matmul it follows or feeds, and the operation's role).
+    op : the operation, a key of :data:`OPS`.
+    """
+
+    name: str
+    op: str
 
 
 def kernel(name: str):
@@ -112,20 +138,41 @@ def call(name: str, site: MatmulSite, *args, **kwargs):
     return result
 
 
-def current_site() -> MatmulSite | None:
+def op(name: str):
+    """The callable currently used for operation ``name`` of :data:`OPS` (golden unless
+    overridden)."""
+    if name not in OPS:
+        raise ValueError(f"unknown operation {name!r}; operations are {', '.join(OPS)}")
+    return _overrides.get(name) or getattr(OPS[name], name)
+
+
+def call_op(name: str, where: str, *args, **kwargs):
+    """Run operation ``name`` at the site named ``where`` (an :class:`OpSite`):
+    ``op(name)(*args, **kwargs)``, not observed (the observers count matmuls)."""
+    fn = op(name)
+    _site_stack.append(OpSite(where, name))
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _site_stack.pop()
+
+
+def current_site() -> MatmulSite | OpSite | None:
     """The site whose kernel call is running (None outside a call)."""
     return _site_stack[-1] if _site_stack else None
 
 
 @contextlib.contextmanager
 def use_kernels(**fns):
-    """Substitute kernels inside a ``with`` block: ``use_kernels(int_matmul=f, ...)``.
+    """Substitute kernels or operations inside a ``with`` block: ``use_kernels(int_matmul=f,
+    softmax=g, ...)``.
 
-    Each substitute takes the golden kernel's arguments and must return its result.
+    Each substitute takes the golden function's arguments and must return its result.
     """
-    unknown = sorted(set(fns) - set(KERNELS))
+    unknown = sorted(set(fns) - set(KERNELS) - set(OPS))
     if unknown:
-        raise ValueError(f"unknown kernel(s) {', '.join(unknown)}; kernels are {', '.join(KERNELS)}")
+        raise ValueError(f"unknown kernel(s) {', '.join(unknown)}; kernels are "
+                         f"{', '.join(KERNELS + tuple(OPS))}")
     saved = dict(_overrides)
     _overrides.update({k: v for k, v in fns.items() if v is not None})
     try:
