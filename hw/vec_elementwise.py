@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import data
 
 from lowbit.contract import ACC_MAX_BITS, MULT_BITS, SHIFT_MAX, ceil_div, int_range
 
@@ -44,11 +45,22 @@ class ElementwiseDescription(VectorDescription):
     """A unit that requantizes each of its :attr:`terms` per element and sums them.
 
     ``terms`` is ``((field, bits_param, mult, shift), ...)``: the ``x`` field of a term, the
-    parameter giving its signed width, and the names of its multiplier and shift. A subclass
-    sets them, ``relu`` (a ``relu`` bit in ``cfg``) and the golden call.
+    parameter giving its signed width, and the names of its multiplier and shift (None: the
+    term is added as it is). A subclass sets them, ``relu`` (a ``relu`` bit in ``cfg``) and the
+    golden call.
     """
     terms: tuple = ()
     relu = False
+
+    @property
+    def scalars_in(self) -> str:
+        """Where the multipliers and shifts travel: ``"cfg"`` (per row), ``"lane"`` (per
+        element, ``per_channel``) or ``"beat"`` (plain fields of each ``x`` beat)."""
+        return "lane" if self.per_channel else "cfg"
+
+    def cfg_extra(self) -> dict:
+        """The kind's own ``cfg`` fields besides the scalars."""
+        return {}
 
     @property
     def term_bits(self) -> int:
@@ -63,20 +75,25 @@ class ElementwiseDescription(VectorDescription):
     def scalar_shapes(self) -> dict:
         out = {}
         for _, _, mult, shift in self.terms:
-            out[mult], out[shift] = unsigned(MULT_BITS), unsigned(SHIFT_BITS)
+            if mult is not None:
+                out[mult], out[shift] = unsigned(MULT_BITS), unsigned(SHIFT_BITS)
         return out
 
     def layouts(self):
         scalars = self.scalar_shapes()
         lane = {f: signed(self.params[p]) for f, p, _, _ in self.terms[1:]}
-        if self.per_channel:
+        if self.scalars_in == "lane":
             lane |= scalars
-        cfg = {} if self.per_channel else dict(scalars)
+        cfg = self.cfg_extra() | (scalars if self.scalars_in == "cfg" else {})
         if self.relu:
             cfg["relu"] = unsigned(1)
         bits0 = self.params[self.terms[0][1]]          # the first term is the x beat's data
-        return (cfg_layout(self.max_len, **cfg), x_layout(self.lanes, signed(bits0), **lane),
-                y_layout(self.lanes, signed(self.out_bits)))
+        x = x_layout(self.lanes, signed(bits0), **lane)
+        if self.scalars_in == "beat":
+            fields = {name: field.shape for name, field in x}
+            last = fields.pop("last")
+            x = data.StructLayout(fields | scalars | {"last": last})
+        return (cfg_layout(self.max_len, **cfg), x, y_layout(self.lanes, signed(self.out_bits)))
 
     def cycles_per_row(self, length: int) -> int:
         # cfg handshake, then one x beat per cycle; the last y beat latency cycles later
@@ -226,7 +243,7 @@ class ElementwiseUnit(VectorUnit):
             m.d.sync += [cfg.eq(self.cfg.payload), cfg_valid.eq(1)]
 
         beat = self.x.payload
-        scalars = beat if self.per_channel else cfg
+        scalars = cfg if d.scalars_in == "cfg" else beat
         valid = [Signal(name=f"s{i}_valid") for i in range(d.latency - 1)]
         last = [Signal(name=f"s{i}_last") for i in range(d.latency - 1)]
         relu = [Signal(name=f"s{i}_relu") for i in range(2)]
@@ -235,10 +252,19 @@ class ElementwiseUnit(VectorUnit):
             pw = self.params[bits_param] + MULT_BITS      # |v * mult| < 2**(pw-1)
             out = []
             for lane in range(self.lanes):
-                mult, shift = scalars[mult_name], scalars[shift_name]
-                if self.per_channel:
-                    mult, shift = mult[lane], shift[lane]
                 tag = f"_{field}_{lane}"
+                if mult_name is None:       # added as it is, as late as the requantized terms
+                    delayed = beat[field][lane]
+                    for stage in range(3):
+                        reg = Signal(signed(self.params[bits_param]), name=f"d{stage}{tag}")
+                        with m.If(advance):
+                            m.d.sync += reg.eq(delayed)
+                        delayed = reg
+                    out.append(delayed)
+                    continue
+                mult, shift = scalars[mult_name], scalars[shift_name]
+                if d.scalars_in == "lane":
+                    mult, shift = mult[lane], shift[lane]
                 prod = Signal(signed(pw), name=f"prod{tag}")
                 shift1 = Signal(SHIFT_BITS, name=f"shift1{tag}")
                 value = Signal(signed(pw + 1), name=f"value{tag}")

@@ -16,7 +16,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from lowbit.hw import vec_elementwise, vec_layernorm  # noqa: F401  (registers the kinds)
+from amaranth.sim import Simulator
+
+from lowbit.hw import vec_elementwise, vec_embedding, vec_layernorm  # noqa: F401 (the kinds)
 from lowbit.hw.simulate import simulate
 from lowbit.hw.units import describe
 
@@ -31,6 +33,9 @@ CONFIGS = [
     ("residual", dict(lanes=4)),
     ("residual", dict(lanes=3, per_channel=True)),
     ("residual", dict(lanes=1, a_bits=2, b_bits=47, out_bits=2, per_channel=True)),
+    ("embedding", dict(lanes=3, max_len=20)),
+    ("embedding", dict(lanes=1, max_len=4, table_bits=17, out_bits=2, id_bits=1, pos_bits=1)),
+    ("embedding", dict(lanes=4, max_len=8, table_bits=2, out_bits=31)),
 ]
 
 
@@ -72,14 +77,14 @@ def test_equal_to_golden_in_the_amaranth_simulator(kind, params):
         assert np.array_equal(got, want), f"{kind} {params} {name}:\n{got}\n!= golden\n{want}"
 
 
-@pytest.mark.parametrize("kind, params", [CONFIGS[0], CONFIGS[3], CONFIGS[7]])
+@pytest.mark.parametrize("kind, params", [CONFIGS[0], CONFIGS[3], CONFIGS[7], CONFIGS[9]])
 def test_cycles_per_row(kind, params):
     """A row alone, x valid and y ready every cycle, takes ``cycles_per_row`` cycles for every
     length and whatever the data; back-to-back rows of the elementwise units take one cycle
     per beat."""
     desc = describe(kind, **params)
     rng = np.random.default_rng(3)
-    key = "t" if kind == "layernorm" else "data"
+    key = {"layernorm": "t", "embedding": "table"}.get(kind, "data")
     for length in sorted({1, desc.lanes, desc.lanes + 1, min(desc.max_len, 3 * desc.lanes)}):
         ops = desc.random_rows(rng, 1, length)
         constant = dict(ops, **{key: np.zeros_like(ops[key])})     # zero variance
@@ -116,3 +121,58 @@ def test_parameter_messages(kind, params, message):
     with pytest.raises((TypeError, ValueError)) as info:
         describe(kind, **params)
     assert str(info.value) == message
+
+
+def test_embedding_fetches_its_rows_through_the_memory_port():
+    """A memory model answers each request on ``req`` with the addressed table and position
+    rows (after a random delay, with gaps), so the results are right only if the unit asks
+    for the right rows; requests come one per token, in order."""
+    desc = describe("embedding", lanes=3, max_len=7, id_bits=6, pos_bits=5)
+    rng = np.random.default_rng(21)
+    ops = desc.random_rows(rng, 6, 7, vocab=40, n_pos=30)
+    unit = desc.build()
+    requests, received = [], []
+    pick = np.random.default_rng(5)
+
+    async def send_cfg(ctx):
+        for ident, position in zip(ops["ids"], ops["position"]):
+            ctx.set(unit.cfg.payload.as_value(), desc.cfg_layout.const(
+                {"length": 7, "id": int(ident), "position": int(position)}).as_bits())
+            ctx.set(unit.cfg.valid, 1)
+            await ctx.tick().until(unit.cfg.ready)
+        ctx.set(unit.cfg.valid, 0)
+
+    async def memory(ctx):
+        for _ in ops["ids"]:
+            for _ in range(int(pick.integers(0, 4))):        # slow to take the request
+                await ctx.tick()
+            ctx.set(unit.req.ready, 1)
+            ident, position = await ctx.tick().sample(
+                unit.req.payload.id, unit.req.payload.position).until(unit.req.valid)
+            ctx.set(unit.req.ready, 0)
+            requests.append((int(ident), int(position)))
+            for beat in desc.memory_answer(ops, int(ident), int(position)):
+                while pick.random() < 0.3:
+                    ctx.set(unit.x.valid, 0)
+                    await ctx.tick()
+                ctx.set(unit.x.payload.as_value(), desc.x_layout.const(beat).as_bits())
+                ctx.set(unit.x.valid, 1)
+                await ctx.tick().until(unit.x.ready)
+            ctx.set(unit.x.valid, 0)
+
+    async def receive(ctx):
+        ctx.set(unit.y.ready, 1)
+        while len(received) < 6 * 3:
+            _, _, valid, payload = await ctx.tick().sample(unit.y.valid,
+                                                           unit.y.payload.as_value())
+            if valid:
+                received.append(list(desc.y_layout.from_bits(int(payload)).data))
+
+    sim = Simulator(unit)
+    sim.add_clock(1e-6)
+    for bench in (send_cfg, memory, receive):
+        sim.add_testbench(bench)
+    sim.run()
+    assert requests == list(zip(ops["ids"].tolist(), ops["position"].tolist()))
+    got = np.array(received).reshape(6, 9)[:, :7]
+    assert np.array_equal(got, desc.golden_rows(ops))
