@@ -96,8 +96,10 @@ class ElementwiseDescription(VectorDescription):
         return (cfg_layout(self.max_len, **cfg), x, y_layout(self.lanes, signed(self.out_bits)))
 
     def cycles_per_row(self, length: int) -> int:
-        # cfg handshake, then one x beat per cycle; the last y beat latency cycles later
-        return 1 + ceil_div(length, self.lanes) + self.latency
+        """One cycle per beat: rows stream back to back (the next row's ``cfg`` is taken with
+        the last ``x`` beat), so ``N`` rows take ``N * cycles_per_row + latency + 1`` cycles
+        from the first ``cfg`` beat to the last ``y`` beat."""
+        return ceil_div(length, self.lanes)
 
     # --- operands ------------------------------------------------------------------------------
 
@@ -164,6 +166,9 @@ class ElementwiseDescription(VectorDescription):
         if self.per_channel:
             names += list(self.scalar_shapes())
         return {n: ops[n] for n in names}
+
+    def operands_from_fields(self, cfg, x):
+        return {**cfg, **x}
 
 
 def _signed(rng, bits, shape):

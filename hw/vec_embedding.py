@@ -106,6 +106,13 @@ class EmbeddingDescription(ElementwiseDescription):
     def x_fields(self, ops):
         return {"data": ops["table"][ops["ids"]], "pos": ops["positions"][ops["position"]]}
 
+    def operands_from_fields(self, cfg, x):
+        # each row as its own one-row table and position table (the beats carry no more)
+        rows = len(x["data"])
+        return {"ids": np.arange(rows), "position": np.arange(rows), "table": x["data"],
+                "positions": x["pos"], "mult": np.asarray(x["mult"])[:, 0],
+                "shift": np.asarray(x["shift"])[:, 0]}
+
     def pack(self, ops):
         cfg, x, y_beats = super().pack(ops)
         # the row's scale in every beat of the row (plain fields, not lanes)

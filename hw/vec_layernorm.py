@@ -167,6 +167,10 @@ class LayerNormDescription(VectorDescription):
     def x_fields(self, ops):
         return {"data": ops["t"], "g": ops["g"], "b": ops["b"]}
 
+    def operands_from_fields(self, cfg, x):
+        return {"t": x["data"], "g": x["g"], "b": x["b"], "shift": cfg["shift"],
+                "eps": cfg["eps"]}
+
     def golden_rows(self, ops):
         import torch
 
