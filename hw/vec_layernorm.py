@@ -143,7 +143,9 @@ class LayerNormDescription(VectorDescription):
                  ("length_max", self.random_rows(rng, 1, m)),
                  ("zero_variance", self._ops(rng, np.full((2, n), [[lo], [hi]]),
                                              eps=np.array([0, LN_EPS_MAX]))),
-                 ("largest_c", self._ops(rng, np.where(np.arange(m) == 0, hi, lo)[None])),
+                 ("largest_c_largest_v", self._ops(
+                     rng, np.where(np.arange(m) == 0, hi, lo)[None].repeat(2, 0),
+                     eps=np.array([0, LN_EPS_MAX]))),
                  ("alternating_extremes", self._ops(
                      rng, np.where(np.arange(n) % 2, hi, lo)[None].repeat(2, 0))),
                  ("eps_bounds", self._ops(rng, self.random_rows(rng, 2, n)["t"],
