@@ -355,7 +355,7 @@ class Accelerator(wiring.Component):
         """The description of the unit an ``Accelerator(unit=unit, **params)`` wraps, checked
         as the constructor checks it (:class:`~lowbit.hw.units.ParameterError`), without
         building anything."""
-        kinds = unit_kinds()
+        kinds = unit_kinds("matmul")
         if not isinstance(unit, str) or unit not in kinds:
             error = ParameterValueError if isinstance(unit, str) else ParameterTypeError
             raise error("unit", "Unit", f"must be one of {', '.join(kinds)}, not {unit!r}")
@@ -547,22 +547,11 @@ def generate_accel_verilog(unit: str, *, name: str | None = None, **params) -> s
 
 
 def accel_verilog(top: Accelerator, name: str) -> str:
-    """Verilog of ``top`` as ONE flat module ``name``.
+    """Verilog of ``top`` as ONE flat module ``name`` (:func:`lowbit.hw.verilog.flat_verilog`:
+    a SoC integrator gets a single self-contained module that passes the documented lint)."""
+    from .verilog import flat_verilog
 
-    Amaranth writes each submodule as its own Verilog module (``\\name.matmul``); a SoC
-    integrator gets a single self-contained module instead, and the file passes the documented
-    lint (``-Wall`` with :data:`lowbit.hw.LINT_WAIVERS`) without Verilator's one-module-per-file
-    rule (DECLFILENAME). Same steps as ``amaranth.back.verilog.convert`` (and the same Yosys it
-    finds), plus ``flatten``.
-    """
-    from amaranth._toolchain.yosys import find_yosys
-    from amaranth.back import rtlil
-
-    text = rtlil.convert(top, name=name, emit_src=False)
-    yosys = find_yosys(lambda version: version >= (0, 40))
-    script = [f"read_rtlil <<rtlil\n{text}\nrtlil", f"hierarchy -top {name}", "flatten",
-              "proc -nomux -norom", "memory_collect", "write_verilog -norename"]
-    return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
+    return flat_verilog(top, name)
 
 
 async def bus_write(ctx, bus, name: str, value: int) -> None:

@@ -57,7 +57,7 @@ def register(subparsers) -> None:
         description="Build (cached) the board design - the accelerator behind its UART bridge - "
                     "with Verilator and run a random matmul through it from the host code "
                     "that drives a real board, bytes over the simulated UART pins.")
-    add_unit_flags(s)
+    add_unit_flags(s, "matmul")
     _matmul_flags(s)
     s.add_argument("--divisor", type=int_range(MIN_DIVISOR, 1 << 16), default=_SIM_DIVISOR,
                    help=f"clock cycles per UART bit (default {_SIM_DIVISOR}; a board at "
@@ -124,7 +124,7 @@ def _board_sim(args) -> int:
     from .units import describe
 
     _check(args)
-    unit, params = unit_params(args)
+    unit, params = unit_params(args, "matmul")
     _check_k(args.k, describe(unit, **params), "the unit's", " (raise it with --max-k)")
     print(f"unit {unit}: {' '.join(f'{k}={v}' for k, v in params.items())}; board design: "
           f"accelerator + UART bridge, {args.divisor} cycles per bit, "

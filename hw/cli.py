@@ -38,10 +38,8 @@ def register_bench(subparsers) -> None:
 
 
 def _verilog(args) -> int:
-    from amaranth.back import verilog as amaranth_verilog
-
     from .accel import Accelerator, accel_verilog
-    from .verilog import lint_verilog
+    from .verilog import lint_verilog, unit_source
 
     unit, params = unit_params(args)
     try:    # the accelerator's own limits (MAX_K register) too
@@ -56,7 +54,7 @@ def _verilog(args) -> int:
     if args.top:
         source = accel_verilog(Accelerator(unit=unit, **params), name)
     else:
-        source = amaranth_verilog.convert(desc.build(), name=name, emit_src=False)
+        source = unit_source(desc, desc.build(), name)
     if args.lint:
         lint_verilog(source, name)
     summary = (f"{name}: {desc.summary()}"

@@ -18,8 +18,9 @@ from __future__ import annotations
 from amaranth.hdl import Signal
 
 from .matmul import ProcessingElements, make_unit
+from .vec_softmax import Softmax
 
-__all__ = ["FAULTS", "make_faulty_unit"]
+__all__ = ["FAULTS", "VECTOR_FAULTS", "make_faulty_unit"]
 
 FAULTS = {"drop-lsb": "every PE product loses its least significant bit before accumulation"}
 
@@ -50,13 +51,36 @@ class _DropLsbPE(ProcessingElements):
         return out
 
 
+class _ExpEntrySoftmax(Softmax):
+    """The softmax unit whose exponential table reads 0 at entry 128 (``2**-0.5``): wrong on
+    rows where a kept position's ``d`` has the eight fraction bits ``1000 0000`` (binary) and an
+    integer part below 16, right on the others."""
+
+    def exp_table(self):
+        table = super().exp_table()
+        table[128] = 0
+        return table
+
+
+# Faults of the vector units: name -> (unit kind, faulty RTL class, what is wrong).
+VECTOR_FAULTS = {"exp-entry": ("softmax", _ExpEntrySoftmax,
+                               "entry 128 of the softmax exponential table reads 0")}
+
+
 def make_faulty_unit(unit: str, fault: str, **params):
-    """The unit ``make_unit(unit, **params)`` with ``fault`` (a key of :data:`FAULTS`) planted.
+    """The unit ``make_unit(unit, **params)`` with ``fault`` (a key of :data:`FAULTS`, or of
+    :data:`VECTOR_FAULTS` for its vector unit) planted.
 
     Raises ValueError for an unknown fault (and the unit's own errors for bad parameters).
     """
+    if fault in VECTOR_FAULTS:
+        kind, cls, _ = VECTOR_FAULTS[fault]
+        if unit != kind:
+            raise ValueError(f"fault {fault!r} applies to the {kind} unit only, not {unit}")
+        return cls(**params)
     if fault not in FAULTS:
-        raise ValueError(f"unknown fault {fault!r} (choose from {', '.join(FAULTS)})")
+        names = ", ".join([*FAULTS, *VECTOR_FAULTS])
+        raise ValueError(f"unknown fault {fault!r} (choose from {names})")
     top = make_unit(unit, **params)
     top.pe = _DropLsbPE(top.pe)
     top.fault = fault

@@ -564,7 +564,7 @@ def register(subparsers) -> None:
                     "Yosys and nextpnr and report LUT/FF/DSP/BRAM use and Fmax "
                     "(docs/fpga.md).")
     p.add_argument("--board", required=True, help=f"one of {', '.join(BOARDS)}")
-    add_unit_flags(p)
+    add_unit_flags(p, "matmul")
     p.add_argument("--dsp", default="auto",
                    help="auto (default): multipliers may use DSP blocks; requant: only the "
                         "per-column requantization multipliers, the PE array in LUT logic; "
@@ -597,7 +597,7 @@ def validate_args(args) -> tuple[str, str, dict]:
     if args.baud is not None and (args.design != "uart" or args.baud < 1):
         raise LowbitError(f"--baud must be a positive integer, not {args.baud}"
                           if args.design == "uart" else "--baud applies to --design uart only")
-    unit, params = unit_params(args)
+    unit, params = unit_params(args, "matmul")
     return board, unit, params
 
 

@@ -18,11 +18,11 @@ __all__ = ["add_unit_flags", "unit_params"]
 _SHOWN = ("rows", "cols", "out_bits")     # always in the parameters (defaults if not given)
 
 
-def _flags() -> dict[str, list]:
-    """flag -> [(kind, parameter names, Param or None, help)] over every registered kind, the
-    flags every kind takes first."""
+def _flags(family: str | None = None) -> dict[str, list]:
+    """flag -> [(kind, parameter names, Param or None, help)] over every registered kind (of
+    ``family``), the flags of the matmul kinds first."""
     out: dict = {p.flag: [] for p in (ROWS, COLS, MAX_K, OUT_BITS)}
-    for kind in unit_kinds():
+    for kind in unit_kinds(family):
         cls = unit_class(kind)
         for p in cls.all_parameters():
             out.setdefault(p.flag, []).append((kind, (p.name,), p, p.help))
@@ -31,9 +31,9 @@ def _flags() -> dict[str, list]:
     return out
 
 
-def _help(flag: str, uses: list) -> str:
+def _help(flag: str, uses: list, family: str | None) -> str:
     p = uses[0][2]
-    if len({kind for kind, *_ in uses}) == len(unit_kinds()) and p is not None:
+    if len({kind for kind, *_ in uses}) == len(unit_kinds(family)) and p is not None:
         return f"{p.help} ({p.range_text}, default {p.default})"
     texts: dict = {}
     for kind, _, param, text in uses:
@@ -43,21 +43,23 @@ def _help(flag: str, uses: list) -> str:
     return "; ".join(f"{', '.join(kinds)}: {text}" for text, kinds in texts.items())
 
 
-def add_unit_flags(p) -> None:
-    """``--unit``, the array shape and every unit kind's flags, validated by
-    :func:`unit_params`."""
-    p.add_argument("--unit", required=True, help=", ".join(unit_kinds()))
-    for flag, uses in _flags().items():
+def add_unit_flags(p, family: str | None = None) -> None:
+    """``--unit``, the array shape and every unit kind's flags (the kinds of ``family``, if
+    given: ``"matmul"``, ``"vector"``), validated by :func:`unit_params`."""
+    p.add_argument("--unit", required=True, help=", ".join(unit_kinds(family)))
+    for flag, uses in _flags(family).items():
+        if not uses:
+            continue
         param = uses[0][2]
         dest = flag[2:].replace("-", "_")
         if param is not None and param.is_bool:
             p.add_argument(flag, dest=dest, action="store_true", default=None,
-                           help=_help(flag, uses))
+                           help=_help(flag, uses, family))
         else:
-            p.add_argument(flag, dest=dest, type=int, help=_help(flag, uses))
+            p.add_argument(flag, dest=dest, type=int, help=_help(flag, uses, family))
 
 
-def unit_params(args) -> tuple[str, dict]:
+def unit_params(args, family: str | None = None) -> tuple[str, dict]:
     """Validate the unit flags of parsed ``args`` into ``(unit, params)``.
 
     The unit's description checks the parameters; a :class:`ParameterError` names the
@@ -67,15 +69,17 @@ def unit_params(args) -> tuple[str, dict]:
     ``--lanes applies to the xnor unit only, not int8``.
     """
     try:
-        cls = unit_class(args.unit)
+        cls = unit_class(args.unit, family)
     except ValueError as e:
         raise LowbitError(str(e)) from None
-    flags = _flags()
+    flags = _flags(family)
     own = {p.flag: (p.name,) for p in cls.all_parameters()}
     own.update({f.flag: f.params for f in cls.aliases if f.flag not in own})
     for flag, uses in flags.items():
         if getattr(args, flag[2:].replace("-", "_"), None) is not None and flag not in own:
+            # the kinds of the unit's own family that take the flag, else every kind that does
             kinds = [kind for kind, *_ in uses]
+            kinds = [k for k in kinds if unit_class(k).family == cls.family] or kinds
             plural = "s" if len(kinds) > 1 else ""
             raise LowbitError(f"{flag} applies to the {' and '.join(kinds)} unit{plural} only, "
                               f"not {cls.kind}")

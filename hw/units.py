@@ -211,6 +211,8 @@ class UnitDescription:
     extra_operands: tuple = ()
     need: dict = {}
     requantize = "lowbit.sw.golden:requantize"
+    family = "matmul"                   # "matmul" or "vector" (lowbit.hw.vector)
+    flat_verilog = False                # Verilog as one flat module (a unit with submodules)
     fpga_base: dict | None = None       # parameters of the FPGA bench's size sweep
     fpga_sweep: tuple = ()              # (bits, parameters) of the FPGA bench's bit sweep
 
@@ -536,15 +538,18 @@ def unregister_unit(kind: str) -> None:
     _REGISTRY.pop(kind, None)
 
 
-def unit_kinds() -> tuple[str, ...]:
-    """Every registered kind, in registration order."""
-    return tuple(_REGISTRY)
+def unit_kinds(family: str | None = None) -> tuple[str, ...]:
+    """Every registered kind (of ``family``, ``"matmul"`` or ``"vector"``, if given), in
+    registration order."""
+    return tuple(k for k, c in _REGISTRY.items() if family is None or c.family == family)
 
 
-def unit_class(kind: str) -> type:
-    """The description class of ``kind``; ValueError ``unknown unit 'x' (choose from ...)``."""
-    if not isinstance(kind, str) or kind not in _REGISTRY:
-        raise ValueError(f"unknown unit {kind!r} (choose from {', '.join(_REGISTRY)})")
+def unit_class(kind: str, family: str | None = None) -> type:
+    """The description class of ``kind`` (a kind of ``family``, if given); ValueError
+    ``unknown unit 'x' (choose from ...)``."""
+    kinds = unit_kinds(family)
+    if not isinstance(kind, str) or kind not in kinds:
+        raise ValueError(f"unknown unit {kind!r} (choose from {', '.join(kinds)})")
     return _REGISTRY[kind]
 
 

@@ -17,7 +17,7 @@ from lowbit.toolenv import verilator_env
 
 from .units import describe
 
-__all__ = ["LINT_WAIVERS", "generate_verilog", "lint_verilog"]
+__all__ = ["LINT_WAIVERS", "generate_verilog", "unit_source", "flat_verilog", "lint_verilog"]
 
 # Why each warning is waived (docs/hardware.md): Amaranth's netlist relies on Verilog's implicit
 # zero/sign extension of narrower operands (WIDTHEXPAND); it keeps unused slices of payload
@@ -40,7 +40,38 @@ def generate_verilog(unit: str, *, name: str | None = None, **params) -> str:
         name = desc.module_name
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
-    return amaranth_verilog.convert(desc.build(), name=name, emit_src=False)
+    return unit_source(desc, desc.build(), name)
+
+
+def unit_source(desc, top, name: str) -> str:
+    """Verilog of ``top``, a unit built from the description ``desc``, as module ``name``.
+
+    Amaranth's converter, or, for a kind made of submodules (``desc.flat_verilog``: the vector
+    units' divider and row buffer), :func:`flat_verilog`, so that every unit's file holds one
+    module and passes the same lint.
+    """
+    if desc.flat_verilog:
+        return flat_verilog(top, name)
+    return amaranth_verilog.convert(top, name=name, emit_src=False)
+
+
+def flat_verilog(top, name: str) -> str:
+    """Verilog of ``top`` as ONE flat module ``name``.
+
+    Amaranth writes each submodule as its own Verilog module (``\\name.matmul``); a SoC
+    integrator gets a single self-contained module instead, and the file passes the documented
+    lint (``-Wall`` with :data:`LINT_WAIVERS`) without Verilator's one-module-per-file rule
+    (DECLFILENAME). Same steps as ``amaranth.back.verilog.convert`` (and the same Yosys it
+    finds), plus ``flatten``.
+    """
+    from amaranth._toolchain.yosys import find_yosys
+    from amaranth.back import rtlil
+
+    text = rtlil.convert(top, name=name, emit_src=False)
+    yosys = find_yosys(lambda version: version >= (0, 40))
+    script = [f"read_rtlil <<rtlil\n{text}\nrtlil", f"hierarchy -top {name}", "flatten",
+              "proc -nomux -norom", "memory_collect", "write_verilog -norename"]
+    return yosys.run(["-q", "-"], "\n".join(script), ignore_warnings=True)
 
 
 def lint_verilog(source: str, top: str, *, timeout: float = 300) -> str:

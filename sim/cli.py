@@ -17,14 +17,17 @@ def register(subparsers) -> None:
     from lowbit.hw.unit_args import add_unit_flags
 
     p = subparsers.add_parser(
-        "verify", help="run one random matmul through the Verilated unit and the golden kernel",
-        description="Build (cached) the Verilated matmul unit, run one random matmul of the "
-                    "given shape through the RTL and through the golden kernel, and compare "
+        "verify", help="run one random matmul (or rows of a vector operation) through the "
+                       "Verilated unit and the golden kernel",
+        description="Build (cached) the Verilated unit, run one random matmul of the given "
+                    "shape (vector units: --m random rows of --k elements, then the unit's "
+                    "corner cases) through the RTL and through the golden kernel, and compare "
                     "every element. The last line is 'bit-exact: MATCHED/TOTAL'; the exit "
                     "status is 1 on any mismatch, 2 on a bad argument.")
-    p.add_argument("--m", type=int, required=True, help="rows of A (tokens), >= 1")
-    p.add_argument("--k", type=int, required=True, help="reduction length, 1..max_k")
-    p.add_argument("--n", type=int, required=True, help="rows of W (output channels), >= 1")
+    p.add_argument("--m", type=int, help="rows of A (tokens), >= 1; vector units: rows")
+    p.add_argument("--k", type=int, help="reduction length, 1..max_k; vector units: row "
+                                         "length, 1..max_len")
+    p.add_argument("--n", type=int, help="rows of W (output channels), >= 1; matmul units only")
     p.add_argument("--seed", type=int, default=0, help="seed of the random operands (>= 0)")
     add_unit_flags(p)
     p.add_argument("--relu", action="store_true", help="requantize with ReLU")
@@ -70,10 +73,24 @@ def verify_params(args) -> tuple[str, dict]:
     """``(unit, params)`` from ``lowbit verify`` flags (the unit flags of
     :mod:`lowbit.hw.unit_args`: ``--bits`` is the width the unit takes, as in every command)."""
     from lowbit.hw.unit_args import unit_params
+    from lowbit.hw.units import unit_class
 
-    for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
-        _check_int(flag, value, 1)
-    _check_operand_sizes(args.m, args.k, args.n)
+    try:
+        family = unit_class(args.unit).family
+    except ValueError:      # unit_params names the unknown unit, after the operand flags
+        family = "matmul"
+    if family == "vector":
+        for flag, value in (("--n", args.n), ("--relu", args.relu or None),
+                            ("--raw", args.raw or None)):
+            if value is not None:
+                raise LowbitError(f"{flag} applies to the matmul units only, not {args.unit}")
+        for flag, value in (("--m", args.m), ("--k", args.k)):
+            _check_int(flag, value, 1)
+        _check_operand_sizes(args.m, args.k, 1)
+    else:
+        for flag, value in (("--m", args.m), ("--k", args.k), ("--n", args.n)):
+            _check_int(flag, value, 1)
+        _check_operand_sizes(args.m, args.k, args.n)
     _check_int("--seed", args.seed, 0)
     bp = args.backpressure
     if isinstance(bp, bool) or not isinstance(bp, (int, float)) or not 0 <= bp <= 0.9:
@@ -87,7 +104,10 @@ def verify_params(args) -> tuple[str, dict]:
 
 
 def _check_int(flag: str, value, lo: int) -> None:
-    """``value`` must be an int (not a bool) of at least ``lo``, else :class:`LowbitError`."""
+    """``value`` must be an int (not a bool) of at least ``lo``, else :class:`LowbitError`
+    (``None``: the flag is missing)."""
+    if value is None:
+        raise LowbitError(f"{flag} is required")
     what = "a positive integer" if lo == 1 else "a non-negative integer"
     if not isinstance(value, int) or isinstance(value, bool) or value < lo:
         raise LowbitError(f"{flag} must be {what}, not {value!r}")
@@ -116,6 +136,10 @@ def _verify(args) -> int:
 
     unit, params = verify_params(args)
     hw = describe(unit, **params)
+    if hw.family == "vector":
+        from lowbit.sim.vector_cli import verify_vector
+
+        return verify_vector(args, hw)
     if args.k > hw.max_k:
         raise LowbitError(f"--k {args.k} exceeds the unit's max_k {hw.max_k} "
                           f"(raise it with --max-k)")

@@ -28,7 +28,7 @@ from lowbit import LowbitError
 from lowbit.hw.packing import Job, Packer
 from lowbit.hw.units import describe
 
-__all__ = ["VerilatedUnit", "MatmulResult"]
+__all__ = ["VerilatedStreams", "VerilatedUnit", "MatmulResult"]
 
 _U32P = ctypes.POINTER(ctypes.c_uint32)
 _U64P = ctypes.POINTER(ctypes.c_uint64)
@@ -60,38 +60,17 @@ class MatmulResult:
         return self.cycles / self.seconds if self.seconds > 0 else float("inf")
 
 
-class VerilatedUnit:
-    """One matmul unit compiled with Verilator and driven by the C++ harness.
+class VerilatedStreams:
+    """A unit with ``cfg``, ``x`` and ``y`` streams, compiled with Verilator and driven by the C++
+    harness (sim/harness.cpp): the parts every unit family shares (loading the library, raw
+    beats, lifetime). :class:`VerilatedUnit` (matmul units) and
+    :class:`lowbit.sim.vector_harness.VerilatedVector` (vector units) build on it."""
 
-    Parameters
-    ----------
-    unit : str
-        A registered unit kind (``"int8"``, ``"log"``, ``"xnor"``, ...).
-    **params : the unit's parameters (rows, cols, max_k, ...; docs/hardware.md).
-
-    Attributes
-    ----------
-    description (also ``hw``) : the unit's :class:`~lowbit.hw.units.UnitDescription`.
-    packer : the :class:`~lowbit.hw.packing.Packer` of its beats.
-
-    Raises :class:`lowbit.LowbitError` for an unknown unit or a bad parameter (one line), and
-    when the Verilator build fails (with the build log's tail). The build is cached.
-    """
-
-    def __init__(self, unit: str, *, weight_cache: bool = False, **params):
-        from lowbit.sim.verilator import build_harness
-
-        # ``fault``: a test-only unit with wrong arithmetic (lowbit.hw.faults); the protocol
-        # (layouts, tile order) is the normal unit's.
-        unit_params = {k: v for k, v in params.items() if k != "fault"}
-        try:
-            self.description = self.hw = describe(unit, **unit_params)
-        except (TypeError, ValueError) as e:
-            raise LowbitError(str(e)) from None
-        self.kind, self.params = unit, dict(params)
-        self.packer = Packer(self.description, weight_cache=weight_cache)
-        self.library = build_harness(unit, **params)
-        lib = ctypes.CDLL(str(self.library))
+    def _load(self, library, words: dict) -> None:
+        """Load the harness ``library``; ``words`` are the payload words per beat the unit's
+        layouts need (``{"x": ..., "cfg": ..., "y": ...}``), checked against the build."""
+        self.library = library
+        lib = ctypes.CDLL(str(library))
         lib.lb_create.restype = ctypes.c_void_p
         lib.lb_destroy.argtypes = [ctypes.c_void_p]
         lib.lb_cycles.argtypes = [ctypes.c_void_p]
@@ -103,11 +82,9 @@ class VerilatedUnit:
         self._lib = lib
         self._words = {"x": lib.lb_x_words(), "cfg": lib.lb_cfg_words(), "y": lib.lb_y_words()}
         for name in ("x", "cfg", "y"):
-            codec = getattr(self.packer, name)
-            if self._words[name] != codec.nwords:
+            if self._words[name] != words[name]:
                 raise LowbitError(f"harness/unit mismatch: {name} payload has "
-                                  f"{self._words[name]} words, layout needs "
-                                  f"{codec.layout.size} bits")
+                                  f"{self._words[name]} words, layout needs {words[name]}")
         self._h = ctypes.c_void_p(lib.lb_create())
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -164,6 +141,40 @@ class VerilatedUnit:
                                f"{len(cfg)} cfg and {took_x}/{len(x)} x beats and gave "
                                f"{got}/{n_y} y beats")
         return y, int(cycles)
+
+
+class VerilatedUnit(VerilatedStreams):
+    """One matmul unit compiled with Verilator and driven by the C++ harness.
+
+    Parameters
+    ----------
+    unit : str
+        A registered unit kind (``"int8"``, ``"log"``, ``"xnor"``, ...).
+    **params : the unit's parameters (rows, cols, max_k, ...; docs/hardware.md).
+
+    Attributes
+    ----------
+    description (also ``hw``) : the unit's :class:`~lowbit.hw.units.UnitDescription`.
+    packer : the :class:`~lowbit.hw.packing.Packer` of its beats.
+
+    Raises :class:`lowbit.LowbitError` for an unknown unit or a bad parameter (one line), and
+    when the Verilator build fails (with the build log's tail). The build is cached.
+    """
+
+    def __init__(self, unit: str, *, weight_cache: bool = False, **params):
+        from lowbit.sim.verilator import build_harness
+
+        # ``fault``: a test-only unit with wrong arithmetic (lowbit.hw.faults); the protocol
+        # (layouts, tile order) is the normal unit's.
+        unit_params = {k: v for k, v in params.items() if k != "fault"}
+        try:
+            self.description = self.hw = describe(unit, **unit_params)
+        except (TypeError, ValueError) as e:
+            raise LowbitError(str(e)) from None
+        self.kind, self.params = unit, dict(params)
+        self.packer = Packer(self.description, weight_cache=weight_cache)
+        self._load(build_harness(unit, **params),
+                   {name: getattr(self.packer, name).nwords for name in ("x", "cfg", "y")})
 
     # --- whole matmuls ---------------------------------------------------------------------
 

@@ -209,23 +209,22 @@ class Scoreboard:
                 self.log.error(e)
 
 
-class MatmulTB:
-    """One unit under test: clock, reset, drivers, monitors, model and checker."""
+class StreamBench:
+    """Clock, reset, drivers and monitors around a unit with ``cfg``, ``x`` and ``y`` streams
+    (the matmul units here, the vector units in sim/tb_vector.py): the model takes the observed
+    ``cfg`` and ``x`` beats (``on_cfg``, ``on_x``), the checker the ``y`` beats (``on_y``)."""
 
-    def __init__(self, dut, cfg: dict):
+    def _wire(self, dut, cfg: dict, model, board) -> None:
         self.dut, self.cfg = dut, cfg
-        self.protocol = Protocol.for_unit(cfg["unit"], **cfg["params"])
-        self.hw = self.protocol.description
         rng = random.Random(cfg["seed"])
         self.rng = np.random.default_rng(cfg["seed"])
         self.cfg_src = StreamSource(dut, "cfg", random.Random(rng.random()), cfg["gaps"])
         self.x_src = StreamSource(dut, "x", random.Random(rng.random()), cfg["gaps"])
         self.y_sink = StreamSink(dut, "y", random.Random(rng.random()), cfg["stalls"])
-        self.model = TileModel(self.hw)
-        self.board = Scoreboard(self.hw, self.model, dut._log)
-        self.monitors = [StreamMonitor(dut, "cfg", self.model.on_cfg),
-                         StreamMonitor(dut, "x", self.model.on_x),
-                         StreamMonitor(dut, "y", self.board.on_y)]
+        self.model, self.board = model, board
+        self.monitors = [StreamMonitor(dut, "cfg", model.on_cfg),
+                         StreamMonitor(dut, "x", model.on_x),
+                         StreamMonitor(dut, "y", board.on_y)]
 
     async def start(self):
         cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
@@ -237,6 +236,16 @@ class MatmulTB:
         cocotb.start_soon(self.y_sink.run())
         for mon in self.monitors:
             cocotb.start_soon(mon.run())
+
+
+class MatmulTB(StreamBench):
+    """One matmul unit under test: clock, reset, drivers, monitors, model and checker."""
+
+    def __init__(self, dut, cfg: dict):
+        self.protocol = Protocol.for_unit(cfg["unit"], **cfg["params"])
+        self.hw = self.protocol.description
+        model = TileModel(self.hw)
+        self._wire(dut, cfg, model, Scoreboard(self.hw, model, dut._log))
 
     async def matmul(self, name: str, kw: dict) -> int:
         """Run one matmul; returns the number of matched elements (raises on any mismatch)."""

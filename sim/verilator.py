@@ -73,10 +73,9 @@ def unit_verilog(unit: str, **params) -> tuple[str, str]:
     :class:`lowbit.LowbitError` for an unknown unit or a bad parameter (the unit's own
     validation message).
     """
-    from amaranth.back import verilog as amaranth_verilog
-
     from lowbit.hw.faults import make_faulty_unit
     from lowbit.hw.units import describe
+    from lowbit.hw.verilog import unit_source
 
     fault = params.pop("fault", None)
     try:
@@ -85,8 +84,7 @@ def unit_verilog(unit: str, **params) -> tuple[str, str]:
         top = desc.build() if fault is None else make_faulty_unit(unit, fault, **params)
     except (TypeError, ValueError) as e:
         raise LowbitError(str(e)) from None
-    return desc.module_name, amaranth_verilog.convert(top, name=desc.module_name,
-                                                      emit_src=False)
+    return desc.module_name, unit_source(desc, top, desc.module_name)
 
 
 def build_key(kind: str, top: str, verilog: str, params: dict, flags: list[str]) -> str:

@@ -16,6 +16,7 @@ import torch
 from lowbit.hw.driver import Plan, Protocol
 from lowbit.hw.matmul import IntMatmul, LogMatmul, XnorMatmul, make_unit
 from lowbit.hw.simulate import simulate
+from lowbit.hw.units import unit_kinds
 from lowbit.sw import golden
 
 
@@ -86,7 +87,7 @@ def test_constructor_errors(cls, kwargs, exc, message):
 def test_make_unit_unknown():
     with pytest.raises(ValueError) as info:
         make_unit("foo")
-    assert str(info.value) == "unknown unit 'foo' (choose from int8, log, xnor)"
+    assert str(info.value) == f"unknown unit 'foo' (choose from {', '.join(unit_kinds())})"
 
 
 def test_unexpected_keyword():

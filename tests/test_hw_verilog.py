@@ -9,7 +9,7 @@ import re
 import pytest
 
 from lowbit.cli import main
-from lowbit.hw import LINT_WAIVERS, generate_verilog, lint_verilog, make_unit
+from lowbit.hw import LINT_WAIVERS, generate_verilog, lint_verilog, make_unit, unit_kinds
 
 
 def ports(source: str) -> dict[str, tuple[str, int]]:
@@ -96,7 +96,7 @@ def test_cli_stdout(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--unit", "foo"], "unknown unit 'foo' (choose from int8, log, xnor)"),
+    (["--unit", "foo"], f"unknown unit 'foo' (choose from {', '.join(unit_kinds())})"),
     (["--unit", "int8", "--rows", "0"], "--rows must be a positive integer, not 0"),
     (["--unit", "int8", "--rows", "65"], "--rows must be at most 64, not 65"),
     (["--unit", "log", "--cols", "-2"], "--cols must be a positive integer, not -2"),

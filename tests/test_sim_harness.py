@@ -14,7 +14,7 @@ import pytest
 
 from lowbit.cli import main
 from lowbit.hw.driver import Protocol
-from lowbit.hw.units import UnitDescription
+from lowbit.hw.units import UnitDescription, unit_kinds
 from lowbit.sim.harness import VerilatedUnit
 from lowbit.sim.operands import corner_cases, random_operands
 from nmt_fixtures import one_torch_thread  # noqa: F401 (autouse fixture)
@@ -162,7 +162,7 @@ def test_verify_cli_reports_mismatch(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--unit", "int9"], "unknown unit 'int9' (choose from int8, log, xnor)"),
+    (["--unit", "int9"], f"unknown unit 'int9' (choose from {', '.join(unit_kinds())})"),
     (["--unit", "int8", "--m", "0"], "--m must be a positive integer, not 0"),
     (["--unit", "int8", "--n", "-3"], "--n must be a positive integer, not -3"),
     (["--unit", "int8", "--k", "0"], "--k must be a positive integer, not 0"),
