@@ -149,15 +149,18 @@ def test_every_operation_goes_through_its_substitution_point(tokenizer, data):
             return getattr(kernels.OPS[name], name)(*args, **kwargs)
         return run
 
+    beam = DecodeOptions(beam=2)
+    want_beam = decode_batch(integer, src, beam)
     with kernels.use_kernels(**{name: recording(name) for name in kernels.OPS}):
         assert decode_batch(integer, src, opts) == want
+        assert decode_batch(integer, src, beam) == want_beam
     assert {name for name, _, _ in seen} == set(kernels.OPS)
     assert all(name == op for name, op, _ in seen)
     where = {site for _, _, site in seen}
     assert {"encoder.embedding", "decoder.embedding", "lm_head.scores", "lm_head.argmax",
             "model.encoder.layers.0.self_attn.qk.softmax",
             "model.decoder.layers.0.encoder_attn.qk.softmax",
-            "model.decoder.layers.0.fc2.layernorm"} <= where, sorted(where)
+            "model.decoder.layers.0.fc2.layernorm", "lm_head.log_softmax"} <= where, sorted(where)
 
     def last_token(z, **kw):   # argmax that always answers the last id
         return torch.full(z.shape[:-1], z.shape[-1] - 1, dtype=torch.int64)

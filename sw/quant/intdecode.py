@@ -25,8 +25,9 @@ from fractions import Fraction
 import torch
 
 from lowbit import LowbitError
-from lowbit.sw import golden_ops as gops
 from lowbit.sw.decode import greedy_search, max_lengths
+
+from . import kernels
 
 DEAD = -(1 << 62)          # score of a hypothesis that does not exist (float decode: -inf)
 ALIVE_ABOVE = -(1 << 61)   # real scores stay far above: 512 steps * 2**34 < 2**43
@@ -65,7 +66,7 @@ def beam_search(model, src: torch.Tensor, opts) -> list[list[int]]:
     base = (torch.arange(b, device=device) * k)[:, None]                       # (B, 1)
     for step in range(max(max_len)):
         z = model.decode_step(tokens, memory, src_mask, cache, step)           # (B*K, V)
-        logp = gops.log_softmax(z, check=False)
+        logp = kernels.call_op("log_softmax", "lm_head.log_softmax", z, check=False)
         vocab = logp.shape[-1]
         cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)
         cand = cand.clamp(min=DEAD)          # dead beams stay dead (and tie among themselves)

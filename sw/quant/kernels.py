@@ -21,7 +21,7 @@ themselves), so that a decode can be compared with the reference path from the c
 
 The integer-only model (:mod:`.integer`) runs every operation between its matmuls through
 :func:`call_op` in the same way: the operations of :data:`OPS` (``requantize``, ``softmax``,
-``residual_add``, ``layernorm``, ``embedding``, ``argmax``) are the golden functions of
+``residual_add``, ``layernorm``, ``embedding``, ``argmax``, and beam search's ``log_softmax``) are the golden functions of
 :mod:`lowbit.sw.golden` / :mod:`lowbit.sw.golden_ops` unless :func:`use_kernels` substituted
 them, with the calling :class:`OpSite` visible through :func:`current_site`.
 
@@ -56,7 +56,8 @@ UNIT_KERNEL = {"int": "int_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
 # The integer-only model's operations between the matmuls: the module of each golden function
 # (looked up by name at each call, as the kernels are)
 OPS = {"requantize": golden, "softmax": golden_ops, "residual_add": golden_ops,
-       "layernorm": golden_ops, "embedding": golden_ops, "argmax": golden_ops}
+       "layernorm": golden_ops, "embedding": golden_ops, "argmax": golden_ops,
+       "log_softmax": golden_ops}
 
 _overrides: dict = {}
 _site_stack: list = []
