@@ -155,8 +155,8 @@ REGISTERS: tuple[Register, ...] = (
                                   "(INT/log: more than MAX_K beats; xnor: sum of "
                                   "count << plane above MAX_K * (2^a_planes - 1) * w_planes)"),
         Field("BAD_BEAT", 1, 1, "an x beat the golden kernel rejects: xnor count 0 or above "
-                                "lanes, plane >= a_planes; log exponent index beyond the "
-                                "code's depth"),
+                                "lanes, plane >= a_planes, wplane >= w_planes; log exponent "
+                                "index beyond the code's depth"),
         Field("X_WITHDRAWN", 2, 1, "x.valid fell before x.ready (stream protocol error)"),
         Field("CFG_WITHDRAWN", 3, 1, "cfg.valid fell before cfg.ready (stream protocol error)"),
         Field("START_BUSY", 4, 1, "START written while a job was active"),

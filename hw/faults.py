@@ -28,8 +28,9 @@ FAULTS = {"drop-lsb": "every PE product loses its least significant bit before a
 class _DropLsbPE(ProcessingElements):
     """A processing-element kind whose products are the wrapped kind's with bit 0 cleared.
 
-    Same product shape, latency and error checks as the wrapped kind (the unit's description,
-    hence its ports and layouts, is the normal one): only the arithmetic is wrong.
+    Same product shape, latencies, accumulators and error checks as the wrapped kind (the
+    unit's description, hence its ports and layouts, is the normal one): only the arithmetic
+    is wrong.
     """
 
     def __init__(self, inner):
@@ -37,6 +38,10 @@ class _DropLsbPE(ProcessingElements):
         self.latency = inner.latency
         self.product_shape = inner.product_shape
         self.bad_beat, self.beat_cost = inner.bad_beat, inner.beat_cost
+        self.drain_latency = inner.drain_latency
+        self.accumulator_shape, self.accumulate = inner.accumulator_shape, inner.accumulate
+        self.tile_state, self.drain_terms = inner.tile_state, inner.drain_terms
+        self.input_beat = inner.input_beat
 
     def elaborate(self, m, en, beat, rows, cols):
         prods = self.inner.elaborate(m, en, beat, rows, cols)

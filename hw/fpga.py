@@ -240,6 +240,9 @@ class FpgaResult:
     dsp_mode: str = "auto"
     utilization: dict = dataclasses.field(default_factory=dict)
     design: str = "scan"
+    target_mhz: float | None = None     # the frequency nextpnr was asked for (--freq)
+    seed: int | None = None             # the nextpnr seed of this result (--seeds: the best)
+    seed_fmax: dict = dataclasses.field(default_factory=dict)   # seed -> achieved MHz
 
     @property
     def unit_lut(self) -> int:
@@ -360,12 +363,12 @@ def parse_overflow(log_text: str) -> dict:
 # multipliers too small for `booth` (below 4x4) so that no selected multiplier is left for the
 # DSP mapper.
 _PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth {sel}; alumacc {sel}"
-# The PE multipliers (INT a*w: 8 x 8 bits; XNOR dot*alpha: the 16-bit alpha becomes a 17-bit
-# signed operand) have operands of at most 17 bits; the per-column requantization multiply
-# t*mult has the accumulator (20..47 bits at the default max_k) as one operand.
-_PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=17 %i r:B_WIDTH<=17 %i"
+# The only PE multipliers (INT a*w) have operands of at most 8 bits; the per-column ones have
+# a 16-bit operand: the requantization multiply t*mult (t: the accumulator, 17..47 bits) and
+# the XNOR unit's plane scale alpha * |C - 2X| at the drain.
+_PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=8 %i r:B_WIDTH<=8 %i"
 DSP_MODES = ("auto", "requant", "off")
-DESIGNS = ("scan", "uart")      # what is built around the unit (build_unit's ``design``)
+DESIGNS = ("scan", "uart", "bare")  # what is built (build_unit's ``design``)
 
 
 def synth_options(board: Board, dsp: str) -> dict:
@@ -405,10 +408,31 @@ def _script_commands(script: str) -> list[tuple[str, str]]:
     return commands
 
 
+_FREQUENCY = {"ecp5": (r"^(FREQUENCY PORT \S+) [0-9.eE+]+ HZ;", r"\1 {hz} HZ;", "top.lpf"),
+              "ice40": (r"^(set_frequency \S+) [0-9.eE+]+", r"\1 {mhz}", "top.pcf")}
+
+
+def set_target_frequency(build_dir: str, board: Board, mhz: float) -> None:
+    """Replace the board clock's frequency in the extracted constraint file by ``mhz``: the
+    target nextpnr places and routes for (and reports against). The bitstream's clock is
+    still the board's oscillator; the target only says how fast the logic must be."""
+    pattern, replacement, name = _FREQUENCY[board.family]
+    path = os.path.join(build_dir, name)
+    with open(path) as f:
+        text = f.read()
+    text, n = re.subn(pattern, replacement.format(hz=f"{mhz * 1e6:.1f}", mhz=f"{mhz:g}"), text,
+                      flags=re.M)
+    if n != 1:
+        raise LowbitError(f"cannot set the clock target in {path}: {n} clock constraints")
+    with open(path, "w") as f:
+        f.write(text)
+
+
 def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
                dsp: str = "auto", progress: Callable[[str], None] | None = None,
                timeout: float | None = None, design: str = "scan",
-               baud: int | None = None) -> FpgaResult:
+               baud: int | None = None, freq: float | None = None,
+               seeds: int = 1) -> FpgaResult:
     """Synthesise, place and route one matmul unit on a board; return its utilisation and Fmax.
 
     Parameters
@@ -426,11 +450,17 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
         Receives one line per stage (default: print to stderr).
     timeout : float, optional
         Seconds allowed per tool run.
-    design : ``"scan"`` (the unit in :class:`ScanWrapper`, for its cost) or ``"uart"`` (the
+    design : ``"scan"`` (the unit in :class:`ScanWrapper`, for its cost), ``"uart"`` (the
         accelerator behind its UART bridge on the board's USB serial pins,
-        :class:`lowbit.hw.board.BoardDesign`: a bitstream a host can use; no wrapper cost).
+        :class:`lowbit.hw.board.BoardDesign`: a bitstream a host can use; no wrapper cost) or
+        ``"bare"`` (one bare registered PE of the unit's kind,
+        :class:`lowbit.hw.fpga_bare.BarePE`, in the wrapper: the bench's reference).
     baud : int, optional
         The uart design's baud rate (default :data:`lowbit.hw.board.DEFAULT_BAUD`).
+    freq : float, optional
+        Clock target in MHz for nextpnr (default: the board oscillator's, 25 / 12 MHz).
+    seeds : int
+        Place and route with nextpnr seeds 1..``seeds`` and keep the fastest result.
 
     Raises
     ------
@@ -454,6 +484,10 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
             from .board import DEFAULT_BAUD, BoardDesign
             unit = top = BoardDesign.for_platform(platform, unit_name, **params,
                                                   baud=DEFAULT_BAUD if baud is None else baud)
+        elif design == "bare":
+            from .fpga_bare import BarePE
+            unit = BarePE(unit_name, **params)
+            top = ScanWrapper(unit)
         else:
             unit = make_unit(unit_name, **params)
             top = ScanWrapper(unit)
@@ -465,29 +499,41 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
                                 nextpnr_opts="--report report.json --timing-allow-fail",
                                 **synth_options(board, dsp))
     plan.extract(build_dir)
+    if freq is not None:
+        set_target_frequency(build_dir, board, freq)
     script = plan.files[f"{plan.script}.sh"]
     script = script.decode() if isinstance(script, bytes) else script
     for stale in ("report.json", "top.json"):
         if os.path.exists(os.path.join(build_dir, stale)):
             os.remove(os.path.join(build_dir, stale))
 
+    if not (isinstance(seeds, int) and seeds >= 1):
+        raise LowbitError(f"--seeds must be a positive integer, not {seeds}")
     seconds = {}
+    seed_fmax, best = {}, None
     commands = _script_commands(script)
     for i, (var, command) in enumerate(commands, 1):
         stage = _STAGES[var]
         say(f"[{i}/{len(commands)}] {stage} ({env[var]}) ...")
         start = time.monotonic()
         log_path = os.path.join(build_dir, f"{stage.replace(' ', '_')}.log")
-        with open(log_path, "w") as log:
-            try:
-                proc = subprocess.run(["sh", "-c", command], cwd=build_dir, env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise LowbitError(f"{stage} took longer than {timeout:g} s "
-                                  f"(log: {log_path})") from None
+        runs = range(1, seeds + 1) if stage == "place and route" and seeds > 1 else [None]
+        for seed in runs:
+            line = command if seed is None else f"{command} --seed {seed}"
+            with open(log_path, "w") as log:
+                try:
+                    proc = subprocess.run(["sh", "-c", line], cwd=build_dir, env=env,
+                                          stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    raise LowbitError(f"{stage} took longer than {timeout:g} s "
+                                      f"(log: {log_path})") from None
+            if proc.returncode != 0:
+                _raise_failure(stage, build_dir, log_path, board, unit_name, unit)
+            if seed is not None:
+                best = _keep_best_seed(build_dir, seed, seed_fmax, best, say)
+        if best is not None and stage == "place and route":
+            _restore_seed(build_dir, best)
         seconds[stage] = round(time.monotonic() - start, 1)
-        if proc.returncode != 0:
-            _raise_failure(stage, build_dir, log_path, board, unit_name, unit)
         say(f"[{i}/{len(commands)}] {stage} done in {seconds[stage]:.1f} s")
 
     with open(os.path.join(build_dir, "report.json")) as f:
@@ -503,7 +549,34 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
                       macs_per_cycle=macs_per_cycle(unit), seconds=seconds,
                       build_dir=build_dir, dsp_mode=dsp, design=design,
                       utilization={k: v for k, v in report["utilization"].items()
-                                   if v.get("used")})
+                                   if v.get("used")},
+                      target_mhz=freq, seed=best, seed_fmax=seed_fmax)
+
+
+_SEED_FILES = ("report.json", "top.tim", "top.asc", "top.config")
+
+
+def _keep_best_seed(build_dir, seed, seed_fmax, best, say):
+    """Record one seed's achieved Fmax; keep its files aside if it is the fastest so far."""
+    with open(os.path.join(build_dir, "report.json")) as f:
+        achieved = [float(v["achieved"]) for v in json.load(f)["fmax"].values()
+                    if "achieved" in v]
+    seed_fmax[seed] = round(min(achieved), 2) if achieved else 0.0
+    say(f"  seed {seed}: {seed_fmax[seed]:.1f} MHz")
+    if best is None or seed_fmax[seed] > seed_fmax[best]:
+        for name in _SEED_FILES:
+            path = os.path.join(build_dir, name)
+            if os.path.exists(path):
+                shutil.copyfile(path, path + ".best")
+        return seed
+    return best
+
+
+def _restore_seed(build_dir, best):
+    for name in _SEED_FILES:
+        path = os.path.join(build_dir, name)
+        if os.path.exists(path + ".best"):
+            os.replace(path + ".best", path)
 
 
 def _raise_failure(stage, build_dir, log_path, board, unit_name, unit):
@@ -572,9 +645,17 @@ def register(subparsers) -> None:
     p.add_argument("--design", default="scan",
                    help="scan (default): the unit in a scan wrapper, to measure its cost; "
                         "uart: the accelerator behind a UART bridge on the board's USB serial "
-                        "port, a bitstream `lowbit board matmul` talks to (docs/hardware.md)")
+                        "port, a bitstream `lowbit board matmul` talks to (docs/hardware.md); "
+                        "bare: one bare registered PE of the unit's kind (registered inputs and "
+                        "product, 24-bit accumulator), the reference of `lowbit bench fpga`")
     p.add_argument("--baud", type=int, default=None,
                    help="--design uart: the serial port's baud rate (default 115200)")
+    p.add_argument("--freq", type=float, default=None, metavar="MHZ",
+                   help="clock target for nextpnr in MHz (default: the board oscillator's); "
+                        "the table shows the achieved Fmax against it")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="place and route with nextpnr seeds 1..N and keep the fastest "
+                        "(default 1: nextpnr's default seed)")
     p.add_argument("-o", "--build-dir", default=None,
                    help="build folder (default build/fpga/BOARD-UNIT-RxC); tool logs stay there")
     p.add_argument("--timeout", type=float, default=None,
@@ -594,6 +675,10 @@ def validate_args(args) -> tuple[str, str, dict]:
         raise LowbitError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     if args.design not in DESIGNS:
         raise LowbitError(f"--design must be one of {', '.join(DESIGNS)}, not {args.design!r}")
+    if args.freq is not None and not 0 < args.freq <= 1000:
+        raise LowbitError(f"--freq must be a frequency in MHz in (0, 1000], not {args.freq:g}")
+    if args.seeds < 1:
+        raise LowbitError(f"--seeds must be a positive integer, not {args.seeds}")
     if args.baud is not None and (args.design != "uart" or args.baud < 1):
         raise LowbitError(f"--baud must be a positive integer, not {args.baud}"
                           if args.design == "uart" else "--baud applies to --design uart only")
@@ -619,7 +704,8 @@ def _fpga_command(args) -> int:
     say(f"building {unit} {params['rows']}x{params['cols']} for {board} in {build_dir}")
     start = time.monotonic()
     result = build_unit(board, unit, params, build_dir=build_dir, dsp=args.dsp, progress=say,
-                        timeout=args.timeout, design=args.design, baud=args.baud)
+                        timeout=args.timeout, design=args.design, baud=args.baud,
+                        freq=args.freq, seeds=args.seeds)
     total = time.monotonic() - start
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, sort_keys=True))
@@ -631,5 +717,10 @@ def _fpga_command(args) -> int:
     else:
         print(f"wrapper (scan chain + XOR tree): {result.wrapper_ff} FF, ~{result.wrapper_lut} "
               f"LUT (unit alone: ~{result.unit_lut} LUT, {result.unit_ff} FF)")
+    if result.target_mhz is not None:
+        verdict = "met" if result.fmax_mhz >= result.target_mhz else "not met"
+        print(f"Fmax {result.fmax_mhz:.1f} MHz against the {result.target_mhz:g} MHz target: "
+              f"{verdict}" + (f" (best of seeds {result.seed_fmax}: seed {result.seed})"
+                              if result.seed_fmax else ""))
     print(f"build time {total:.1f} s; logs in {build_dir} (top.rpt: Yosys, top.tim: nextpnr)")
     return 0

@@ -62,9 +62,12 @@ def base_params(unit: str) -> dict:
     return dict(unit_class(unit).fpga_base)
 
 
-# Array sizes (rows, cols). Three shapes pin down the linear model of fit_array_model: the
-# per-PE cost from rows at fixed cols, the per-column drain/requantization from cols.
-SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2)), "ulx3s-85f": ((1, 2), (4, 2), (2, 4))}
+# Array sizes (rows, cols). Four shapes pin down the linear model of fit_array_model: the
+# per-PE cost, the per-row input registers (an array row's activations), the per-column
+# drain/requantization, and the fixed control. With three shapes a row's cost would count as
+# PE cost (in an n x n array it is n of n^2 PEs' share).
+SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2), (1, 2)),
+         "ulx3s-85f": ((1, 2), (4, 2), (2, 4), (1, 4))}
 # The units are compared with their PE arrays in LUT logic and the per-column requantization
 # multipliers in DSP blocks (`lowbit fpga --dsp requant`); INT8 is also built with every
 # multiplier in DSPs (`--dsp auto`).
@@ -73,7 +76,7 @@ MODE = "requant"
 # of these the unit has not failed at, so that the model still has three shapes. Yosys 0.70's
 # ABC9 reintegration asserts (`GetSize(conn.first) == GetSize(conn.second)`) on the log unit at
 # 2x4 on the ECP5; 1x4 with 1x2 and 4x2 still separates per-PE from per-column cost.
-ALT_SIZES = {"icebreaker": ((1, 2), (3, 1)), "ulx3s-85f": ((1, 4), (4, 4))}
+ALT_SIZES = {"icebreaker": ((3, 1), (1, 3)), "ulx3s-85f": ((1, 3), (4, 4))}
 SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((1, 2), (4, 2))
 # The bit sweep of the cost-per-MAC plot is each description's ``fpga_sweep``: (bits, params)
 # with INT a = w = b bits; log b-bit weight codes (int8 activations); XNOR p activation and p
@@ -90,18 +93,24 @@ class Config:
     cols: int
     params: tuple = ()          # sorted (name, value) pairs, hashable
     dsp: str = MODE
+    design: str = "scan"        # "bare": the unit kind's bare registered PE (lowbit.hw.fpga_bare)
 
     @property
     def key(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.board}|{self.unit}|{self.rows}x{self.cols}|{extra}|dsp={self.dsp}"
+        design = "" if self.design == "scan" else f"|design={self.design}"
+        return f"{self.board}|{self.unit}|{self.rows}x{self.cols}|{extra}|dsp={self.dsp}{design}"
 
     def unit_params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, **dict(self.params)}
 
 
-def _config(board, unit, size, params, dsp=MODE) -> Config:
-    return Config(board, unit, size[0], size[1], tuple(sorted(params.items())), dsp)
+def _config(board, unit, size, params, dsp=MODE, design="scan") -> Config:
+    return Config(board, unit, size[0], size[1], tuple(sorted(params.items())), dsp, design)
+
+
+def _design(record: dict) -> str:
+    return record.get("config", {}).get("design", "scan")
 
 
 def default_configs(boards=tuple(BOARDS), sweep: bool = True) -> list[Config]:
@@ -120,6 +129,10 @@ def default_configs(boards=tuple(BOARDS), sweep: bool = True) -> list[Config]:
                 for n in SIZES[board]]
         here += [_config(board, REFERENCE, n, base_params(REFERENCE), "auto")
                  for n in SIZES[board]]
+        # The limit each unit is measured against: its bare registered PE, same tools and run.
+        here += [_config(board, unit, (1, 1), base_params(unit), MODE, "bare")
+                 for unit in bench_units()]
+        here.append(_config(board, REFERENCE, (1, 1), base_params(REFERENCE), "auto", "bare"))
         configs += sorted(here, key=lambda c: c.rows * c.cols)   # small builds first
     if sweep and SWEEP_BOARD in boards:
         for unit in bench_units():
@@ -141,7 +154,7 @@ def fallback_configs(configs: list[Config], records: dict) -> list[Config]:
     """
     out = []
     for c in configs:
-        if records.get(c.key, {}).get("fits", False) is not None:
+        if records.get(c.key, {}).get("fits", False) is not None or c.design != "scan":
             continue
         for shape in ALT_SIZES.get(c.board, ()):
             alt = dataclasses.replace(c, rows=shape[0], cols=shape[1])
@@ -165,7 +178,7 @@ def _build_one(config: Config, build_root: str, timeout: float | None) -> dict:
     try:
         result = build_unit(config.board, config.unit, config.unit_params(),
                             build_dir=build_dir, dsp=config.dsp, progress=lambda line: None,
-                            timeout=timeout)
+                            timeout=timeout, design=config.design)
         record.update(fits=True, result=result.to_dict())
         record["result"]["build_dir"] = _portable(record["result"]["build_dir"])
     except FpgaDoesNotFit as e:
@@ -274,7 +287,7 @@ def _records_of(records: dict, board: str, unit: str, params: dict, dsp: str = M
     for record in records.values():
         cfg = record["config"]
         if (cfg["board"], cfg["unit"], cfg["dsp"]) != (board, unit, dsp) \
-                or tuple(map(tuple, cfg["params"])) != want:
+                or tuple(map(tuple, cfg["params"])) != want or _design(record) != "scan":
             continue
         if record.get("fits"):
             fits.append(FpgaResult.from_dict(record["result"]))
@@ -304,41 +317,47 @@ def model_basis(results: list[FpgaResult]) -> list[FpgaResult]:
 
 
 def fit_array_model(results: list[FpgaResult]) -> dict | None:
-    """Fit ``cost = fixed + per_col * cols + per_pe * rows * cols`` to each resource.
+    """Fit ``cost = fixed + per_row * rows + per_col * cols + per_pe * rows * cols`` to each
+    resource.
 
     ``per_pe`` is one processing element (its product logic, accumulator and output-bank
-    register), ``per_col`` one column's drain, bias and requantization, ``fixed`` the control.
-    Least squares over the builds (exact for three independent shapes); the unit's own LUTs and
-    FFs are used (the wrapper's share taken off). Needs builds of at least two shapes that
-    differ in rows at equal cols (or three shapes in all); returns None otherwise.
+    register), ``per_row`` one array row's input registers, ``per_col`` one column's input
+    registers, drain, bias and requantization, ``fixed`` the control. Least squares over the
+    builds (exact for four independent shapes); the unit's own LUTs and FFs are used (the
+    wrapper's share taken off). With three shapes (or four that do not separate rows) there is
+    no ``per_row`` (0: a row's cost is counted in ``per_pe``), with two no ``fixed`` either.
+    Needs builds of at least two shapes that differ in rows at equal cols; returns None
+    otherwise.
 
-    Returns ``{resource: {"fixed", "per_col", "per_pe"}}`` for LUT, FF, DSP, BRAM.
+    Returns ``{resource: {"fixed", "per_row", "per_col", "per_pe"}}`` for LUT, FF, DSP, BRAM.
     """
     import numpy as np
     shapes = {(r.params["rows"], r.params["cols"]) for r in results}
     if len(shapes) < 2:
         return None
-    x = np.array([[1.0, r.params["cols"], r.params["rows"] * r.params["cols"]]
-                  for r in results])
-    if len(shapes) == 2:        # two shapes: no fixed term (a column's drain absorbs it)
-        x = x[:, 1:]
+    full = np.array([[1.0, r.params["rows"], r.params["cols"],
+                      r.params["rows"] * r.params["cols"]] for r in results])
+    terms = [0, 1, 2, 3]
+    if len(shapes) < 4 or np.linalg.matrix_rank(full) < 4:
+        terms = [0, 2, 3] if len(shapes) >= 3 else [2, 3]   # two shapes: no fixed term
+    x = full[:, terms]
     if np.linalg.matrix_rank(x) < x.shape[1]:
         return None
     model = {}
     for name, field in RESOURCES.items():
         y = np.array([float(getattr(r, field)) for r in results])
-        coef = np.linalg.lstsq(x, y, rcond=None)[0]
-        if len(coef) == 2:
-            coef = np.concatenate([[0.0], coef])
+        coef = np.zeros(4)
+        coef[terms] = np.linalg.lstsq(x, y, rcond=None)[0]
         # Rounded so that an exact zero (a resource a PE does not use) prints as 0, not -7e-16.
         model[name] = {k: round(float(v), 9) + 0.0
-                       for k, v in zip(("fixed", "per_col", "per_pe"), coef)}
+                       for k, v in zip(("fixed", "per_row", "per_col", "per_pe"), coef)}
     return model
 
 
 def predict(model: dict, resource: str, rows: int, cols: int) -> float:
     m = model[resource]
-    return m["fixed"] + m["per_col"] * cols + m["per_pe"] * rows * cols
+    return (m["fixed"] + m.get("per_row", 0.0) * rows + m["per_col"] * cols
+            + m["per_pe"] * rows * cols)
 
 
 # nextpnr needs slack to place and route: a LUT count predicted above this share of the device
@@ -486,7 +505,7 @@ def _groups(records: dict) -> dict:
     """``{(board, unit, params key, dsp): [FpgaResult, ...]}`` of every build that fits."""
     groups: dict = {}
     for record in records.values():
-        if not record.get("fits"):
+        if not record.get("fits") or _design(record) != "scan":
             continue
         cfg = record["config"]
         key = (cfg["board"], cfg["unit"], tuple(map(tuple, cfg["params"])), cfg["dsp"])
@@ -539,6 +558,37 @@ def comparisons(records: dict) -> list[dict]:
                 out.append({"board": board, "unit": unit, "measure": f"whole {_shape(r)}",
                             "int8": ref_at[_shape(r)], "value": r.lut_per_mac,
                             "ratio": ref_at[_shape(r)] / r.lut_per_mac})
+    return out
+
+
+def bare_comparisons(records: dict) -> list[dict]:
+    """Each unit's per-PE cost against its bare registered PE (same board, DSP mode, run).
+
+    One dict per (board, unit, DSP mode) of the base precision that has both: ``per_pe`` (the
+    unit's fitted per-PE LUT and DSP slope), ``bare`` (the bare PE's unit LUTs, DSPs and
+    Fmax), ``lut_ratio = per-PE LUTs / bare LUTs`` (1: at the limit) and, for XNOR, LUTs per
+    1-bit MAC of both.
+    """
+    def own(params):
+        return {k: v for k, v in params.items() if k not in ("rows", "cols")}
+
+    out = []
+    for c in cost_rows(records):
+        if own(c["params"]) != own(describe(c["unit"], **base_params(c["unit"])).params):
+            continue
+        key = _config(c["board"], c["unit"], (1, 1), base_params(c["unit"]), c["dsp"],
+                      "bare").key
+        record = records.get(key, {})
+        if not record.get("fits"):
+            continue
+        bare = FpgaResult.from_dict(record["result"])
+        macs = c["macs_per_pe"]
+        out.append({"board": c["board"], "unit": c["unit"], "dsp": c["dsp"],
+                    "precision": c["precision"], "per_pe": c["per_pe"],
+                    "bare": {"lut": bare.unit_lut, "dsp": bare.dsp, "fmax_mhz": bare.fmax_mhz},
+                    "lut_ratio": c["per_pe"]["LUT"] / max(bare.unit_lut, 1),
+                    "lut_per_mac": c["per_pe"]["LUT"] / macs,
+                    "bare_lut_per_mac": bare.unit_lut / macs, "fmax_mhz": c["fmax_mhz"]})
     return out
 
 
@@ -622,6 +672,22 @@ def _cost_table(records: dict) -> str | None:
                       "LUT-eq per MAC", "Fmax MHz (worst)"], rows)
 
 
+def _bare_table(records: dict) -> str | None:
+    rows = []
+    for b in bare_comparisons(records):
+        cls = unit_class(b["unit"])
+        rows.append([b["board"], b["precision"], b["dsp"],
+                     f"{b['per_pe']['LUT']:.0f} + {b['per_pe']['DSP']:.2g} DSP",
+                     f"{b['bare']['lut']} + {b['bare']['dsp']} DSP",
+                     f"{b['lut_ratio']:.2f}",
+                     f"{b['lut_per_mac']:.2f} / {b['bare_lut_per_mac']:.2f} per {cls.mac_name}",
+                     f"{b['fmax_mhz']:.1f} / {b['bare']['fmax_mhz']:.1f}"])
+    if not rows:
+        return None
+    return _md_table(["board", "unit", "DSP mode", "unit per PE: LUT", "bare PE: LUT",
+                      "unit / bare", "LUT per MAC: unit / bare", "Fmax MHz: unit / bare"], rows)
+
+
 def _largest_rows(records: dict) -> list[list[str]]:
     rows = []
     for row in largest_table(records):
@@ -642,6 +708,7 @@ def _largest_rows(records: dict) -> list[list[str]]:
                      unit_class(row["unit"]).macs_text(macs), fit["limit"],
                      f"{state}; per PE {model['LUT']['per_pe']:.0f} LUT "
                      f"{model['FF']['per_pe']:.0f} FF {model['DSP']['per_pe']:.1f} DSP, "
+                     f"per row {model['LUT'].get('per_row', 0):.0f} LUT, "
                      f"per column {model['LUT']['per_col']:.0f} LUT "
                      f"{model['DSP']['per_col']:.1f} DSP; from {', '.join(fit['basis'])}"])
     return rows
@@ -675,20 +742,32 @@ def render_markdown(data: dict, plot_link: str | None = None) -> str:
     if costs:
         parts += ["### Cost per MAC of each unit", "",
                   "*LUT/MAC whole unit*: at each array built. *Per PE*: the slope of "
-                  "`fixed + per_col*cols + per_pe*rows*cols` fitted to the builds (exact for "
-                  "three shapes). *LUT-eq per MAC*: per-PE LUTs plus per-PE DSP blocks counted "
+                  "`fixed + per_row*rows + per_col*cols + per_pe*rows*cols` fitted to the builds "
+                  "(exact for four shapes). *LUT-eq per MAC*: per-PE LUTs plus per-PE DSP blocks counted "
                   "at their share of the device (LUTs / DSPs: iCE40UP5K 660, ECP5-85F 536), "
                   "per MAC at the unit's precision (XNOR with p x p planes: lanes / p^2 MACs "
                   "per PE per cycle). DSP mode requant: PE array in LUT logic; auto: INT8's "
                   "multipliers in DSP blocks.", "",
                   costs, "", f"![LUT-equivalents per MAC against bits]({plot_link})", ""]
+    bare = _bare_table(records)
+    if bare:
+        parts += ["### Against a bare registered PE (the same tools, the same run)", "",
+                  "*Bare PE*: one processing element of the unit's kind alone "
+                  "(`lowbit fpga --design bare`: registered inputs, registered product, a "
+                  "24-bit accumulator; no output bank, drain or protocol), its unit LUTs in the "
+                  "same wrapper. *Unit per PE*: the unit's fitted per-PE slope (its PE also "
+                  "has the output-bank register and an accumulator as wide as the contract's "
+                  "`max_k` needs). Unit / bare at 1: the unit's PE costs what the bare "
+                  "arithmetic costs. Fmax: the unit's worst build against the bare PE's.", "",
+                  bare, ""]
     checks = [[c["board"], c["precision"], c["dsp"], shape, f"{pred:.0f}", str(lut),
                f"{100 * (lut - pred) / pred:+.1f}%", ", ".join(c["basis"])]
               for c in cost_rows(records) for shape, pred, lut in c["checks"]]
     if checks:
         parts += ["### Model check: larger builds against the fitted model", "",
                   "Unit LUTs of builds that the model was not fitted to (the largest-array "
-                  "builds) against the prediction `fixed + per_col*cols + per_pe*rows*cols`.", "",
+                  "builds) against the prediction `fixed + per_row*rows + per_col*cols + "
+                  "per_pe*rows*cols`.", "",
                   _md_table(["board", "unit", "DSP mode", "array", "predicted LUT", "built LUT",
                              "error", "model fitted to"], checks), ""]
     largest = _largest_rows(records)

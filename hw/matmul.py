@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -44,54 +44,70 @@ def _adder_tree(values: list):
     return level[0]
 
 
-SWAR_STEPS = 2      # word-wide popcount levels before the adder tree (fields of 2^STEPS bits)
-
-
-def _swar_masks(m, width: int, steps: int = SWAR_STEPS) -> list:
+def _swar_masks(m, width: int) -> dict:
     """The constant masks of :func:`_popcount` for ``width``-bit words, as registers.
 
-    Mask ``j`` holds the low ``2^j`` bits of every ``2^(j+1)``-bit field. The registers are
-    never written (``init`` value, no reset), so they are constants; synthesis folds them
-    (Yosys ``opt_dff``). They are registers rather than literals only because Amaranth splits
-    an AND with a literal into single-bit wiring, which Verilator then evaluates bit by bit;
-    against a register the AND stays one word-wide operation.
+    ``pair``: bit 0 of every 2-bit field; ``low``, ``mid``: bits 0 and 1 of every 4-bit field
+    (absent below 4 bits). The registers are never written (``init`` value, no reset), so they
+    are constants; synthesis folds them (Yosys ``opt_dff``). They are registers rather than
+    literals only because Amaranth splits an AND with a literal into single-bit wiring, which
+    Verilator then evaluates bit by bit; against a register the AND stays one word-wide
+    operation.
     """
     p = 1 << max(width - 1, 1).bit_length()
-    masks = []
-    for j in range(steps):
-        s = 1 << j
-        if 2 * s > p:
+    masks = {}
+    for name, bit, field in (("pair", 0, 2), ("low", 0, 4), ("mid", 1, 4)):
+        if field > p:
             break
-        value = sum(((1 << s) - 1) << (2 * s * i) for i in range(p // (2 * s)))
-        reg = Signal(p, init=value, reset_less=True, name=f"swar_mask{j}")
+        reg = Signal(p, init=sum(1 << (i + bit) for i in range(0, p, field)), reset_less=True,
+                     name=f"swar_mask_{name}")
         m.d.sync += reg.eq(reg)
-        masks.append(reg)
+        masks[name] = reg
     return masks
 
 
-def _popcount(m, word, width: int, masks: list, name: str):
+def _popcount(m, word, width: int, masks: dict, name: str, *, synthesis: bool = False):
     """Number of ones in ``word[:width]`` (unsigned, ``width.bit_length()`` bits).
 
-    The first ``len(masks)`` levels of the adder tree are computed on the whole word at once
-    (SIMD within a register): ``x = (x & m_j) + ((x >> 2^j) & m_j)`` adds neighbouring
-    ``2^j``-bit fields in place (a ``2^(j+1)``-bit field holds a count of at most ``2^(j+1)``,
-    so no carry crosses fields). The resulting ``2^len(masks)``-bit counts go through an
-    ordinary balanced adder tree. The function is the tree's over single bits, and so is the
-    FPGA cost, within a few LUTs: per PE 652 LUTs on the iCE40 either way, 654 against 672 on
-    the ECP5 (docs/fpga.md, caveats). What changes is simulation speed: each word-wide step is
-    one operation in Verilator, where the tree's first levels were one operation per bit.
+    Two forms of the same function. For synthesis (``synthesis=True``: elaborated for an FPGA
+    platform) a balanced adder tree over the single bits, which Yosys turns into one sum of
+    bits (``alumacc``/``maccmap``: a carry-save compressor tree of full adders, each folding
+    into LUT4s together with the XORs in front, and one carry-chain adder): 2.4 LUT4 per bit
+    of a 32-bit XOR popcount on the iCE40 and the ECP5 (without wide LUTs), where fixed 2-bit
+    fields cost 3.0. For simulation, the form below, which Verilator evaluates word by word.
+    ``tests/test_hw_matmul.py::test_popcount_counts_ones`` checks both against a bit count.
+
+    A compressor tree shaped for 4-input LUTs and carry chains. The first two levels are
+    logic on the whole word at once (SIMD within a register, one operation each in
+    Verilator): each pair of bits becomes its 2-bit count (``s = x0 ^ x1``, ``c = x0 & x1``;
+    one LUT4 per output bit even when ``x`` is an XOR of two operands), and each pair of 2-bit
+    counts its 3-bit sum (three more LUT4 per 4 bits). No carry chain sits in these levels:
+    a word-wide ``+`` of masked fields would become one ``width``-bit chain that no LUT can be
+    merged into. The 3-bit counts of the 4-bit fields then go through a balanced tree of
+    carry-chain adders.
     """
-    if width <= 2 or not masks:
+    if width <= 2 or not masks or synthesis:
         return _adder_tree([word[i] for i in range(width)])
-    p = len(masks[0])
+    p = len(masks["pair"])
     x = Signal(p, name=f"{name}_w")
     m.d.comb += x.eq(word[:width])
-    s = 1
-    for j, mask in enumerate(masks):
-        nxt = Signal(p, name=f"{name}_l{j + 1}")
-        m.d.comb += nxt.eq((x & mask) + ((x >> s) & mask))
-        x, s = nxt, 2 * s
-    return _adder_tree([x[i:i + s] for i in range(0, p, s)])
+    # Level 1: 2-bit counts in place (bit 2k: x[2k] ^ x[2k+1]; bit 2k+1: x[2k] & x[2k+1]).
+    y = Signal(p, name=f"{name}_l1")
+    half = x >> 1
+    m.d.comb += y.eq(((x ^ half) & masks["pair"]) | (((x & half) & masks["pair"]) << 1))
+    if "low" not in masks:
+        return y[:2]
+    # Level 2: the counts (s, c) at bits 4g, 4g+1 and (s', c') at 4g+2, 4g+3 add to 3 bits:
+    # o0 = s ^ s', t = s & s' (carry), o1 = c ^ c' ^ t, o2 = c & c' | t & (c ^ c').
+    z = Signal(p, name=f"{name}_l2")
+    u = y >> 2
+    both, either = y & u, y ^ u
+    t = Signal(p, name=f"{name}_l2_carry")
+    m.d.comb += t.eq((both & masks["low"]) << 1)
+    m.d.comb += z.eq((either & masks["low"])
+                     | ((either & masks["mid"]) ^ t)
+                     | ((((both & masks["mid"]) | (t & either)) & masks["mid"]) << 1))
+    return _adder_tree([z[i:i + 3] for i in range(0, p, 4)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,13 +121,45 @@ class ProcessingElements:
 
     Subclasses set ``latency`` and ``product_shape`` and implement :meth:`elaborate`; the
     accelerator top asks :meth:`bad_beat` and :meth:`beat_cost` for its error flags.
+
+    By default a PE's accumulator is the unit's ``acc_width`` (signed) and the drain adds the
+    bias to it unchanged. A kind whose products are only a factor of the contract's (XNOR: the
+    popcount without the column's scale) widens that path with :meth:`accumulator_shape`,
+    :meth:`accumulate`, :meth:`tile_state` and :meth:`drain_terms`, taking ``drain_latency``
+    more drain stages.
     """
     latency = 1
     product_shape = signed(2)
+    drain_latency = 0
+    platform = None     # the platform the unit is elaborated for (None: simulation)
 
     def elaborate(self, m, en, beat, rows, cols) -> list:
         """Products ``[rows][cols]`` of ``beat`` (registered ``latency`` times when ``en``)."""
         raise NotImplementedError
+
+    def input_beat(self, m, payload, layout):
+        """The value the scaffold's input register takes from an ``x`` payload (by default the
+        payload itself): what can be done once per array row or column before it."""
+        return payload
+
+    def accumulator_shape(self, description):
+        """Shape of one PE's accumulator and output-bank register."""
+        return signed(description.acc_width)
+
+    def accumulate(self, acc, prod):
+        """The accumulator's next value after adding ``prod``."""
+        return acc + prod
+
+    def tile_state(self, m, step, close) -> None:
+        """Per-tile registers besides the accumulators: ``step`` when a product is accumulated,
+        ``close`` (implies ``step``) when that product is its tile's last (its sums enter the
+        output bank)."""
+
+    def drain_terms(self, m, en, row: list) -> list:
+        """Per column, the terms whose sum (plus the bias) is the contract's ``t``, from
+        ``row`` (the output bank's registers of the row that leaves now), registered
+        ``drain_latency`` times when ``en``."""
+        return [[v] for v in row]
 
     def bad_beat(self, beat, rows, cols):
         """1 when the golden kernel rejects the x beat (ERRORS.BAD_BEAT); never by default."""
@@ -144,18 +192,29 @@ class _IntPE(ProcessingElements):
 
 
 class _LogPE(ProcessingElements):
-    """``+-(a << (D-1-e))``: an arithmetic left shift and a conditional negate.
+    """``+-(a << (D-1-e))`` as a shift of ``a`` or ``~a`` and one correction per column.
 
     Codes: bit ``bits-1`` is the sign, the rest the exponent index ``e``. ``e >= D`` (the zero
     code, or an invalid index the golden kernel rejects) gives 0. Each column's code is decoded
-    once (sign, shift amount, zero) and shared by the ``rows`` PEs of that column.
+    once (sign, shift amount ``s``, zero) and shared by the ``rows`` PEs of that column.
+
+    A negative product is ``-(a << s) = (~a << s) + (1 << s)``. A PE computes ``(a ^ neg) << s``
+    (the XOR with the column's sign folds into the shifter's first level of LUTs: no negating
+    carry chain per PE) and a zero code clears its product register; ``1 << s`` of every
+    negative non-zero code depends on the column only, so one counter per column sums it and
+    the drain adds that sum to each of the column's accumulators, exactly in integers.
     """
     latency = 1
+    drain_latency = 1
 
-    def __init__(self, a_bits: int, bits: int, zero_code: bool):
-        self.a_bits, self.bits, self.zero_code = a_bits, bits, zero_code
-        self.depth = log_depth(bits, zero_code)
-        self.product_shape = signed(signed_width(log_max_product(a_bits, bits, zero_code)))
+    def __init__(self, description: LogDescription):
+        d = description
+        self.a_bits, self.bits, self.zero_code = d.a_bits, d.bits, d.zero_code
+        self.depth = log_depth(d.bits, d.zero_code)
+        self.product_shape = signed(signed_width(log_max_product(d.a_bits, d.bits,
+                                                                 d.zero_code)))
+        # The correction sum of a tile, taken modulo 2^acc_width like the accumulators.
+        self.corr_bits = min((d.max_k << (self.depth - 1)).bit_length(), d.acc_width)
 
     def bad_beat(self, beat, rows, cols):
         if self.bits > 1:
@@ -168,6 +227,7 @@ class _LogPE(ProcessingElements):
     def elaborate(self, m, en, beat, rows, cols):
         d = self.depth
         decoded = []
+        self._corr = []
         for c in range(cols):
             code = beat.w[c]
             neg = code[self.bits - 1]
@@ -181,35 +241,77 @@ class _LogPE(ProcessingElements):
             else:                   # 1-bit codes: sign only
                 amount, zero = C(0, 1), C(0, 1)
             decoded.append((neg, amount, zero))
+            corr = Signal(d, name=f"corr_{c}")      # 1 << s of a negative non-zero code
+            with m.If(en):
+                m.d.sync += corr.eq(Mux(neg & ~zero, C(1, d) << amount, 0))
+            self._corr.append(corr)
         prods = []
         for r in range(rows):
             row = []
             for c, (neg, amount, zero) in enumerate(decoded):
-                mag = Signal(self.product_shape, name=f"mag_{r}_{c}")
-                m.d.comb += mag.eq(beat.a[r] << amount)
+                a = beat.a[r]
+                shifted = Signal(self.product_shape, name=f"shifted_{r}_{c}")
+                m.d.comb += shifted.eq(Mux(neg, ~a, a) << amount)
                 p = Signal(self.product_shape, name=f"prod_{r}_{c}")
-                with m.If(en):
-                    m.d.sync += p.eq(Mux(zero, 0, Mux(neg, -mag, mag)))
+                # The zero code first: the register's synchronous reset, not a LUT per bit.
+                with m.If(en & zero):
+                    m.d.sync += p.eq(0)
+                with m.Elif(en):
+                    m.d.sync += p.eq(shifted)
                 row.append(p)
             prods.append(row)
         return prods
 
+    def tile_state(self, m, step, close):
+        self._corr_bank = []
+        for c, corr in enumerate(self._corr):
+            total = Signal(self.corr_bits, name=f"corr_sum_{c}")
+            bank = Signal(self.corr_bits, name=f"corr_bank_{c}")
+            new_total = (total + corr)[:self.corr_bits]
+            with m.If(close):
+                m.d.sync += [bank.eq(new_total), total.eq(0)]
+            with m.Elif(step):
+                m.d.sync += total.eq(new_total)
+            self._corr_bank.append(bank)
+
+    def drain_terms(self, m, en, row):
+        terms = []
+        for c, value in enumerate(row):
+            t = Signal(signed(len(value)), name=f"corrected_{c}")
+            with m.If(en):
+                m.d.sync += t.eq(value + self._corr_bank[c])
+            terms.append([t])
+        return terms
+
 
 class _XnorPE(ProcessingElements):
-    """``alpha[c] * 2^plane * (2 * popcount(~(a ^ w) & mask) - count)``.
+    """XNOR-popcount PEs without the plane scale: the scale is applied per column at the drain.
 
-    Stage 1 registers the masked popcount dot (``mask`` = lanes below ``count``, decoded once
-    per beat); stage 2 registers its product with the column's 16-bit ``alpha``, shifted left by
-    the activation plane index.
+    The contract's product is ``alpha[i, c] * 2^j * dot`` with ``dot = 2 * popcount(xnor &
+    mask) - count = count - 2 * popcount((a ^ w) & mask)``. ``alpha`` depends only on the
+    weight plane ``i`` and the column, so a tile's sum regroups, exactly in integers, as
+    ``t = sum_i alpha[i, c] * (C_i - 2 * X_i)``: ``X_i = sum 2^j * popcount((a ^ w) & mask)``
+    is all a PE accumulates (one unsigned sum per weight plane), ``C_i = sum 2^j * count`` is
+    one counter per unit, and the drain forms ``C_i - 2 * X_i``, multiplies it by ``alpha``
+    (one multiplier per column and weight plane) and adds the products to the bias.
+
+    The lanes at or above ``count`` are cleared once per array row and column (``a & mask``,
+    ``w & mask``), so a PE is an XOR and a popcount. The beats of a tile that share a weight
+    plane (the ``wplane`` field; with one weight plane, every beat) must carry the same
+    ``alpha``: the tile uses the one of its last such beat.
     """
-    latency = 2
+    latency = 1
+    drain_latency = 3
 
-    def __init__(self, lanes: int, a_planes: int, w_planes: int):
-        self.lanes, self.a_planes, self.w_planes = lanes, a_planes, w_planes
-        self.count_bits = lanes.bit_length()
-        self.dot_shape = signed(signed_width(lanes))
-        top = lanes * ((1 << ALPHA_BITS) - 1) << (a_planes - 1)
-        self.product_shape = signed(signed_width(top))
+    def __init__(self, description: XnorDescription):
+        d = description
+        self.lanes, self.a_planes, self.w_planes = d.lanes, d.a_planes, d.w_planes
+        self.pop_bits = d.lanes.bit_length()
+        self.shift_bits = (d.a_planes - 1).bit_length()
+        self.product_shape = unsigned(self.pop_bits + d.a_planes - 1)
+        # One weight plane's sum of count << plane may reach the tile's whole K budget.
+        self.sum_bits = d.k_budget.bit_length()
+        self.cols = d.cols
 
     def bad_beat(self, beat, rows, cols):
         # ~any() rather than == 0: Amaranth writes the latter as a multi-bit `!`, which
@@ -220,39 +322,124 @@ class _XnorPE(ProcessingElements):
             bad = bad | (beat.count > self.lanes)
         if self.a_planes < (1 << len(beat.plane)):
             bad = bad | (beat.plane >= self.a_planes)
+        if self.w_planes > 1 and self.w_planes < (1 << len(beat.wplane)):
+            bad = bad | (beat.wplane >= self.w_planes)
         return bad
 
     def beat_cost(self, beat):
         return beat.count << beat.plane
 
+    def _shifted(self, value, amount):
+        return value << amount if self.shift_bits else value
+
+    def input_beat(self, m, payload, layout):
+        # The lanes at or above count cleared in the input register (once per row and column,
+        # and on the iCE40 in the register's own logic cells).
+        lanes = self.lanes
+        mask = Signal(lanes, name="lane_mask")
+        m.d.comb += mask.eq(Cat(payload.count > lane for lane in range(lanes)))
+        masked = Signal(layout, name="x_masked")
+        m.d.comb += masked.eq(payload)
+        m.d.comb += [masked.a[r].eq(payload.a[r] & mask) for r in range(len(payload.a))]
+        m.d.comb += [masked.w[c].eq(payload.w[c] & mask) for c in range(len(payload.w))]
+        return masked
+
     def elaborate(self, m, en, beat, rows, cols):
-        mask = Signal(self.lanes, name="lane_mask")
-        m.d.comb += mask.eq(Cat(beat.count > lane for lane in range(self.lanes)))
-        count = Signal(self.dot_shape, name="count_s")  # zero-extended into a signed width
-        m.d.comb += count.eq(beat.count)
-        # Per-beat operands that stage 2 still needs travel with the stage-1 registers.
-        alpha = [Signal(ALPHA_BITS, name=f"alpha_{c}") for c in range(cols)]
-        plane = Signal(PLANE_BITS, name="plane_s1")
+        lanes = self.lanes
+        a, w = beat.a, beat.w
+        # Per-beat operands of the tile state travel with the PE registers.
+        s1 = self._s1 = {
+            "alpha": [Signal(ALPHA_BITS, name=f"alpha_{c}") for c in range(cols)],
+            "amount": Signal(max(self.shift_bits, 1), name="plane_s1"),
+            "count": Signal(self.pop_bits, name="count_s1"),
+            "wplane": Signal(max((self.w_planes - 1).bit_length(), 1), name="wplane_s1"),
+        }
         with m.If(en):
-            m.d.sync += [alpha[c].eq(beat.alpha[c]) for c in range(cols)]
-            m.d.sync += plane.eq(beat.plane)
-        masks = _swar_masks(m, self.lanes)     # shared by every PE
+            m.d.sync += [s1["alpha"][c].eq(beat.alpha[c]) for c in range(cols)]
+            m.d.sync += s1["count"].eq(beat.count)
+            if self.shift_bits:
+                m.d.sync += s1["amount"].eq(beat.plane[:self.shift_bits])
+            if self.w_planes > 1:
+                m.d.sync += s1["wplane"].eq(beat.wplane)
+        masks = _swar_masks(m, lanes)     # shared by every PE
         prods = []
         for r in range(rows):
             row = []
             for c in range(cols):
-                agree = Signal(self.lanes, name=f"agree_{r}_{c}")
-                m.d.comb += agree.eq(~(beat.a[r] ^ beat.w[c]) & mask)
-                pop = Signal(self.dot_shape, name=f"pop_{r}_{c}")
-                m.d.comb += pop.eq(_popcount(m, agree, self.lanes, masks, f"pop_{r}_{c}"))
-                dot = Signal(self.dot_shape, name=f"dot_{r}_{c}")
-                p = Signal(self.product_shape, name=f"prod_{r}_{c}")
+                pop = Signal(self.pop_bits, name=f"pop_{r}_{c}")
+                differ = Signal(lanes, name=f"differ_{r}_{c}")
+                m.d.comb += differ.eq(a[r] ^ w[c])
+                count = _popcount(m, differ, lanes, masks, f"pop_{r}_{c}",
+                                  synthesis=self.platform is not None)
                 with m.If(en):
-                    m.d.sync += dot.eq(pop * 2 - count)
-                    m.d.sync += p.eq((dot * alpha[c]) << plane)
+                    m.d.sync += pop.eq(count)
+                p = Signal(self.product_shape, name=f"prod_{r}_{c}")
+                m.d.comb += p.eq(self._shifted(pop, s1["amount"]))
                 row.append(p)
             prods.append(row)
         return prods
+
+    def _planes(self):
+        """Per weight plane ``i``: 1 when the product being accumulated belongs to it."""
+        sel = self._s1["wplane"]
+        return [C(1, 1) if self.w_planes == 1 else sel == i for i in range(self.w_planes)]
+
+    def accumulator_shape(self, description):
+        return unsigned(self.sum_bits * self.w_planes)
+
+    def accumulate(self, acc, prod):
+        n = self.sum_bits
+        if self.w_planes == 1:
+            return acc + prod
+        return Cat((acc[i * n:(i + 1) * n] + Mux(hit, prod, 0))[:n]
+                   for i, hit in enumerate(self._planes()))
+
+    def tile_state(self, m, step, close):
+        s1, n, cols = self._s1, self.sum_bits, self.cols
+        count = self._shifted(s1["count"], s1["amount"])
+        self._count_bank, self._alpha_bank = [], []
+        for i, hit in enumerate(self._planes()):
+            total = Signal(n, name=f"count_sum_{i}")
+            bank = Signal(n, name=f"count_bank_{i}")
+            alpha = [Signal(ALPHA_BITS, name=f"alpha_{i}_{c}") for c in range(cols)]
+            alpha_bank = [Signal(ALPHA_BITS, name=f"alpha_bank_{i}_{c}") for c in range(cols)]
+            new_total = (total + Mux(hit, count, 0))[:n]
+            new_alpha = [Mux(hit, s1["alpha"][c], alpha[c]) for c in range(cols)]
+            with m.If(step):
+                m.d.sync += [alpha[c].eq(new_alpha[c]) for c in range(cols)]
+            with m.If(close):
+                m.d.sync += [bank.eq(new_total), total.eq(0)]
+                m.d.sync += [alpha_bank[c].eq(new_alpha[c]) for c in range(cols)]
+            with m.Elif(step):
+                m.d.sync += total.eq(new_total)
+            self._count_bank.append(bank)
+            self._alpha_bank.append(alpha_bank)
+
+    def drain_terms(self, m, en, row):
+        # Three stages per column and weight plane: |C - 2X| and its sign; the unsigned
+        # multiply by alpha (16 x sum_bits bits: one DSP block where the family has one); the
+        # sign applied. The scaffold's first drain stage adds the terms to the bias.
+        n = self.sum_bits
+        terms = []
+        for c, value in enumerate(row):
+            col = []
+            for i in range(self.w_planes):
+                x = value[i * n:(i + 1) * n]
+                diff = Signal(signed(n + 2), name=f"scaled_diff_{i}_{c}")
+                m.d.comb += diff.eq(self._count_bank[i] - (x << 1))
+                mag = Signal(n, name=f"scaled_mag_{i}_{c}")
+                neg = [Signal(name=f"scaled_neg{k}_{i}_{c}") for k in range(2)]
+                alpha = Signal(ALPHA_BITS, name=f"scaled_alpha_{i}_{c}")
+                prod = Signal(n + ALPHA_BITS, name=f"scaled_prod_{i}_{c}")
+                term = Signal(signed(n + ALPHA_BITS + 1), name=f"scaled_term_{i}_{c}")
+                with m.If(en):
+                    m.d.sync += [mag.eq(Mux(diff < 0, -diff, diff)), neg[0].eq(diff < 0),
+                                 alpha.eq(self._alpha_bank[i][c])]
+                    m.d.sync += [prod.eq(mag * alpha), neg[1].eq(neg[0])]
+                    m.d.sync += term.eq(Mux(neg[1], -prod, prod))
+                col.append(term)
+            terms.append(col)
+        return terms
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +501,15 @@ class MatmulUnit(wiring.Component):
     def accumulate_latency(self) -> int:
         return 1 + self.pe.latency
 
+    # Register stages from a row leaving the output bank to its y beat: the kind's own
+    # (``drain_terms``), then bias, requantization multiply, rounding, and the y register.
+    @property
+    def drain_latency(self) -> int:
+        return self.pe.drain_latency + 4
+
     def elaborate(self, platform):
         m = Module()
+        self.pe.platform = platform
         bank = self._accumulate(m)
         cfg, cfg_valid = self._config_buffer(m)
         self._drain(m, bank, cfg, cfg_valid)
@@ -332,7 +526,8 @@ class MatmulUnit(wiring.Component):
         beat_valid = Signal()
         m.d.comb += self.x.ready.eq(advance)
         with m.If(advance):
-            m.d.sync += [beat.eq(self.x.payload), beat_valid.eq(self.x.valid)]
+            m.d.sync += [beat.eq(self.pe.input_beat(m, self.x.payload, self.x_layout)),
+                         beat_valid.eq(self.x.valid)]
 
         prods = self.pe.elaborate(m, advance, beat, rows, cols)
         p_valid, p_last = beat_valid, beat.last
@@ -342,24 +537,27 @@ class MatmulUnit(wiring.Component):
                 m.d.sync += [v.eq(p_valid), l.eq(p_last)]
             p_valid, p_last = v, l
 
-        acc = [[Signal(signed(aw), name=f"acc_{r}_{c}") for c in range(cols)]
-               for r in range(rows)]
-        bank = [[Signal(signed(aw), name=f"bank_{r}_{c}") for c in range(cols)]
-                for r in range(rows)]
+        shape = self.pe.accumulator_shape(self.description)
+        acc = [[Signal(shape, name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
+        bank = [[Signal(shape, name=f"bank_{r}_{c}") for c in range(cols)] for r in range(rows)]
         bank_full = Signal()
         m.d.comb += advance.eq(~(p_valid & p_last & bank_full))
 
         do_accumulate = advance & p_valid
-        with m.If(do_accumulate):
-            for r in range(rows):
-                for c in range(cols):
-                    total = acc[r][c] + prods[r][c]
-                    with m.If(p_last):
-                        # Close the tile: sums to the bank, accumulators cleared for the next.
-                        m.d.sync += [bank[r][c].eq(total), acc[r][c].eq(0)]
-                    with m.Else():
-                        m.d.sync += acc[r][c].eq(total)
-        return _Bank(rows=bank, full=bank_full, closing=do_accumulate & p_last)
+        # One signal that closes the tile, tested before the enable: the accumulators' clear is
+        # then the flip-flops' synchronous reset (a LUT per bit when nested inside the enable).
+        closing = Signal()
+        m.d.comb += closing.eq(do_accumulate & p_last)
+        self.pe.tile_state(m, do_accumulate, closing)
+        for r in range(rows):
+            for c in range(cols):
+                total = self.pe.accumulate(acc[r][c], prods[r][c])
+                with m.If(closing):
+                    # Close the tile: sums to the bank, accumulators cleared for the next.
+                    m.d.sync += [bank[r][c].eq(total), acc[r][c].eq(0)]
+                with m.Elif(do_accumulate):
+                    m.d.sync += acc[r][c].eq(total)
+        return _Bank(rows=bank, full=bank_full, closing=closing)
 
     def _config_buffer(self, m):
         """One cfg beat held ahead (``cfg``, ``cfg_valid``); the drain releases it when its
@@ -374,8 +572,9 @@ class MatmulUnit(wiring.Component):
     def _drain(self, m, tile: "_Bank", cfg, cfg_valid) -> None:
         """The drain and requantization pipeline: one bank row per y beat.
 
-        Stages: D1 t = bank row + bias; D2 p = t * mult; D3 p + 2^(shift-1); y register:
-        >> shift, ReLU, saturation (or raw t). All advance together when y can take a beat.
+        Stages: the kind's ``drain_terms`` stages (none for INT and log); D1 t = terms + bias;
+        D2 p = t * mult; D3 p + 2^(shift-1); y register: >> shift, ReLU, saturation (or raw t).
+        All advance together when y can take a beat.
         """
         rows, cols, aw = self.rows, self.cols, self.acc_width
         bank, bank_full = tile.rows, tile.full
@@ -397,12 +596,25 @@ class MatmulUnit(wiring.Component):
                 m.d.sync += [bank_full.eq(0), cfg_valid.eq(0)]
 
         pw = aw + MULT_BITS  # |t * mult| < 2^(aw-1) * 2^16
+        terms = self.pe.drain_terms(m, drain_advance, [bank[0][c] for c in range(cols)])
+        # The tile's settings travel beside the kind's own drain stages.
+        settings = [_DrainStage(m, f"d0_{k}", cols, aw) for k in range(self.pe.drain_latency)]
         s1 = _DrainStage(m, "d1", cols, aw)
         s2 = _DrainStage(m, "d2", cols, pw + 1)
         s3 = _DrainStage(m, "d3", cols, pw + 1)
         with m.If(drain_advance):
-            m.d.sync += s1.take(do_emit, last_row, cfg)
-            m.d.sync += [s1.value[c].eq(bank[0][c] + cfg.bias[c]) for c in range(cols)]
+            prev = None
+            for stage in settings + [s1]:
+                if prev is None:
+                    m.d.sync += stage.take(do_emit, last_row, cfg)
+                    bias = cfg.bias
+                else:
+                    m.d.sync += stage.follow(prev)
+                    bias = prev.bias
+                if stage is not s1:
+                    m.d.sync += [stage.bias[c].eq(bias[c]) for c in range(cols)]
+                prev = stage
+            m.d.sync += [s1.value[c].eq(sum(terms[c], bias[c])) for c in range(cols)]
             m.d.sync += s2.follow(s1)
             m.d.sync += [s2.value[c].eq(s1.value[c] * s1.mult[c]) for c in range(cols)]
             m.d.sync += [s2.raw_t[c].eq(s1.value[c]) for c in range(cols)]
@@ -443,6 +655,7 @@ class _DrainStage:
         self.raw_t = [Signal(signed(width), name=f"{name}_raw_{c}") for c in range(cols)]
         self.mult = [Signal(MULT_BITS, name=f"{name}_mult_{c}") for c in range(cols)]
         self.shift = [Signal(SHIFT_BITS, name=f"{name}_shift_{c}") for c in range(cols)]
+        self.bias = [Signal(signed(width), name=f"{name}_bias_{c}") for c in range(cols)]
         self.relu = Signal(name=f"{name}_relu")
         self.raw = Signal(name=f"{name}_raw")
         self.cols = cols
@@ -512,7 +725,7 @@ class LogMatmul(MatmulUnit):
 
     def __init__(self, *, src_loc_at=0, **params):
         d = LogDescription(**params)
-        super().__init__(d, _LogPE(d.a_bits, d.bits, d.zero_code))
+        super().__init__(d, _LogPE(d))
 
 
 class XnorMatmul(MatmulUnit):
@@ -535,7 +748,7 @@ class XnorMatmul(MatmulUnit):
 
     def __init__(self, *, src_loc_at=0, **params):
         d = XnorDescription(**params)
-        super().__init__(d, _XnorPE(d.lanes, d.a_planes, d.w_planes))
+        super().__init__(d, _XnorPE(d))
 
 
 def make_unit(unit: str, **params) -> MatmulUnit:

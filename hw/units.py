@@ -793,10 +793,15 @@ class XnorDescription(UnitDescription):
         return self.max_k * ((1 << self.a_planes) - 1) * self.w_planes
 
     def beat_fields(self):
+        # wplane: the beat's weight plane (absent with one); the unit applies alpha per weight
+        # plane and column at the drain, so the beats of a tile with one wplane share alpha.
+        wplane = {"wplane": unsigned((self.w_planes - 1).bit_length())} \
+            if self.w_planes > 1 else {}
         return {"a": data.ArrayLayout(unsigned(self.lanes), self.rows),
                 "w": data.ArrayLayout(unsigned(self.lanes), self.cols),
                 "alpha": data.ArrayLayout(unsigned(ALPHA_BITS), self.cols),
                 "plane": unsigned(PLANE_BITS),
+                **wplane,
                 "count": unsigned(self.lanes.bit_length())}
 
     def id_operands(self):
@@ -855,21 +860,27 @@ class XnorDescription(UnitDescription):
         starts = np.arange(chunks) * self.lanes
         win = bit_windows(w, ops.k, starts, self.lanes)         # [B, Pw, N, chunk, pieces]
         alpha = ops.extra["alpha"]                               # [B, Pw, N]
+        pw = w.shape[1]
+        wplane = {"wplane": np.arange(pw).reshape(1, pw, 1)} if self.w_planes > 1 else {}
         return {"w": Chunks(win.transpose(0, 2, 3, 1, 4)[:, :, :, :, None]),
                 "alpha": alpha.transpose(0, 2, 1)[:, :, None, :, None],
+                **wplane,
                 "count": np.minimum(self.lanes, ops.k - starts).reshape(chunks, 1, 1)}
 
     def macs(self, ops):
         return ops.m * ops.n * ops.k * ops.a.shape[1] * ops.w.shape[1]
 
     def tile_operands(self, beats):
-        # Beat by beat: the beats name their activation plane; the weight plane is implicit
-        # in their order, which the protocol leaves free, and alpha carries its scale.
+        # Beat by beat: the beats name their activation and weight planes (their order is
+        # free); a weight plane's alpha is the one of the tile's last beat of that plane.
         out = []
         a, w = self._pieces(beats["a"]), self._pieces(beats["w"])   # [beats, rows|cols, pieces]
+        planes = beats["wplane"] if "wplane" in beats else np.zeros(len(beats["count"]), int)
+        alpha = {int(p): beats["alpha"][i] for i, p in enumerate(planes)}
         for i, n in enumerate(beats["count"]):
             ops = Operands(a=a[i][None, None], w=w[i][None, None], m=a.shape[1], n=w.shape[1],
-                           k=int(n), extra={"alpha": beats["alpha"][i][None, None], "k": int(n)})
+                           k=int(n), extra={"alpha": alpha[int(planes[i])][None, None],
+                                            "k": int(n)})
             out.append((ops, int(beats["plane"][i])))
         return out
 

@@ -228,7 +228,8 @@ def test_fit_array_model_and_largest_square():
                 for r, c in ((1, 2), (4, 2), (4, 4)))
     results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
     model = fit_array_model(results)
-    assert model["LUT"] == pytest.approx({"fixed": 500, "per_col": 300, "per_pe": 200})
+    assert model["LUT"] == pytest.approx({"fixed": 500, "per_row": 0, "per_col": 300,
+                                          "per_pe": 200})
     assert model["FF"]["per_pe"] == pytest.approx(7)
     fit = fit_largest(results)
     n = fit["n"]
@@ -445,6 +446,23 @@ def test_verification_builds_check_the_model_without_moving_it():
     assert fit_largest(basis, also_built=results)["n"] >= 3
 
 
+def test_fit_array_model_separates_rows_with_four_shapes():
+    """Four shapes give each array row its own cost (input registers), out of the PE slope."""
+    def lut(r, c):
+        return 400 + 40 * r + 250 * c + 120 * r * c
+    recs = dict(_fake_record("icebreaker", "xnor", r, c, lut(r, c) + 12, 9 * r, wrapper_lut=12)
+                for r, c in ((1, 1), (2, 1), (2, 2), (1, 2)))
+    results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
+    model = fit_array_model(results)
+    assert model["LUT"] == pytest.approx({"fixed": 400, "per_row": 40, "per_col": 250,
+                                          "per_pe": 120})
+    assert model["FF"]["per_row"] == pytest.approx(9) and model["FF"]["per_pe"] == \
+        pytest.approx(0, abs=1e-6)
+    # Three of the shapes: the row's cost is counted in the PE slope (1x1 to 2x1).
+    model3 = fit_array_model(results[:3])
+    assert model3["LUT"]["per_row"] == 0 and model3["LUT"]["per_pe"] == pytest.approx(160)
+
+
 def test_fallback_shapes_replace_tool_failures():
     """A shape a tool failed at is replaced by the next ALT_SIZES shape not yet failed."""
     configs = default_configs(("ulx3s-85f",), sweep=False)
@@ -452,7 +470,7 @@ def test_fallback_shapes_replace_tool_failures():
     assert bad in configs
     records = {bad.key: {"key": bad.key, "fits": None, "error": "synthesis failed: ERROR: ..."}}
     first = fpga_bench.fallback_configs(configs, records)
-    assert [c.key for c in first] == ["ulx3s-85f|log|1x4|bits=4|dsp=requant"]
+    assert [c.key for c in first] == ["ulx3s-85f|log|1x3|bits=4|dsp=requant"]
     records[first[0].key] = {"key": first[0].key, "fits": None, "error": "again"}
     second = fpga_bench.fallback_configs(configs + first, records)
     assert [c.key for c in second] == ["ulx3s-85f|log|4x4|bits=4|dsp=requant"]
@@ -503,3 +521,79 @@ def test_verify_largest_steps_to_the_largest_that_fits(monkeypatch, tmp_path):
     assert (rows["log"]["fit"]["n"], rows["log"]["verified"]) == (3, "verified")
     assert (rows["int8"]["fit"]["n"], rows["int8"]["verified"]) == (2, "verified")
     assert rows["log"]["fit"]["limit"] == "ICESTORM_LC 6000/5280 at 4x4"
+
+
+@pytest.mark.parametrize("unit, params", [("int8", {}), ("log", {"bits": 4}),
+                                          ("xnor", {"lanes": 32})])
+def test_bare_pe_accumulates_its_products(unit, params):
+    """The bench's reference PE: registered inputs and product, a 24-bit accumulator."""
+    import numpy as np
+    from amaranth.sim import Simulator
+
+    from lowbit.hw.fpga_bare import BarePE
+
+    pe = BarePE(unit, rows=1, cols=1, **params)
+    assert (pe.rows, pe.cols, pe.description.macs_per_pe) == \
+        (1, 1, 32 if unit == "xnor" else 1)
+    rng = np.random.default_rng(3)
+    if unit == "int8":
+        beats = [(-128, -128), (127, -128), (0, 5)] + \
+            [tuple(int(v) for v in rng.integers(-128, 128, 2)) for _ in range(20)]
+        products = [a * w for a, w in beats]
+    elif unit == "log":
+        beats = [(-128, 0), (-128, 8), (127, 7), (5, 15)] + \
+            [(int(rng.integers(-128, 128)), int(rng.integers(0, 16))) for _ in range(20)]
+        products = [(-1 if c >> 3 else 1) * (a << (7 - (c & 7))) for a, c in beats]
+    else:
+        full = (1 << 32) - 1
+        beats = [(0, 0), (full, 0), (0x5555_5555, 0xFFFF_0000)] + \
+            [(int(rng.integers(0, 1 << 32)), int(rng.integers(0, 1 << 32))) for _ in range(20)]
+        products = [bin(~(a ^ w) & full).count("1") for a, w in beats]
+    sim = Simulator(pe)
+    sim.add_clock(1e-6)
+    seen = []
+
+    async def bench(ctx):
+        idle = (0, (1 << 32) - 1) if unit == "xnor" else (0, 0)   # a zero product
+        for a, w in beats + [idle] * 3:
+            ctx.set(pe.a, a)
+            ctx.set(pe.w, w)
+            await ctx.tick()
+            seen.append(ctx.get(pe.acc))
+
+    sim.add_testbench(bench)
+    sim.run()
+    # inputs, product, accumulator: the sum of every product three edges after its beat; the
+    # input registers' reset values (0 and 0) are one more product first: XNOR's 32 agreeing
+    # lanes, 0 for the others
+    first = 32 if unit == "xnor" else 0
+    assert seen[-1] == first + sum(products)
+    assert seen[1] == first and seen[2] == first + products[0]
+
+
+def test_fpga_bare_design_needs_a_known_kind():
+    from lowbit import LowbitError
+    from lowbit.hw.fpga_bare import BarePE
+    with pytest.raises(LowbitError, match="W planes must be an integer in 1..8, not 0"):
+        BarePE("xnor", w_planes=0)
+
+
+def test_units_against_their_bare_pe():
+    """The bench builds each unit's bare PE and sets the per-PE slope against it."""
+    configs = default_configs(("icebreaker",), sweep=False)
+    bare = [c for c in configs if c.design == "bare"]
+    assert {(c.unit, c.dsp) for c in bare} == {("int8", "requant"), ("log", "requant"),
+                                               ("xnor", "requant"), ("int8", "auto")}
+    assert all((c.rows, c.cols) == (1, 1) and c.key.endswith("|design=bare") for c in bare)
+    records = _linear_records("icebreaker", "xnor", ICE_SHAPES, 400, 800, 160)
+    key, record = _fake_record("icebreaker", "xnor", 1, 1, 140 + 12, 70, wrapper_lut=12)
+    # the bare PE's record: its own key, and not a point of the unit's model
+    bare_key = _config("icebreaker", "xnor", (1, 1), base_params("xnor"), "requant", "bare").key
+    record = dict(record, key=bare_key, config=dict(record["config"], design="bare"))
+    records[bare_key] = record
+    (row,) = fpga_bench.bare_comparisons(records)
+    assert row["bare"]["lut"] == 140 and row["per_pe"]["LUT"] == pytest.approx(160)
+    assert row["lut_ratio"] == pytest.approx(160 / 140)
+    assert row["lut_per_mac"] == pytest.approx(5.0) and row["bare_lut_per_mac"] == \
+        pytest.approx(140 / 32)
+    assert "### Against a bare registered PE" in render_markdown({"records": records})

@@ -128,7 +128,9 @@ def x_width(unit: str, p: dict) -> int:
     if unit == "log":
         return p["rows"] * p["a_bits"] + p["cols"] * p["bits"] + 1
     lanes = p["lanes"]
-    return p["rows"] * lanes + p["cols"] * lanes + p["cols"] * 16 + 3 + lanes.bit_length() + 1
+    wplane = (p["w_planes"] - 1).bit_length()     # the weight plane field, absent with one
+    return (p["rows"] * lanes + p["cols"] * lanes + p["cols"] * 16 + 3 + wplane
+            + lanes.bit_length() + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +171,8 @@ def test_unit_constructors(unit, data):
     assert u.x_layout.size == x_width(unit, p)
     assert u.cfg_layout.size == p["cols"] * (width + 16 + 6) + 2
     assert u.y_layout.size == p["cols"] * u.y_width + 1
-    assert u.accumulate_latency == (3 if unit == "xnor" else 2)
+    assert u.accumulate_latency == 2
+    assert u.drain_latency == {"int8": 4, "log": 5, "xnor": 7}[unit]
 
 
 def test_accumulator_width_corners():

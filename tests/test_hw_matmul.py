@@ -226,6 +226,8 @@ def test_int8_back_to_back_tiles_throughput():
     a, w = rand_signed(rng, 8, m, k), rand_signed(rng, 8, n, k)
     _, result, plan = run(u, a, w, *requant_args(rng, n, int(np.abs(a @ w.T).max())))
     assert plan.x_beats == m * k * n // 4 == 128
+    # input register, PE, accumulator, bank, the drain's stages; then the second row
+    assert u.accumulate_latency + 1 + u.drain_latency == 7
     assert result.cycles == plan.x_beats + 7 + 1, result.cycles
 
 
@@ -391,7 +393,7 @@ def test_mid_size_full_throughput(unit):
         typical = 3 * 2 * 65535 * 20
     _, result, plan = run(u, a, w, *requant_args(rng, n, typical), **extra)
     # one x beat per cycle, then the last tile's pipeline latency and its remaining rows
-    latency = 6 + u.pe.latency
+    latency = u.accumulate_latency + 1 + u.drain_latency
     assert result.cycles == plan.x_beats + latency + u.rows - 1, (result.cycles, plan.x_beats)
 
 
@@ -471,9 +473,11 @@ def test_assemble_checks_beats():
 
 # --- the XNOR PE's popcount (word-wide SWAR levels + adder tree) --------------------------------
 
+@pytest.mark.parametrize("synthesis", [False, True])
 @pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 31, 32, 33, 64, 100, 256])
-def test_popcount_counts_ones(width):
-    """``_popcount`` equals the number of ones for random words and the corner words."""
+def test_popcount_counts_ones(width, synthesis):
+    """``_popcount`` (both forms) equals the number of ones for random words and the corner
+    words."""
     from amaranth import Elaboratable, Module, Signal
     from amaranth.sim import Simulator
 
@@ -487,7 +491,8 @@ def test_popcount_counts_ones(width):
         def elaborate(self, platform):
             m = Module()
             masks = _swar_masks(m, width)
-            m.d.comb += self.count.eq(_popcount(m, self.word, width, masks, "pop"))
+            m.d.comb += self.count.eq(_popcount(m, self.word, width, masks, "pop",
+                                                synthesis=synthesis))
             return m
 
     rng = np.random.default_rng(width)
