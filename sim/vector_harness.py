@@ -69,8 +69,9 @@ class VerilatedVector(VerilatedStreams):
             raise LowbitError(str(e)) from None
         if self.hw.family != "vector":
             raise LowbitError(f"{unit} is not a vector unit (VerilatedUnit runs it)")
-        self.kind, self.params = unit, dict(params)
-        self._load(build_harness(unit, **params),
+        # the full parameter set: the same unit shares one cached build however it was named
+        self.kind, self.params = unit, {**self.hw.params, **params}
+        self._load(build_harness(unit, **self.params),
                    {name: codec.nwords for name, codec in self.hw.codecs.items()})
 
     def run(self, ops: dict, *, gaps: float = 0.0, stalls: float = 0.0,
