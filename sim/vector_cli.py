@@ -56,7 +56,7 @@ def verify_vector(args, hw) -> int:
         print(f"... and {shown - 5} more mismatches")
     rows = args.m
     print(f"random rows: cycles {cycles} ({cycles / rows:.1f} per row of {args.k}; "
-          f"{hw.cycles_per_row(args.k)} without backpressure), "
+          f"cycles_per_row {hw.cycles_per_row(args.k)}), "
           f"{cycles / max(sim, 1e-9) / 1e6:.2f} M cycles/s; corner cases: {len(cases) - 1}")
     print(f"bit-exact: {matched}/{total}", flush=True)
     return 0 if matched == total else 1
