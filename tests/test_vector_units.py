@@ -150,8 +150,11 @@ from lowbit.hw.verilog import generate_verilog, lint_verilog  # noqa: E402
 
 SOFTMAX = [dict(lanes=4, in_bits=16, frac_bits=8, out_bits=8, max_len=64),
            dict(lanes=3, in_bits=32, frac_bits=12, out_bits=16, max_len=40),
-           dict(lanes=1, in_bits=6, frac_bits=0, out_bits=2, max_len=9)]
-ARGMAX = [dict(lanes=4, in_bits=32, max_len=64), dict(lanes=3, in_bits=5, max_len=7)]
+           dict(lanes=1, in_bits=6, frac_bits=0, out_bits=2, max_len=9),
+           dict(lanes=2, in_bits=32, frac_bits=30, out_bits=9, max_len=11),
+           dict(lanes=5, in_bits=8, frac_bits=8, out_bits=8, max_len=1)]
+ARGMAX = [dict(lanes=4, in_bits=32, max_len=64), dict(lanes=3, in_bits=5, max_len=7),
+          dict(lanes=1, in_bits=2, max_len=5)]
 UNITS = [("softmax", p) for p in SOFTMAX] + [("argmax", p) for p in ARGMAX]
 
 
@@ -319,7 +322,7 @@ def test_planted_fault_is_caught():
 # --- the command line ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind, params", [UNITS[0], UNITS[3]])
+@pytest.mark.parametrize("kind, params", [UNITS[0], UNITS[len(SOFTMAX)]])
 def test_verify_cli(kind, params, capsys):
     flags = [a for k, v in params.items() for a in (f"--{k.replace('_', '-')}", str(v))]
     m, k = 5, 37
