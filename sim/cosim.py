@@ -35,6 +35,7 @@ from lowbit import LowbitError
 from lowbit.contract import DEFAULT_MAX_K
 
 from .cosim_kernels import CosimMismatch, GoldenRecord, RtlKernels, UnitStats, units_for_model
+from .cosim_ops import RtlOps
 
 __all__ = ["cosim_split", "CosimOptions", "CosimReport", "build_units", "make_batches"]
 
@@ -50,12 +51,14 @@ class CosimOptions:
     cols: int = 8
     max_k: int = DEFAULT_MAX_K
     lanes: int = 32
+    vector_lanes: int = 8                # elements per beat of the vector units
     beam: int = 1
     batch_size: int = 64
     jobs: int = 1
     plant_fault: int | None = None      # test hook: RtlKernels.plant_fault(call) in the job
     # that decodes the first batch
-    rtl_fault: str | None = None        # test only: faulty RTL variant (lowbit.hw.faults)
+    rtl_fault: str | None = None        # test only: faulty RTL variant (lowbit.hw.faults:
+    # a matmul fault of FAULTS or a vector-unit fault of VECTOR_FAULTS)
     harnesses: dict = field(default_factory=dict)  # built libraries, handed to the workers
     ray: str | None = None              # None: local processes; "": a local Ray; else its address
     crash_once: str | None = None       # test hook (Ray): the first batch kills its worker once
@@ -69,6 +72,8 @@ class CosimReport:
     differing: list = field(default_factory=list)     # sentence indices whose tokens differ
     mismatch: dict | None = None                      # CosimMismatch.info of the first one
     units: list = field(default_factory=list)         # UnitStats, summed over jobs
+    ops: dict = field(default_factory=dict)           # operation -> [calls on RTL, calls]
+    # (the integer-only model's operations between the matmuls; empty for other models)
     seconds: float = 0.0
     build_seconds: float = 0.0
     translations: dict = field(default_factory=dict)  # sentence index -> token ids (RTL)
@@ -134,10 +139,17 @@ class _Worker:
         from lowbit.sw.checkpoint import load_model
         from lowbit.sw.decode import DecodeOptions
 
+        from lowbit.hw.faults import VECTOR_FAULTS
+
         self.model, self.tokenizer, _ = load_model(model_dir)
+        vector_fault = opts.rtl_fault if opts.rtl_fault in VECTOR_FAULTS else None
         self.rtl = RtlKernels(rows=opts.rows, cols=opts.cols, max_k=opts.max_k,
                               lanes=opts.lanes, units=units_for_model(self.model),
-                              fault=opts.rtl_fault)
+                              fault=None if vector_fault else opts.rtl_fault)
+        # the integer-only model's other operations run on the vector units
+        self.ops = (RtlOps(self.model.config, lanes=opts.vector_lanes, fault=vector_fault)
+                    if getattr(self.model, "integer_only", False) else None)
+        self.last_ops: dict = {}
         self.decode_opts = DecodeOptions(beam=opts.beam, batch_size=opts.batch_size)
 
     def batch(self, encoded: list, plant_fault: int | None = None) -> tuple[list, list]:
@@ -160,12 +172,39 @@ class _Worker:
         with kernels.use_kernels(**record.kernels()):
             gold_ids = _decode(self.model, src, self.decode_opts)
         self.rtl.replay = record
+        subs = dict(self.rtl.kernels())
+        if self.ops is not None:
+            before = self.ops.op_counts()
+            self.ops.new_batch()
+            subs.update(self.ops.kernels())
         try:
-            with kernels.use_kernels(**self.rtl.kernels()):
+            with kernels.use_kernels(**subs):
                 rtl_ids = _decode(self.model, src, self.decode_opts)
         finally:
             self.rtl.replay = None
+            if self.ops is not None:
+                self.last_ops = _ops_delta(self.ops.op_counts(), before)
         return rtl_ids, gold_ids
+
+    def stats(self) -> list:
+        return self.rtl.stats() + (self.ops.stats() if self.ops is not None else [])
+
+    def close(self) -> None:
+        self.rtl.close()
+        if self.ops is not None:
+            self.ops.close()
+
+
+def _ops_delta(now: dict, before: dict) -> dict:
+    return {op: [n[0] - before.get(op, [0, 0])[0], n[1] - before.get(op, [0, 0])[1]]
+            for op, n in now.items()}
+
+
+def _merge_ops(report: CosimReport, ops: dict) -> None:
+    for op, (rtl, total) in ops.items():
+        have = report.ops.setdefault(op, [0, 0])
+        have[0] += rtl
+        have[1] += total
 
 
 def _job_main(model_dir, opts, tasks, results):
@@ -193,9 +232,10 @@ def _job_main(model_dir, opts, tasks, results):
         except BaseException as e:  # noqa: BLE001
             results.put(("error", f"{type(e).__name__}: {e}"))
             break
+        results.put(("ops", worker.last_ops))
         results.put(("batch", [(i, r, g) for (i, _), r, g in zip(items, rtl_ids, gold_ids)]))
-    results.put(("stats", [s.to_dict() for s in worker.rtl.stats()]))
-    worker.rtl.close()
+    results.put(("stats", [s.to_dict() for s in worker.stats()]))
+    worker.close()
 
 
 def _merge_stats(report: CosimReport, stats: list) -> None:
@@ -215,8 +255,10 @@ def build_units(model, opts: CosimOptions, log=None) -> float:
     from lowbit.sim.harness import VerilatedUnit
 
     t0 = time.perf_counter()
+    from lowbit.hw.faults import FAULTS
+
     kernels = RtlKernels(rows=opts.rows, cols=opts.cols, max_k=opts.max_k, lanes=opts.lanes,
-                         fault=opts.rtl_fault)
+                         fault=opts.rtl_fault if opts.rtl_fault in FAULTS else None)
     for kind, need in units_for_model(model):
         params = kernels.unit_params(kind, need)
         if log:
@@ -286,10 +328,11 @@ def _run_inline(model_dir, opts, encoded, batches, report, progress) -> None:
             except CosimMismatch as e:
                 report.mismatch = e.info
                 break
+            _merge_ops(report, worker.last_ops)
             _take(report, list(zip(batch, rtl_ids, gold_ids)), progress)
     finally:
-        _merge_stats(report, worker.rtl.stats())
-        worker.rtl.close()
+        _merge_stats(report, worker.stats())
+        worker.close()
 
 
 class RayWorker:
@@ -311,14 +354,15 @@ class RayWorker:
             with open(marker, "w") as f:        # test hook: die like a lost node, once
                 f.write(str(os.getpid()))
             os._exit(1)
-        before = [s.to_dict() for s in self.worker.rtl.stats()]
+        before = [s.to_dict() for s in self.worker.stats()]
         fault = self.opts.plant_fault if number == 0 else None
         try:
             rtl_ids, gold_ids = self.worker.batch([ids for _, ids in items], fault)
         except CosimMismatch as e:
-            return "mismatch", e.info, []
+            return "mismatch", e.info, [], {}
         rows = [(i, r, g) for (i, _), r, g in zip(items, rtl_ids, gold_ids)]
-        return "batch", rows, _stats_delta([s.to_dict() for s in self.worker.rtl.stats()], before)
+        return ("batch", rows, _stats_delta([s.to_dict() for s in self.worker.stats()], before),
+                self.worker.last_ops)
 
 
 def _stats_delta(now: list[dict], before: list[dict]) -> list[dict]:
@@ -354,11 +398,12 @@ def _run_ray(model_dir, opts, encoded, batches, report, progress) -> None:
             [ref], _ = ray.wait(list(pending), num_returns=1)
             w = pending.pop(ref)
             try:
-                kind, payload, stats = ray.get(ref)
+                kind, payload, stats, ops = ray.get(ref)
             except ray.exceptions.RayError as e:
                 raise LowbitError(f"co-simulation on Ray failed: "
                                   f"{str(e).strip().splitlines()[-1][:300]}") from None
             _merge_stats(report, stats)
+            _merge_ops(report, ops)
             if kind == "mismatch":
                 report.mismatch = payload
                 break
@@ -402,6 +447,8 @@ def _run_jobs(model_dir, opts, encoded, batches, report, progress) -> None:
                 continue
             if kind == "batch":
                 _take(report, payload, progress)
+            elif kind == "ops":
+                _merge_ops(report, payload)
             elif kind == "stats":
                 _merge_stats(report, payload)
                 finished += 1

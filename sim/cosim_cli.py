@@ -38,6 +38,9 @@ def _add_common(p, *, jobs_default) -> None:
                    help=f"the units' largest K (default {DEFAULT_MAX_K}, the contract's; it must "
                         f"cover the model's widest matmul)")
     p.add_argument("--lanes", type=int, default=32, help="XNOR unit lanes (default 32)")
+    p.add_argument("--vector-lanes", type=int, default=8,
+                   help="elements per beat of the vector units that run the integer-only "
+                        "model's other operations (default 8)")
     p.add_argument("--ray", metavar="ADDRESS", nargs="?", const="", default=None,
                    help="send the batches to --jobs Ray workers: the cluster at ADDRESS, or "
                         "without one a local Ray instance (docs/regress.md)")
@@ -96,10 +99,12 @@ def _options(args):
                                 ("--batch-size", args.batch_size, 1, 100_000),
                                 ("--rows", args.rows, 1, 64), ("--cols", args.cols, 1, 64),
                                 ("--max-k", args.max_k, 1, 1 << 30),
-                                ("--lanes", args.lanes, 1, 256)):
+                                ("--lanes", args.lanes, 1, 256),
+                                ("--vector-lanes", args.vector_lanes, 1, 64)):
         if not lo <= value <= hi:
             raise LowbitError(f"{flag} must be an integer in {lo}..{hi}, not {value}")
     return CosimOptions(rows=args.rows, cols=args.cols, max_k=args.max_k, lanes=args.lanes,
+                        vector_lanes=args.vector_lanes,
                         beam=args.beam, batch_size=args.batch_size, jobs=args.jobs,
                         plant_fault=getattr(args, "plant_mismatch", None),
                         ray=args.ray, crash_once=args.crash_once,
@@ -107,10 +112,11 @@ def _options(args):
 
 
 def _rtl_fault(name):
-    from lowbit.hw.faults import FAULTS
+    from lowbit.hw.faults import FAULTS, VECTOR_FAULTS
 
-    if name is not None and name not in FAULTS:
-        raise LowbitError(f"--rtl-fault must be one of {', '.join(FAULTS)}, not {name!r}")
+    names = list(FAULTS) + list(VECTOR_FAULTS)
+    if name is not None and name not in names:
+        raise LowbitError(f"--rtl-fault must be one of {', '.join(names)}, not {name!r}")
     return name
 
 
@@ -207,8 +213,26 @@ def _finish(report) -> int:
         print(CosimMismatch(report.mismatch).message())
     for i in report.differing[:5]:
         print(f"TOKENS DIFFER in sentence {i + 1} (RTL decode vs golden decode)")
+    if report.ops:
+        print(ops_line(report))
     print(f"identical: {report.identical}/{report.sentences} sentences", flush=True)
     return 0 if report.ok else 1
+
+
+def ops_line(report) -> str:
+    """``ops on RTL: N/N (...)``: every operation of the integer-only decode, matmuls included,
+    and how many of each ran on an RTL unit."""
+    from lowbit.hw.units import unit_class
+
+    parts, rtl, total = [], 0, 0
+    for u in report.units:
+        if unit_class(u.unit).family != "vector":     # a matmul unit: every call is on RTL
+            parts.append(f"{u.unit} matmul {u.calls}")
+            rtl, total = rtl + u.calls, total + u.calls
+    for op, (on, calls) in report.ops.items():
+        parts.append(f"{op} {on}" if on == calls else f"{op} {on}/{calls}")
+        rtl, total = rtl + on, total + calls
+    return f"ops on RTL: {rtl}/{total} ({', '.join(parts)})"
 
 
 def _check_outputs(args, *flags) -> None:

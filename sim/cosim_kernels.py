@@ -68,7 +68,7 @@ class CosimMismatch(Exception):
     def message(self) -> str:
         i = self.info
         idx = ", ".join(str(v) for v in i["index"])
-        return (f"MISMATCH in matmul #{i['call']} {i['kernel']} at {i['site']} "
+        return (f"MISMATCH in {i.get('what', 'matmul')} #{i['call']} {i['kernel']} at {i['site']} "
                 f"(layer {i['layer']}, role {i['role']}, shapes {i['shapes']} -> "
                 f"{i['result_shape']}): first differing element [{idx}]: rtl {i['rtl']} vs "
                 f"golden {i['golden']} ({i['differing']} of {i['elements']} elements differ)")
