@@ -63,9 +63,17 @@ class SoftmaxDescription(VectorDescription):
     def numerator_width(self) -> int:
         return (self.top << RECIP_BITS).bit_length()
 
+    @property
+    def recip_width(self) -> int:
+        """Bits of ``R``: a row with a kept position has ``S >= 2**15`` (its maximum's
+        exponential), so ``R <= top * 2**16 < 2**(out_bits + 15)``; the divider computes only
+        those quotient bits (``N < S * 2**(out_bits + 15)``). A row without one has every
+        ``e = 0``, whatever ``R`` is."""
+        return self.out_bits + 15
+
     def cycles_per_row(self, length):
         w = -(-length // self.lanes)
-        return 3 * w + self.numerator_width + 7
+        return 3 * w + self.recip_width + 7
 
     # --- operands -------------------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class Softmax(VectorUnit):
 
     Streams: ``cfg`` {length}; ``x`` {data, keep (1 = position takes part), last}; ``y``
     {data, last}, ``ceil(length / lanes)`` beats per row. Cycles per row with beats offered and
-    taken at once: ``3 * ceil(length / lanes) + (out_bits + 30) + 7``.
+    taken at once: ``3 * ceil(length / lanes) + out_bits + 22``.
     """
 
     def __init__(self, **params):
@@ -170,7 +178,7 @@ class Softmax(VectorUnit):
         word_layout = data.StructLayout({"z": data.ArrayLayout(signed(self.in_bits), lanes),
                                          "keep": unsigned(lanes)})
         m.submodules.buf = buf = RowBuffer(word_layout, words)
-        m.submodules.div = div = Divider(d.numerator_width, d.sum_width)
+        m.submodules.div = div = Divider(d.numerator_width, d.sum_width, d.recip_width)
         m.submodules.table = table = Memory(shape=unsigned(EXP_ONE_BITS + 1),
                                             depth=1 << EXP_INDEX_BITS, init=self.exp_table())
         ports = [table.read_port() for _ in range(lanes)]
@@ -181,7 +189,7 @@ class Softmax(VectorUnit):
         zmax = Signal(signed(self.in_bits))
         kept = Signal()                                     # the row has a kept position
         total = Signal(d.sum_width)
-        recip = Signal(d.numerator_width)
+        recip = Signal(d.recip_width)
 
         # --- ingest: store each beat, running maximum over kept positions ---------------------
         beat = self.x.payload

@@ -189,32 +189,45 @@ class Divider(_Sequential):
     Parameters
     ----------
     n_width, d_width : int, 1..128
-        Widths of ``N`` and ``D`` (unsigned). The quotient has ``n_width`` bits.
+        Widths of ``N`` and ``D`` (unsigned).
+    q_width : int, 1..n_width, optional
+        Width of the quotient (default ``n_width``). A caller that knows ``N < D * 2**q_width``
+        (softmax: ``S >= 2**15``) saves ``n_width - q_width`` cycles: ``N``'s top bits start as
+        the partial remainder. Otherwise ``q`` and ``r`` are unspecified.
 
     Ports
     -----
     i : In(stream) payload ``{n, d}``
-    o : Out(stream) payload ``{q, r}``, :attr:`latency` = ``n_width`` cycles after ``i``.
+    o : Out(stream) payload ``{q, r}``, :attr:`latency` = ``q_width`` cycles after ``i``.
 
-    ``D = 0`` gives ``q = 2**n_width - 1`` (every trial subtraction succeeds) and an unspecified
-    ``r``; units that can meet it choose their result themselves.
+    ``D = 0`` gives ``q = 2**q_width - 1`` when ``q_width = n_width`` (every trial subtraction
+    succeeds) and an unspecified ``r``; units that can meet it choose their result themselves.
     """
 
-    def __init__(self, n_width: int, d_width: int):
+    def __init__(self, n_width: int, d_width: int, q_width: int | None = None):
         self.n_width = _check_width("n_width", "N width", n_width)
         self.d_width = _check_width("d_width", "D width", d_width)
-        self.steps = n_width
+        if q_width is None:
+            q_width = n_width
+        if not isinstance(q_width, int) or isinstance(q_width, bool) or \
+                not 1 <= q_width <= n_width:
+            raise ParameterTypeError("q_width", "Q width", f"must be an integer in "
+                                     f"1..{n_width}, not {q_width!r}")
+        self.q_width = self.steps = q_width
         self._d = Signal(d_width, name="divisor")
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({"n": unsigned(n_width),
                                                         "d": unsigned(d_width)}))),
-            "o": Out(stream.Signature(data.StructLayout({"q": unsigned(n_width),
+            "o": Out(stream.Signature(data.StructLayout({"q": unsigned(q_width),
                                                          "r": unsigned(d_width)}))),
         })
 
     def _load(self, m, p):
-        # ``o.payload.q`` holds N's remaining bits at the top and the quotient bits below.
-        m.d.sync += [self.o.payload.q.eq(p.n), self.o.payload.r.eq(0), self._d.eq(p.d)]
+        # ``o.payload.q`` holds N's remaining bits at the top and the quotient bits below; the
+        # bits above them start as the partial remainder (below D by the caller's promise).
+        q = self.q_width
+        m.d.sync += [self.o.payload.q.eq(p.n[:q]), self.o.payload.r.eq(p.n[q:]),
+                     self._d.eq(p.d)]
 
     def _step(self, m):
         num, rem = self.o.payload.q, self.o.payload.r

@@ -73,6 +73,23 @@ def test_divider_matches_python_floor_division(n_width, d_width):
     assert set(lat) == {div.latency} and div.latency == n_width
 
 
+@pytest.mark.parametrize("n_width, d_width, q_width", [(38, 31, 23), (46, 32, 31), (8, 8, 1)])
+def test_divider_with_a_short_quotient(n_width, d_width, q_width):
+    """``q_width`` < ``n_width``: exact wherever ``N < D * 2**q_width`` (the caller's promise),
+    in ``q_width`` cycles; softmax's case (N = 127 * 2**31, D = S >= 2**15) among them."""
+    rng = random.Random(q_width)
+    cases = [(127 << 31, 1 << 15), (127 << 31, (1 << 31) - 1), (127 << 31, 55938)]
+    while len(cases) < 60:
+        n, d = rng.getrandbits(n_width), rng.randint(1, (1 << d_width) - 1)
+        if n < d << q_width:
+            cases.append((n, d))
+    cases = [(n, d) for n, d in cases if n < 1 << n_width and d < 1 << d_width]
+    div = Divider(n_width, d_width, q_width)
+    got, lat = run_stream_op(div, [{"n": n, "d": d} for n, d in cases])
+    assert [(g["q"], g["r"]) for g in got] == [divmod(n, d) for n, d in cases]
+    assert set(lat) == {q_width}
+
+
 def test_divider_by_zero_gives_all_ones():
     div = Divider(12, 5)
     got, _ = run_stream_op(div, [{"n": 1234, "d": 0}, {"n": 0, "d": 0}, {"n": 77, "d": 5}])
@@ -130,6 +147,7 @@ def test_row_buffer_reads_what_was_written():
 @pytest.mark.parametrize("make, message", [
     (lambda: Divider(0, 4), "^N width must be an integer in 1..128, not 0$"),
     (lambda: Divider(8, 129), "^D width must be an integer in 1..128, not 129$"),
+    (lambda: Divider(8, 4, 9), "^Q width must be an integer in 1..8, not 9$"),
     (lambda: Isqrt(True), "^Width must be an integer in 1..128, not True$"),
     (lambda: RowBuffer(8, 0), "^Depth must be a positive integer, not 0$"),
 ])
