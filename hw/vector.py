@@ -59,8 +59,7 @@ LANES = Param("lanes", "Lanes", 4, 1, MAX_VECTOR_LANES, size=True,
 
 def max_len_param(limit: int, default: int) -> Param:
     """The ``max_len`` parameter of a vector kind whose rows hold at most ``limit`` elements."""
-    return Param("max_len", "Max len", default, 1, limit, size=True,
-                 help=f"longest row (at most {limit})")
+    return Param("max_len", "Max len", default, 1, limit, size=True, help="longest row")
 
 
 # ---------------------------------------------------------------------------------------------
