@@ -23,6 +23,7 @@ _COMMAND_MODULES = [
     "lowbit.hw.cli",
     "lowbit.hw.board_cli",
     "lowbit.sim.cli",
+    "lowbit.sim.accel_bench",
     "lowbit.regress",
 ]
 
