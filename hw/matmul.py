@@ -382,7 +382,10 @@ class _XnorPE(ProcessingElements):
     def _planes(self):
         """Per weight plane ``i``: 1 when the product being accumulated belongs to it."""
         sel = self._s1["wplane"]
-        return [C(1, 1) if self.w_planes == 1 else sel == i for i in range(self.w_planes)]
+        # plane 0 as ~sel.any(): Amaranth writes `sel == 0` as a multi-bit `!sel`, which
+        # Verilator's lint rejects (WIDTHTRUNC)
+        return [C(1, 1) if self.w_planes == 1 else ~sel.any() if i == 0 else sel == i
+                for i in range(self.w_planes)]
 
     def accumulator_shape(self, description):
         return unsigned(self.sum_bits * self.w_planes)
