@@ -1,0 +1,218 @@
+"""The host side of the sequencer (:mod:`lowbit.hw.sequencer`): a compiler from a sequence of
+integer operations to a command list and a scratchpad image, the golden result of every
+operation beside it, and a runner in the Amaranth simulator that loads both through the host
+ports, starts the program and reads every result back.
+
+Operations (the ones the integer-only decode runs, docs/numerics.md): ``matmul`` (INT8, raw
+``A @ W.T + bias`` in int32), ``requant``, ``softmax``, ``residual``, ``layernorm``, ``argmax``.
+A vector operation's per-lane fields are ``[rows, length]`` arrays (one row each) or
+``[length]`` arrays (one row for every row: a layer's constants), its ``cfg`` scalars plain
+integers; field names are the unit's beat fields (docs/hardware.md, "Vector units").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth.hdl import unsigned
+
+from .sequencer import OPCODES, SCALARS, SLOTS, Sequencer, unit_descriptions
+
+__all__ = ["Region", "Program", "SeqRun", "run_program"]
+
+
+@dataclass(frozen=True)
+class Region:
+    """A tensor in the scratchpad: ``shape`` elements row-major from word ``addr``."""
+    name: str
+    addr: int
+    shape: tuple
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+@dataclass
+class Program:
+    """Commands and scratchpad image under construction.
+
+    Parameters
+    ----------
+    depth, max_len : the :class:`~lowbit.hw.sequencer.Sequencer`'s.
+    """
+    depth: int = 4096
+    max_len: int = 512
+    image: dict = field(default_factory=dict)      # addr -> value (inputs)
+    commands: list = field(default_factory=list)
+    golden: dict = field(default_factory=dict)     # region name -> expected int64 array
+    regions: dict = field(default_factory=dict)
+    top: int = 0
+
+    def __post_init__(self):
+        self.descriptions = unit_descriptions(self.max_len)
+
+    def alloc(self, name: str, shape) -> Region:
+        shape = tuple(int(s) for s in np.atleast_1d(shape))
+        if name in self.regions:
+            raise ValueError(f"region {name!r} exists already")
+        r = Region(name, self.top, shape)
+        if self.top + r.size > self.depth:
+            raise ValueError(f"scratchpad of {self.depth} words is full at {name!r} "
+                             f"({self.top} + {r.size} words)")
+        self.top += r.size
+        self.regions[name] = r
+        return r
+
+    def put(self, name: str, array) -> Region:
+        """Place an input tensor (its own golden value)."""
+        a = np.asarray(array, dtype=np.int64)
+        r = self.alloc(name, a.shape)
+        for i, v in enumerate(a.reshape(-1)):
+            self.image[r.addr + i] = int(v)
+        self.golden[name] = a
+        return r
+
+    def _operand(self, name: str, value) -> Region:
+        return value if isinstance(value, Region) else self.put(name, value)
+
+    def matmul(self, name: str, a, w, bias) -> Region:
+        """``Y = A @ W.T + bias`` (A ``[M, K]`` int8, W ``[N, K]`` int8, bias ``[N]`` int32)."""
+        a, w, bias = (self._operand(f"{name}.{n}", v) for n, v in
+                      (("a", a), ("w", w), ("bias", bias)))
+        (mm, k), (n, k2) = a.shape, w.shape
+        if k != k2 or bias.shape != (n,):
+            raise ValueError(f"matmul {name!r}: shapes {a.shape} x {w.shape} + {bias.shape}")
+        out = self.alloc(name, (mm, n))
+        ga, gw, gb = (self.golden[r.name] for r in (a, w, bias))
+        d = self.descriptions["matmul"]
+        for op, g, shape in (("a", ga, d.x_layout.members["a"].elem_shape),
+                            ("w", gw, d.x_layout.members["w"].elem_shape),
+                            ("bias", gb, d.cfg_layout.members["bias"].elem_shape)):
+            _check_range(f"matmul {name!r} operand {op}", g, shape)
+        if k > d.max_k:
+            raise ValueError(f"matmul {name!r}: K = {k} exceeds max_k {d.max_k}")
+        self.golden[name] = ga @ gw.T + gb
+        _check_range(f"matmul {name!r} result", self.golden[name],
+                     d.y_layout.members["data"].elem_shape)
+        self.commands.append({"op": OPCODES["matmul"], "rows": mm, "length": n, "k": k,
+                              "dst": out.addr, "src": [a.addr, w.addr, bias.addr],
+                              "stride": 0, "scalar": []})
+        return out
+
+    def vector(self, kind: str, name: str, x: dict, cfg: dict | None = None) -> Region:
+        """One vector operation over ``rows`` rows of ``length``: ``x`` {beat field: Region
+        or array}, ``data`` ``[rows, length]`` required; ``cfg`` {scalar field: int}."""
+        d = self.descriptions[kind]
+        cfg = dict(cfg or {})
+        data = self._operand(f"{name}.data", x["data"])
+        rows, length = data.shape
+        x_names = [n for n in d.x_layout.members if n != "last"]
+        cfg_names = [n for n in d.cfg_layout.members if n != "length"]
+        if set(x) != set(x_names) or set(cfg) != set(cfg_names):
+            raise ValueError(f"{kind} takes x fields {x_names} and cfg {cfg_names}, "
+                             f"not {sorted(x)} and {sorted(cfg)}")
+        src, stride, gx = [], 0, {}
+        for s, n in enumerate(x_names):
+            r = data if n == "data" else self._operand(f"{name}.{n}", x[n])
+            g = self.golden[r.name]
+            if r.shape == (rows, length):
+                stride |= 1 << s
+            elif r.shape != (length,):
+                raise ValueError(f"{kind} {name!r}: field {n} has shape {r.shape}, "
+                                 f"not {(rows, length)} or {(length,)}")
+            _check_range(f"{kind} {name!r} field {n}", g, d.x_layout.members[n].elem_shape)
+            src.append(r.addr)
+            gx[n] = np.array(np.broadcast_to(g, (rows, length)))
+        gcfg = {n: np.full(rows, int(cfg[n]), np.int64) for n in cfg_names}
+        for n in cfg_names:
+            _check_range(f"{kind} {name!r} cfg {n}", gcfg[n], d.cfg_layout.members[n])
+        want = d.golden_rows(d.operands_from_fields(gcfg, gx))
+        out = self.alloc(name, want.shape)
+        self.golden[name] = np.asarray(want, np.int64)
+        self.commands.append({"op": OPCODES[kind], "rows": rows, "length": length, "k": 0,
+                              "dst": out.addr, "src": src, "stride": stride,
+                              "scalar": [int(cfg[n]) for n in cfg_names]})
+        return out
+
+    def command_words(self) -> list:
+        """The commands with every field present, HALT last."""
+        out = []
+        for c in self.commands + [{"op": OPCODES["halt"]}]:
+            src = list(c.get("src", []))
+            out.append({"op": c["op"], "rows": c.get("rows", 0), "length": c.get("length", 0),
+                        "k": c.get("k", 0), "dst": c.get("dst", 0),
+                        "src": src + [0] * (SLOTS - len(src)), "stride": c.get("stride", 0),
+                        "scalar": list(c.get("scalar", [])) + [0] * (SCALARS - len(
+                            c.get("scalar", [])))})
+        return out
+
+
+def _check_range(what: str, values: np.ndarray, shape) -> None:
+    """The unit's field takes only ``shape``'s values: anything else would be truncated."""
+    shape = unsigned(shape) if isinstance(shape, int) else shape
+    lo, hi = (-(1 << (shape.width - 1)), (1 << (shape.width - 1)) - 1) if shape.signed \
+        else (0, (1 << shape.width) - 1)
+    if values.size and (values.min() < lo or values.max() > hi):
+        raise ValueError(f"{what} must lie in {lo}..{hi}, not {values.min()}..{values.max()}")
+
+
+@dataclass
+class SeqRun:
+    results: dict      # region name -> int64 array read back from the scratchpad
+    cycles: int        # the sequencer's count from start to done
+    seconds: float
+
+
+def run_program(program: Program, *, program_depth: int = 64, timeout: int = 2_000_000
+                ) -> SeqRun:
+    """Load ``program`` through the host ports of a :class:`Sequencer` in the Amaranth
+    simulator, run it and read every region back."""
+    from amaranth.sim import Simulator
+
+    words = program.command_words()
+    if len(words) > program_depth:
+        raise ValueError(f"{len(words)} commands do not fit {program_depth} program words")
+    dut = Sequencer(depth=program.depth, program_depth=program_depth,
+                    max_len=program.max_len)
+    got: dict = {}
+    count: dict = {}
+
+    async def host(ctx):
+        for addr, value in sorted(program.image.items()):
+            ctx.set(dut.mem_waddr, addr)
+            ctx.set(dut.mem_wdata, value)
+            ctx.set(dut.mem_we, 1)
+            await ctx.tick()
+        ctx.set(dut.mem_we, 0)
+        for i, w in enumerate(words):
+            ctx.set(dut.prog_waddr, i)
+            ctx.set(dut.prog_wdata, w)
+            ctx.set(dut.prog_we, 1)
+            await ctx.tick()
+        ctx.set(dut.prog_we, 0)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for _ in range(timeout):
+            if ctx.get(dut.done):
+                break
+            await ctx.tick()
+        else:
+            raise RuntimeError(f"the sequencer did not finish in {timeout} cycles")
+        count["cycles"] = ctx.get(dut.cycles)
+        for name, r in program.regions.items():
+            vals = []
+            for i in range(r.size):
+                ctx.set(dut.mem_raddr, r.addr + i)
+                vals.append(ctx.get(dut.mem_rdata))
+            got[name] = np.array(vals, np.int64).reshape(r.shape)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(host)
+    t0 = time.perf_counter()
+    sim.run()
+    return SeqRun(got, count["cycles"], time.perf_counter() - t0)

@@ -1,0 +1,136 @@
+"""The sequencer top (hw/sequencer.py) runs compiled command lists (hw/seq_program.py) in the
+Amaranth simulator; every result it writes to the scratchpad equals the golden operation."""
+
+import numpy as np
+import pytest
+
+from lowbit.hw.seq_program import Program, run_program
+from lowbit.hw.sequencer import Sequencer
+
+VECTOR_KINDS = ("requant", "softmax", "residual", "layernorm", "argmax")
+
+
+def _assert_equal(program, run):
+    for name, want in program.golden.items():
+        got = run.results[name]
+        assert got.shape == want.shape, name
+        if not np.array_equal(got, want):
+            bad = np.argwhere(got != want)[0]
+            raise AssertionError(f"{name}{tuple(bad)}: RTL {got[tuple(bad)]}, golden "
+                                 f"{want[tuple(bad)]}")
+
+
+def _add_rows(p, kind, name, ops):
+    """One command per group of rows that share their cfg scalars (the corner cases vary
+    them from row to row)."""
+    d = p.descriptions[kind]
+    x = d.x_fields(ops)
+    cfg = d.cfg_fields(ops)
+    rows = x["data"].shape[0]
+    for r in range(rows):
+        p.vector(kind, f"{name}.{r}", {n: v[r:r + 1] for n, v in x.items()},
+                 {n: int(np.asarray(v)[r]) for n, v in cfg.items()})
+
+
+@pytest.mark.parametrize("kind", VECTOR_KINDS)
+def test_single_vector_commands(kind):
+    """Random rows (one command of 3 rows) and every corner case of the unit's kind."""
+    rng = np.random.default_rng(15)
+    p = Program(depth=4096, max_len=64)
+    d = p.descriptions[kind]
+    ops = d.random_rows(rng, 3, 13)
+    x, cfg = d.x_fields(ops), d.cfg_fields(ops)
+    # One command for the three rows: the cfg scalars of row 0 for all of them.
+    p.vector(kind, "random", x, {n: int(np.asarray(v)[0]) for n, v in cfg.items()})
+    for case, cops in d.corner_cases(rng):
+        if d.x_fields(cops)["data"].shape[1] <= p.max_len:
+            _add_rows(p, kind, case, cops)
+    assert len(p.commands) > 1
+    run = run_program(p, program_depth=256)
+    _assert_equal(p, run)
+    assert run.cycles > 0
+
+
+def test_matmul_command_and_broadcast_fields():
+    """A matmul (int8 extremes included) and a vector command reading layer constants
+    ([length] fields) for every row."""
+    rng = np.random.default_rng(7)
+    p = Program(depth=1024, max_len=64)
+    a = rng.integers(-128, 128, (3, 9))
+    a[0] = -128
+    w = rng.integers(-128, 128, (5, 9))
+    w[1] = -128
+    bias = rng.integers(-2**20, 2**20, 5)
+    y = p.matmul("y", a, w, bias)
+    p.vector("requant", "q", {"data": y, "mult": rng.integers(0, 2**16, 5),
+                              "shift": rng.integers(0, 24, 5)}, {"relu": 1})
+    run = run_program(p)
+    _assert_equal(p, run)
+    assert np.array_equal(run.results["y"], a @ w.T + bias)
+
+
+def _requant_params(rng, n, k, width=8):
+    """Per-channel mult/shift that bring a K-long int8 dot product near ``width`` bits."""
+    shift = np.full(n, 16 + int(np.log2(k)) + 14 - width, np.int64)
+    return rng.integers(2**14, 2**15, n), shift
+
+
+def test_attention_and_ffn_block():
+    """One attention head and one FFN block with residuals and LayerNorms, chained through
+    the scratchpad (each command reads what the one before wrote), then an output
+    projection and argmax; every intermediate tensor equals the golden chain."""
+    rng = np.random.default_rng(2026)
+    L, D, F, V = 5, 8, 16, 12
+    p = Program(depth=4096, max_len=64)
+    x = p.put("x", rng.integers(-128, 128, (L, D)))
+
+    def linear(name, a, w, bias, relu=0):
+        acc = p.matmul(f"{name}.acc", a, w, bias)
+        mult, shift = _requant_params(rng, w.shape[0], w.shape[1])
+        return p.vector("requant", name, {"data": acc, "mult": mult, "shift": shift},
+                        {"relu": relu})
+
+    def weights(n, k):
+        return rng.integers(-128, 128, (n, k)), rng.integers(-2000, 2000, n)
+
+    q = linear("q", x, *weights(D, D))
+    k = linear("k", x, *weights(D, D))
+    wv, _ = weights(D, D)
+    # V^T = Wv @ x^T: the P @ V matmul reads V^T's rows as its weights (no transpose needed).
+    vt = linear("vt", p.put("wv", wv), p.golden["x"], np.zeros(L, np.int64))
+    scores = p.matmul("scores", q, k, np.zeros(L, np.int64))
+    assert np.abs(p.golden["scores"]).max() < 2**15
+    probs = p.vector("softmax", "probs", {"data": scores, "keep": np.tril(np.ones((L, L)))})
+    ctx = linear("ctx", probs, p.golden["vt"], np.zeros(D, np.int64))
+    ma, sa = _requant_params(rng, D, 1, 14)
+    res = p.vector("residual", "res1", {"data": x, "b": ctx, "mult_a": ma, "shift_a": sa,
+                                        "mult_b": ma, "shift_b": sa})
+    g, b = rng.integers(2**12, 2**14, D), rng.integers(-2**20, 2**20, D)
+    h = p.vector("layernorm", "ln1", {"data": res, "g": g, "b": b}, {"shift": 16, "eps": 1})
+    f1 = linear("ffn1", h, *weights(F, D), relu=1)
+    f2 = linear("ffn2", f1, *weights(D, F))
+    res2 = p.vector("residual", "res2", {"data": h, "b": f2, "mult_a": ma, "shift_a": sa,
+                                         "mult_b": ma, "shift_b": sa})
+    h2 = p.vector("layernorm", "ln2", {"data": res2, "g": g, "b": b}, {"shift": 16, "eps": 1})
+    logits = p.matmul("logits", h2, *weights(V, D))
+    p.vector("argmax", "tokens", {"data": logits})
+    run = run_program(p)
+    _assert_equal(p, run)
+    # The chain is not trivial: softmax rows are masked, ReLU clips, tokens differ.
+    assert (run.results["ffn1"] == 0).any() and (run.results["ffn1"] > 0).any()
+    assert (run.results["probs"][0, 1:] == 0).all() and len(set(run.results["tokens"])) > 1
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_compiler_and_parameter_errors():
+    p = Program(depth=64, max_len=16)
+    with pytest.raises(ValueError, match="operand a must lie in -128..127"):
+        p.matmul("y", [[200]], [[1]], [0])
+    with pytest.raises(ValueError, match="softmax takes x fields"):
+        p.vector("softmax", "s", {"data": [[1, 2]]})
+    with pytest.raises(ValueError, match="field keep has shape"):
+        p.vector("softmax", "s2", {"data": [[1, 2]], "keep": [1, 1, 1]})
+    with pytest.raises(ValueError, match="scratchpad of 64 words is full"):
+        p.put("big", np.zeros((9, 9)))
+    with pytest.raises(ValueError, match="Depth must be an integer of at least 2, not 1"):
+        Sequencer(depth=1)
