@@ -163,6 +163,7 @@ def _check_range(what: str, values: np.ndarray, shape) -> None:
 class SeqRun:
     results: dict      # region name -> int64 array read back from the scratchpad
     cycles: int        # the sequencer's count from start to done
+    command_cycles: list   # cycles of each command, fetch to the next fetch (HALT excluded)
     seconds: float
 
 
@@ -196,13 +197,18 @@ def run_program(program: Program, *, program_depth: int = 64, timeout: int = 2_0
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
-        for _ in range(timeout):
+        marks, pc = [0], 0
+        for cycle in range(1, timeout):
             if ctx.get(dut.done):
                 break
             await ctx.tick()
+            if ctx.get(dut.pc) != pc:
+                pc = ctx.get(dut.pc)
+                marks.append(cycle)
         else:
             raise RuntimeError(f"the sequencer did not finish in {timeout} cycles")
         count["cycles"] = ctx.get(dut.cycles)
+        count["commands"] = list(np.diff(marks))
         for name, r in program.regions.items():
             vals = []
             for i in range(r.size):
@@ -215,4 +221,4 @@ def run_program(program: Program, *, program_depth: int = 64, timeout: int = 2_0
     sim.add_testbench(host)
     t0 = time.perf_counter()
     sim.run()
-    return SeqRun(got, count["cycles"], time.perf_counter() - t0)
+    return SeqRun(got, count["cycles"], count["commands"], time.perf_counter() - t0)

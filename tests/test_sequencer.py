@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The sequencer top (hw/sequencer.py) runs compiled command lists (hw/seq_program.py) in the
 Amaranth simulator; every result it writes to the scratchpad equals the golden operation."""
 
@@ -6,6 +7,7 @@ import pytest
 
 from lowbit.hw.seq_program import Program, run_program
 from lowbit.hw.sequencer import Sequencer
+from lowbit.hw.verilog import flat_verilog, lint_verilog
 
 VECTOR_KINDS = ("requant", "softmax", "residual", "layernorm", "argmax")
 
@@ -121,7 +123,6 @@ def test_attention_and_ffn_block():
     assert (run.results["probs"][0, 1:] == 0).all() and len(set(run.results["tokens"])) > 1
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_compiler_and_parameter_errors():
     p = Program(depth=64, max_len=16)
     with pytest.raises(ValueError, match="operand a must lie in -128..127"):
@@ -134,3 +135,10 @@ def test_compiler_and_parameter_errors():
         p.put("big", np.zeros((9, 9)))
     with pytest.raises(ValueError, match="Depth must be an integer of at least 2, not 1"):
         Sequencer(depth=1)
+
+
+def test_verilog_lint_clean():
+    """The whole top as one flat Verilog module passes the units' lint (-Wall, same waivers)."""
+    src = flat_verilog(Sequencer(depth=256, program_depth=16, max_len=32), "sequencer")
+    assert "module sequencer" in src
+    lint_verilog(src, "sequencer")
