@@ -116,7 +116,12 @@ class Program:
                              f"not {sorted(x)} and {sorted(cfg)}")
         src, stride, gx = [], 0, {}
         for s, n in enumerate(x_names):
-            r = data if n == "data" else self._operand(f"{name}.{n}", x[n])
+            v = x[n]
+            if n != "data" and not isinstance(v, Region):
+                v = np.asarray(v, np.int64)
+                if v.ndim == 2 and len(v) > 1 and (v == v[:1]).all():
+                    v = v[0]      # the same row for every row: stored once, stride 0
+            r = data if n == "data" else self._operand(f"{name}.{n}", v)
             g = self.golden[r.name]
             if r.shape == (rows, length):
                 stride |= 1 << s

@@ -32,7 +32,7 @@ SCALAR_BITS = 48
 
 #: Opcode of each command kind; 0 stops the program.
 OPCODES = {"halt": 0, "matmul": 1, "requant": 2, "softmax": 3, "residual": 4, "layernorm": 5,
-           "argmax": 6}
+           "argmax": 6, "requant16": 7}
 
 #: The units' parameters (those of the integer-only co-simulation, sim/cosim_ops.py, with one
 #: element per beat); ``max_len`` comes from the sequencer.
@@ -43,6 +43,7 @@ UNIT_PARAMS = {
     "residual": {"a_bits": 8, "b_bits": 47, "out_bits": 16, "per_channel": True},
     "layernorm": {"in_bits": 16, "out_bits": 8},
     "argmax": {"in_bits": 32},
+    "requant16": {"in_bits": 47, "out_bits": 16, "per_channel": True},   # attention scores
 }
 
 
@@ -63,8 +64,9 @@ def command_layout(addr_bits: int) -> data.StructLayout:
 def unit_descriptions(max_len: int) -> dict:
     """``{opcode name: description}`` of the units a :class:`Sequencer` holds."""
     out = {"matmul": describe("int8", **UNIT_PARAMS["matmul"])}
-    for kind in ("requant", "softmax", "residual", "layernorm", "argmax"):
-        out[kind] = describe(kind, lanes=1, max_len=max_len, **UNIT_PARAMS[kind])
+    for name in ("requant", "softmax", "residual", "layernorm", "argmax", "requant16"):
+        kind = name.removesuffix("16")
+        out[name] = describe(kind, lanes=1, max_len=max_len, **UNIT_PARAMS[name])
     return out
 
 

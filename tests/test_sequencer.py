@@ -145,3 +145,70 @@ def test_verilog_lint_clean():
     src = flat_verilog(Sequencer(depth=256, program_depth=16, max_len=32), "sequencer")
     assert "module sequencer" in src
     lint_verilog(src, "sequencer")
+
+
+def _record_layer_ops(layer: str, sentence: str):
+    """The shipped integer-only model encodes ``sentence``; every operation between the
+    matmuls at the sites of ``layer`` is recorded with its arguments and golden result."""
+    import torch
+
+    from lowbit.sw.quant import kernels
+    from lowbit.sw.quant.packed import load_packed
+
+    model, tokenizer, _ = load_packed("lowbit/models/multi30k-en-de-int8i")
+    rec = []
+
+    def recorder(op):
+        def run(*args, **kwargs):
+            out = getattr(kernels.OPS[op], op)(*args, **kwargs)   # the golden op
+            if kernels.current_site().name.startswith(layer):
+                rec.append((op, kernels.current_site().name, args, kwargs, out))
+            return out
+        return run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        src = torch.tensor([tokenizer.encode(sentence, "source")])
+        ops = ("requantize", "softmax", "residual_add", "layernorm")
+        with kernels.use_kernels(**{op: recorder(op) for op in ops}):
+            model.encode(src)
+    finally:
+        torch.set_num_threads(threads)
+    return model.config, rec
+
+
+@pytest.mark.slow
+def test_real_encoder_layer_operations():
+    """Encoder layer 0 of multi30k-en-de-int8i on a real sentence: each operation between the
+    matmuls (requantize of q/k/v/fc1, attention scores, softmax, P.V requantize, two residual
+    adds, two LayerNorms) runs on the sequencer with the model's own operands and equals the
+    golden model's intermediate tensor (the matmuls stay on the host here: 1 x 1 array)."""
+    from lowbit.sim.cosim_ops import RtlOps
+
+    config, rec = _record_layer_ops("model.encoder.layers.0.", "A man is sleeping.")
+    adapt = RtlOps(config)      # the operand mapping of the whole-model co-simulation
+    p = Program(depth=65536, max_len=1024)
+    want = {}
+    for i, (op, site, args, kwargs, out) in enumerate(rec):
+        kind, params, ops, _ = getattr(adapt, f"_{op}")(*args, **kwargs)
+        name = kind
+        if kind == "requant":
+            name = "requant16" if params["out_bits"] == 16 else "requant"
+            if not params["per_channel"]:     # one scale for the tensor: the same per channel
+                n = ops["data"].shape[1]
+                ops = {**ops, "mult": np.repeat(ops["mult"][:, None], n, 1),
+                       "shift": np.repeat(ops["shift"][:, None], n, 1)}
+        d = p.descriptions[name]
+        assert all(d.params[k] == v for k, v in params.items()
+                   if k not in ("max_len", "per_channel")), (site, params)
+        cfg = {k: np.asarray(v) for k, v in d.cfg_fields(ops).items()}
+        assert all((v == v[0]).all() for v in cfg.values()), site
+        region = p.vector(name, f"{i}:{site}", d.x_fields(ops),
+                          {k: int(v[0]) for k, v in cfg.items()})
+        want[region.name] = out.reshape(region.shape).numpy()
+    assert {op for op, *_ in rec} == {"requantize", "softmax", "residual_add", "layernorm"}
+    assert len(want) == 11
+    run = run_program(p)
+    for name, tensor in want.items():
+        assert np.array_equal(run.results[name], tensor), name
