@@ -20,7 +20,7 @@ from amaranth.hdl import unsigned
 
 from .sequencer import OPCODES, SCALARS, SLOTS, Sequencer, unit_descriptions
 
-__all__ = ["Region", "Program", "SeqRun", "run_program"]
+__all__ = ["Region", "View", "Program", "SeqRun", "run_program"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,41 @@ class Region:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
+
+    def view(self, offset: int, shape, row_stride: int, col_stride: int = 1) -> "View":
+        """Elements ``[i, j]`` at ``offset + i * row_stride + j * col_stride`` of this
+        region (one attention head: ``view(h * dh, (L, dh), D)``; V as V^T:
+        ``view(h * dh, (dh, L), 1, D)``)."""
+        return View(self, offset, tuple(shape), row_stride, col_stride)
+
+
+@dataclass(frozen=True)
+class View:
+    """A strided 2-D window of a :class:`Region` (matmul operands and results)."""
+    region: Region
+    offset: int
+    shape: tuple
+    row_stride: int
+    col_stride: int
+
+    @property
+    def addr(self) -> int:
+        return self.region.addr + self.offset
+
+    def _index(self) -> np.ndarray:
+        r, c = self.shape
+        idx = self.offset + np.arange(r)[:, None] * self.row_stride \
+            + np.arange(c)[None, :] * self.col_stride
+        if idx.size and (idx.min() < 0 or idx.max() >= self.region.size):
+            raise ValueError(f"view {self} leaves region {self.region.name!r}")
+        return idx
+
+    def gather(self, golden: dict) -> np.ndarray:
+        return golden[self.region.name].reshape(-1)[self._index()]
+
+    def scatter(self, golden: dict, values: np.ndarray) -> None:
+        flat = golden[self.region.name].reshape(-1)
+        flat[self._index()] = values
 
 
 @dataclass
@@ -68,7 +103,7 @@ class Program:
 
     def put(self, name: str, array) -> Region:
         """Place an input tensor (its own golden value)."""
-        a = np.asarray(array, dtype=np.int64)
+        a = np.array(array, dtype=np.int64)
         r = self.alloc(name, a.shape)
         for i, v in enumerate(a.reshape(-1)):
             self.image[r.addr + i] = int(v)
@@ -78,29 +113,52 @@ class Program:
     def _operand(self, name: str, value) -> Region:
         return value if isinstance(value, Region) else self.put(name, value)
 
-    def matmul(self, name: str, a, w, bias) -> Region:
-        """``Y = A @ W.T + bias`` (A ``[M, K]`` int8, W ``[N, K]`` int8, bias ``[N]`` int32)."""
-        a, w, bias = (self._operand(f"{name}.{n}", v) for n, v in
-                      (("a", a), ("w", w), ("bias", bias)))
+    def buffer(self, name: str, shape) -> Region:
+        """A result tensor that several commands fill through views (golden starts at 0)."""
+        r = self.alloc(name, shape)
+        self.golden[name] = np.zeros(r.shape, np.int64)
+        return r
+
+    def _view(self, name: str, value) -> View:
+        if isinstance(value, View):
+            return value
+        r = self._operand(name, value)
+        return r.view(0, r.shape, r.shape[-1] if len(r.shape) > 1 else 1)
+
+    def matmul(self, name: str, a, w, bias, out: View | None = None) -> Region:
+        """``Y = A @ W.T + bias`` (A ``[M, K]`` int8, W ``[N, K]`` int8, bias ``[N]`` int32).
+
+        ``a``, ``w`` and ``out`` may be :class:`View`\\ s of larger tensors (A's and Y's
+        elements along a row must be adjacent); without ``out`` Y is a new region ``name``.
+        """
+        a, w = self._view(f"{name}.a", a), self._view(f"{name}.w", w)
+        bias = self._operand(f"{name}.bias", bias)
         (mm, k), (n, k2) = a.shape, w.shape
         if k != k2 or bias.shape != (n,):
             raise ValueError(f"matmul {name!r}: shapes {a.shape} x {w.shape} + {bias.shape}")
-        out = self.alloc(name, (mm, n))
-        ga, gw, gb = (self.golden[r.name] for r in (a, w, bias))
+        if a.col_stride != 1 or (out is not None and out.col_stride != 1):
+            raise ValueError(f"matmul {name!r}: A and Y rows must be contiguous")
+        if out is None:
+            out = self.buffer(name, (mm, n)).view(0, (mm, n), n)
+        elif out.shape != (mm, n):
+            raise ValueError(f"matmul {name!r}: Y view {out.shape}, not {(mm, n)}")
+        ga, gw = a.gather(self.golden), w.gather(self.golden)
+        gb = self.golden[bias.name]
         d = self.descriptions["matmul"]
         for op, g, shape in (("a", ga, d.x_layout.members["a"].elem_shape),
-                            ("w", gw, d.x_layout.members["w"].elem_shape),
-                            ("bias", gb, d.cfg_layout.members["bias"].elem_shape)):
+                             ("w", gw, d.x_layout.members["w"].elem_shape),
+                             ("bias", gb, d.cfg_layout.members["bias"].elem_shape)):
             _check_range(f"matmul {name!r} operand {op}", g, shape)
         if k > d.max_k:
             raise ValueError(f"matmul {name!r}: K = {k} exceeds max_k {d.max_k}")
-        self.golden[name] = ga @ gw.T + gb
-        _check_range(f"matmul {name!r} result", self.golden[name],
-                     d.y_layout.members["data"].elem_shape)
+        y = ga @ gw.T + gb
+        _check_range(f"matmul {name!r} result", y, d.y_layout.members["data"].elem_shape)
+        out.scatter(self.golden, y)
         self.commands.append({"op": OPCODES["matmul"], "rows": mm, "length": n, "k": k,
                               "dst": out.addr, "src": [a.addr, w.addr, bias.addr],
-                              "stride": 0, "scalar": []})
-        return out
+                              "stride": 0, "scalar": [], "lda": a.row_stride,
+                              "ldw": w.row_stride, "kw": w.col_stride, "ldd": out.row_stride})
+        return out.region
 
     def vector(self, kind: str, name: str, x: dict, cfg: dict | None = None) -> Region:
         """One vector operation over ``rows`` rows of ``length``: ``x`` {beat field: Region
@@ -151,7 +209,8 @@ class Program:
                         "k": c.get("k", 0), "dst": c.get("dst", 0),
                         "src": src + [0] * (SLOTS - len(src)), "stride": c.get("stride", 0),
                         "scalar": list(c.get("scalar", [])) + [0] * (SCALARS - len(
-                            c.get("scalar", [])))})
+                            c.get("scalar", []))),
+                        **{f: c.get(f, 0) for f in ("lda", "ldw", "kw", "ldd")}})
         return out
 
 

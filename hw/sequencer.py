@@ -58,6 +58,10 @@ def command_layout(addr_bits: int) -> data.StructLayout:
         "src": data.ArrayLayout(unsigned(addr_bits), SLOTS),
         "stride": unsigned(SLOTS),                  # bit s: slot s advances by length per row
         "scalar": data.ArrayLayout(unsigned(SCALAR_BITS), SCALARS),
+        # MATMUL strides (words): A rows, W rows, W along K, Y rows (views of larger tensors:
+        # one attention head's columns, V read as V^T).
+        "lda": unsigned(addr_bits), "ldw": unsigned(addr_bits), "kw": unsigned(addr_bits),
+        "ldd": unsigned(addr_bits),
     })
 
 
@@ -145,7 +149,9 @@ class Sequencer(wiring.Component):
         col = Signal(16)          # matmul: n of the current element
         idx = Signal(16)          # element within the row (matmul: k)
         base = [Signal(ab, name=f"base_{s}") for s in range(SLOTS)]
+        wptr = Signal(ab)         # matmul: W[n, k]'s address, base_1 + k * kw
         out_count = Signal(32)
+        out_base, out_col = Signal(ab), Signal(16)   # matmul: Y row address, n of the next y
         expected = Signal(32)
         is_mm = cmd.op == OPCODES["matmul"]
         row_len = Signal(16)
@@ -156,8 +162,10 @@ class Sequencer(wiring.Component):
         # Slot addresses: vector slot s reads base[s] + idx; matmul: A (slot 0) at base0 + k,
         # W (slot 1) at base1 + k, bias (slot 2) at base2.
         for s, port in enumerate(slots):
-            offset = idx if s < 2 else Mux(is_mm, 0, idx)
-            m.d.comb += port.addr.eq(base[s] + offset)
+            if s == 1:
+                m.d.comb += port.addr.eq(Mux(is_mm, wptr, base[s] + idx))
+            else:
+                m.d.comb += port.addr.eq(base[s] + (idx if s == 0 else Mux(is_mm, 0, idx)))
 
         # The units' streams.
         cfg_valid, x_valid = Signal(), Signal()
@@ -198,9 +206,13 @@ class Sequencer(wiring.Component):
         m.d.comb += [wport.addr.eq(self.mem_waddr), wport.data.eq(self.mem_wdata),
                      wport.en.eq(self.mem_we & ~self.busy)]
         with m.If(self.busy & y_valid):
-            m.d.comb += [wport.addr.eq(cmd.dst + out_count), wport.data.eq(y_data),
-                         wport.en.eq(1)]
+            m.d.comb += [wport.addr.eq(Mux(is_mm, out_base + out_col, cmd.dst + out_count)),
+                         wport.data.eq(y_data), wport.en.eq(1)]
             m.d.sync += out_count.eq(out_count + 1)
+            with m.If(out_col == cmd.length - 1):
+                m.d.sync += [out_col.eq(0), out_base.eq(out_base + cmd.ldd)]
+            with m.Else():
+                m.d.sync += out_col.eq(out_col + 1)
 
         # States as If branches on a register counting from 1: Verilator's -Wall lint passes
         # (m.FSM's case statement is incomplete; a state compared with 0 becomes a 3-bit !).
@@ -215,6 +227,7 @@ class Sequencer(wiring.Component):
             m.d.sync += [cmd.eq(pr.data), row.eq(0), col.eq(0), idx.eq(0),
                          out_count.eq(0)]
             m.d.sync += [base[s].eq(pr.data.src[s]) for s in range(SLOTS)]
+            m.d.sync += [wptr.eq(pr.data.src[1]), out_base.eq(pr.data.dst), out_col.eq(0)]
             with m.If(~pr.data.op.any()):   # HALT (opcode 0)
                 m.d.sync += [self.busy.eq(0), self.done.eq(1)]
                 m.d.sync += state.eq(IDLE)
@@ -227,7 +240,7 @@ class Sequencer(wiring.Component):
         with m.Elif(state == X):
             m.d.comb += x_valid.eq(1)
             with m.If(x_ready):
-                m.d.sync += idx.eq(idx + 1)
+                m.d.sync += [idx.eq(idx + 1), wptr.eq(wptr + cmd.kw)]
                 with m.If(last):
                     m.d.sync += [idx.eq(0), row.eq(row + 1)]
                     with m.If(is_mm):
@@ -235,11 +248,11 @@ class Sequencer(wiring.Component):
                         # row of Y, back to W row 0 and the next A row.
                         with m.If(col == cmd.length - 1):
                             m.d.sync += [col.eq(0), base[1].eq(cmd.src[1]),
-                                         base[2].eq(cmd.src[2]),
-                                         base[0].eq(base[0] + cmd.k)]
+                                         wptr.eq(cmd.src[1]), base[2].eq(cmd.src[2]),
+                                         base[0].eq(base[0] + cmd.lda)]
                         with m.Else():
-                            m.d.sync += [col.eq(col + 1), base[1].eq(base[1] + cmd.k),
-                                         base[2].eq(base[2] + 1)]
+                            m.d.sync += [col.eq(col + 1), base[1].eq(base[1] + cmd.ldw),
+                                         wptr.eq(base[1] + cmd.ldw), base[2].eq(base[2] + 1)]
                     with m.Else():
                         for s in range(SLOTS):
                             with m.If(cmd.stride[s]):

@@ -212,3 +212,36 @@ def test_real_encoder_layer_operations():
     run = run_program(p)
     for name, tensor in want.items():
         assert np.array_equal(run.results[name], tensor), name
+
+
+def test_multi_head_attention_through_views():
+    """Two heads of attention read their columns of Q, K and V in place (strided views: V as
+    V^T through the W stride along K) and write their context columns into one [L, D]
+    tensor, which the output projection reads back."""
+    rng = np.random.default_rng(11)
+    L, H, dh = 4, 2, 3
+    D = H * dh
+    p = Program(depth=2048, max_len=32)
+    q = p.put("q", rng.integers(-20, 20, (L, D)))
+    k = p.put("k", rng.integers(-20, 20, (L, D)))
+    v = p.put("v", rng.integers(-128, 128, (L, D)))
+    scores = p.buffer("scores", (H * L, L))
+    ctx = p.buffer("ctx", (L, D))
+    zero_l, zero_d = p.put("zero_l", np.zeros(L)), p.put("zero_dh", np.zeros(dh))
+    for h in range(H):
+        p.matmul(f"qk{h}", q.view(h * dh, (L, dh), D), k.view(h * dh, (L, dh), D), zero_l,
+                 out=scores.view(h * L * L, (L, L), L))
+    probs = p.vector("softmax", "probs", {"data": scores, "keep": np.ones(L)})
+    for h in range(H):
+        p.matmul(f"av{h}", probs.view(h * L * L, (L, L), L), v.view(h * dh, (dh, L), 1, D),
+                 zero_d, out=ctx.view(h * dh, (L, dh), D))
+    mult, shift = _requant_params(rng, D, 2 * L)
+    ctx8 = p.vector("requant", "ctx8", {"data": ctx, "mult": mult, "shift": shift}, {"relu": 0})
+    p.matmul("o", ctx8, rng.integers(-128, 128, (D, D)), np.zeros(D))
+    run = run_program(p)
+    _assert_equal(p, run)
+    # The views are the heads of the usual multi-head attention.
+    qh, kh, vh = (p.golden[n].reshape(L, H, dh).transpose(1, 0, 2) for n in "qkv")
+    assert np.array_equal(run.results["scores"].reshape(H, L, L), qh @ kh.transpose(0, 2, 1))
+    pr = run.results["probs"].reshape(H, L, L)
+    assert np.array_equal(run.results["ctx"], (pr @ vh).transpose(1, 0, 2).reshape(L, D))
