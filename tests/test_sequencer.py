@@ -5,7 +5,7 @@ Amaranth simulator; every result it writes to the scratchpad equals the golden o
 import numpy as np
 import pytest
 
-from lowbit.hw.seq_program import Program, run_program
+from lowbit.hw.seq_program import Program, Region, run_program
 from lowbit.hw.sequencer import Sequencer
 from lowbit.hw.verilog import flat_verilog, lint_verilog
 
@@ -148,10 +148,12 @@ def test_verilog_lint_clean():
 
 
 def _record_layer_ops(layer: str, sentence: str):
-    """The shipped integer-only model encodes ``sentence``; every operation between the
-    matmuls at the sites of ``layer`` is recorded with its arguments and golden result."""
+    """The shipped integer-only model encodes ``sentence``; every operation at the sites of
+    ``layer`` (the matmuls' ``int_matmul`` included) is recorded with its arguments and golden
+    result."""
     import torch
 
+    from lowbit.sw import golden
     from lowbit.sw.quant import kernels
     from lowbit.sw.quant.packed import load_packed
 
@@ -160,7 +162,8 @@ def _record_layer_ops(layer: str, sentence: str):
 
     def recorder(op):
         def run(*args, **kwargs):
-            out = getattr(kernels.OPS[op], op)(*args, **kwargs)   # the golden op
+            module = golden if op == "int_matmul" else kernels.OPS[op]
+            out = getattr(module, op)(*args, **kwargs)   # the golden op
             if kernels.current_site().name.startswith(layer):
                 rec.append((op, kernels.current_site().name, args, kwargs, out))
             return out
@@ -170,7 +173,7 @@ def _record_layer_ops(layer: str, sentence: str):
     torch.set_num_threads(1)
     try:
         src = torch.tensor([tokenizer.encode(sentence, "source")])
-        ops = ("requantize", "softmax", "residual_add", "layernorm")
+        ops = ("requantize", "softmax", "residual_add", "layernorm", "int_matmul")
         with kernels.use_kernels(**{op: recorder(op) for op in ops}):
             model.encode(src)
     finally:
@@ -178,19 +181,70 @@ def _record_layer_ops(layer: str, sentence: str):
     return model.config, rec
 
 
+def _head_views(p, chained, name, t):
+    """Views of the heads ``t[0, h]`` ([R, C] each) of a [1, H, R, C] attention operand in
+    the region an earlier command wrote, if one holds it: heads side by side in the columns
+    (Q, K: ``[R, H*C]``), transposed there (V^T: ``[C, H*R]``) or one after the other
+    (``[H*R, C]``); otherwise in a new region."""
+    _, heads, rows, cols = t.shape
+    t = t[0].numpy()
+    layouts = [
+        (t.transpose(1, 0, 2).reshape(rows, heads * cols),
+         lambda r, h: r.view(h * cols, (rows, cols), heads * cols)),
+        (t.transpose(2, 0, 1).reshape(cols, heads * rows),
+         lambda r, h: r.view(h * rows, (rows, cols), 1, heads * rows)),
+        (t.reshape(heads * rows, cols),
+         lambda r, h: r.view(h * rows * cols, (rows, cols), cols)),
+    ]
+    for array, view in layouts:
+        region = chained(array)
+        if isinstance(region, Region):
+            return [view(region, h) for h in range(heads)]
+    region = p.put(name, layouts[-1][0])
+    return [layouts[-1][1](region, h) for h in range(heads)]
+
+
 @pytest.mark.slow
 def test_real_encoder_layer_operations():
-    """Encoder layer 0 of multi30k-en-de-int8i on a real sentence: each operation between the
-    matmuls (requantize of q/k/v/fc1, attention scores, softmax, P.V requantize, two residual
-    adds, two LayerNorms) runs on the sequencer with the model's own operands and equals the
-    golden model's intermediate tensor (the matmuls stay on the host here: 1 x 1 array)."""
+    """Encoder layer 0 of multi30k-en-de-int8i on a real sentence on the sequencer, with the
+    model's own operands: every operation between the matmuls (requantize of q/k/v/fc1, the
+    attention scores and P.V, softmax, two residual adds, two LayerNorms) and the attention
+    matmuls (Q.K^T and P.V per head, through views), chained where one command's result is
+    the next one's operand in the model, each equal to the golden model's tensor. The
+    projections' and FFN's matmuls (1.6 M MACs each for fc1, fc2) take their int32 results
+    from the model here: at one MAC per cycle they are beyond the Amaranth simulator."""
     from lowbit.sim.cosim_ops import RtlOps
 
     config, rec = _record_layer_ops("model.encoder.layers.0.", "A man is sleeping.")
     adapt = RtlOps(config)      # the operand mapping of the whole-model co-simulation
     p = Program(depth=65536, max_len=1024)
-    want = {}
+    want, produced = {}, []
+
+    def chained(array):
+        """The region an earlier command wrote with exactly these values, or the values."""
+        for region in produced:
+            g = p.golden[region.name]
+            if g.shape == array.shape and np.array_equal(g, array):
+                return region
+        return array
+
     for i, (op, site, args, kwargs, out) in enumerate(rec):
+        if op == "int_matmul":
+            a, b, bias = args
+            if bias is not None:
+                continue        # a projection: its result comes from the model
+            _, heads, rows, k = a.shape
+            n = b.shape[2]
+            a_views, w_views = _head_views(p, chained, site + ".a", a), \
+                _head_views(p, chained, site + ".w", b)
+            y = p.buffer(site, (heads * rows, n))
+            zero = p.put(f"{site}.zero", np.zeros(n))
+            for h in range(heads):
+                p.matmul(f"{site}.{h}", a_views[h], w_views[h], zero,
+                         out=y.view(h * rows * n, (rows, n), n))
+            want[site] = out.reshape(heads * rows, n).numpy()
+            produced.append(y)
+            continue
         kind, params, ops, _ = getattr(adapt, f"_{op}")(*args, **kwargs)
         name = kind
         if kind == "requant":
@@ -204,15 +258,22 @@ def test_real_encoder_layer_operations():
                    if k not in ("max_len", "per_channel")), (site, params)
         cfg = {k: np.asarray(v) for k, v in d.cfg_fields(ops).items()}
         assert all((v == v[0]).all() for v in cfg.values()), site
-        region = p.vector(name, f"{i}:{site}", d.x_fields(ops),
-                          {k: int(v[0]) for k, v in cfg.items()})
+        x = d.x_fields(ops)
+        x = {**x, "data": chained(x["data"])}
+        region = p.vector(name, f"{i}:{site}", x, {k: int(v[0]) for k, v in cfg.items()})
         want[region.name] = out.reshape(region.shape).numpy()
-    assert {op for op, *_ in rec} == {"requantize", "softmax", "residual_add", "layernorm"}
-    assert len(want) == 11
+        produced.append(region)
+    assert {op for op, *_ in rec} == {"requantize", "softmax", "residual_add", "layernorm",
+                                      "int_matmul"}
+    assert len(want) == 13
+    # q, k, v -> Q.K^T -> scores -> softmax -> P.V -> requantize run as one chain through the
+    # scratchpad: every attention operand is a region an earlier command wrote.
+    reads = {a for c in p.commands for a in c["src"][:2]}
+    inputs = {r.addr for n, r in p.regions.items() if n.endswith((".a", ".w"))}
+    assert not reads & inputs, "an attention operand came from the host"
     run = run_program(p)
     for name, tensor in want.items():
         assert np.array_equal(run.results[name], tensor), name
-
 
 def test_multi_head_attention_through_views():
     """Two heads of attention read their columns of Q, K and V in place (strided views: V as
