@@ -4,7 +4,8 @@ operation beside it, and a runner in the Amaranth simulator that loads both thro
 ports, starts the program and reads every result back.
 
 Operations (the ones the integer-only decode runs, docs/numerics.md): ``matmul`` (INT8, raw
-``A @ W.T + bias`` in int32), ``requant``, ``softmax``, ``residual``, ``layernorm``, ``argmax``.
+``A @ W.T + bias`` in int32; operands and result may be strided :class:`View`\\ s of larger
+tensors), ``requant`` (and ``requant16``), ``softmax``, ``residual``, ``layernorm``, ``argmax``.
 A vector operation's per-lane fields are ``[rows, length]`` arrays (one row each) or
 ``[length]`` arrays (one row for every row: a layer's constants), its ``cfg`` scalars plain
 integers; field names are the unit's beat fields (docs/hardware.md, "Vector units").
