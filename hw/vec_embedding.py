@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import numpy as np
 from amaranth.hdl import unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, stream
+from amaranth.lib.wiring import Out
 
 from lowbit.contract import MULT_BITS, SHIFT_MAX, ceil_div, int_range
 
@@ -151,17 +151,7 @@ class EmbeddingUnit(ElementwiseUnit):
 
     def __init__(self, **params):
         d = EmbeddingDescription(**params)
-        self.description, self.params = d, d.params
-        for name, value in d.params.items():
-            setattr(self, name, value)
-        self.cfg_layout, self.x_layout, self.y_layout = d.cfg_layout, d.x_layout, d.y_layout
-        # VectorUnit's three streams and the memory request port
-        wiring.Component.__init__(self, {
-            "cfg": In(stream.Signature(self.cfg_layout)),
-            "x": In(stream.Signature(self.x_layout)),
-            "y": Out(stream.Signature(self.y_layout)),
-            "req": Out(stream.Signature(d.req_layout)),
-        })
+        super().__init__(d, req=Out(stream.Signature(d.req_layout)))
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
