@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from amaranth.hdl import unsigned
 
-from .sequencer import OPCODES, SCALARS, SLOTS, Sequencer, unit_descriptions
+from .sequencer import (DYN_FIELDS, OPCODES, SCALARS, SLOTS, Sequencer,
+                        unit_descriptions)
 
 __all__ = ["Region", "View", "Program", "SeqRun", "run_program"]
 
@@ -81,14 +82,15 @@ class Program:
     """
     depth: int = 4096
     max_len: int = 512
-    image: dict = field(default_factory=dict)      # addr -> value (inputs)
+    score_len: int | None = None
+    inputs: list = field(default_factory=list)     # regions the host writes (put)
     commands: list = field(default_factory=list)
     golden: dict = field(default_factory=dict)     # region name -> expected int64 array
     regions: dict = field(default_factory=dict)
     top: int = 0
 
     def __post_init__(self):
-        self.descriptions = unit_descriptions(self.max_len)
+        self.descriptions = unit_descriptions(self.max_len, self.score_len)
 
     def alloc(self, name: str, shape) -> Region:
         shape = tuple(int(s) for s in np.atleast_1d(shape))
@@ -106,10 +108,14 @@ class Program:
         """Place an input tensor (its own golden value)."""
         a = np.array(array, dtype=np.int64)
         r = self.alloc(name, a.shape)
-        for i, v in enumerate(a.reshape(-1)):
-            self.image[r.addr + i] = int(v)
+        self.inputs.append(r)
         self.golden[name] = a
         return r
+
+    def image_chunks(self):
+        """``(address, int64 words)`` of every input tensor, as the host writes them."""
+        for r in self.inputs:
+            yield r.addr, self.golden[r.name].reshape(-1)
 
     def _operand(self, name: str, value) -> Region:
         return value if isinstance(value, Region) else self.put(name, value)
@@ -211,7 +217,9 @@ class Program:
                         "src": src + [0] * (SLOTS - len(src)), "stride": c.get("stride", 0),
                         "scalar": list(c.get("scalar", [])) + [0] * (SCALARS - len(
                             c.get("scalar", []))),
-                        **{f: c.get(f, 0) for f in ("lda", "ldw", "kw", "ldd")}})
+                        **{f: c.get(f, 0) for f in ("lda", "ldw", "kw", "ldd")},
+                        "dyn": [{"reg": r, "shift": sh} for r, sh in
+                                c.get("dyn", [(0, 0)] * DYN_FIELDS)]})
         return out
 
 
@@ -242,16 +250,17 @@ def run_program(program: Program, *, program_depth: int = 64, timeout: int = 2_0
     if len(words) > program_depth:
         raise ValueError(f"{len(words)} commands do not fit {program_depth} program words")
     dut = Sequencer(depth=program.depth, program_depth=program_depth,
-                    max_len=program.max_len)
+                    max_len=program.max_len, score_len=program.score_len)
     got: dict = {}
     count: dict = {}
 
     async def host(ctx):
-        for addr, value in sorted(program.image.items()):
-            ctx.set(dut.mem_waddr, addr)
-            ctx.set(dut.mem_wdata, value)
-            ctx.set(dut.mem_we, 1)
-            await ctx.tick()
+        for start, values in program.image_chunks():
+            for i, value in enumerate(values):
+                ctx.set(dut.mem_waddr, start + i)
+                ctx.set(dut.mem_wdata, int(value))
+                ctx.set(dut.mem_we, 1)
+                await ctx.tick()
         ctx.set(dut.mem_we, 0)
         for i, w in enumerate(words):
             ctx.set(dut.prog_waddr, i)

@@ -1,6 +1,10 @@
 # amaranth: UnusedElaboratable=no
 """The sequencer top (hw/sequencer.py) runs compiled command lists (hw/seq_program.py) in the
-Amaranth simulator; every result it writes to the scratchpad equals the golden operation."""
+Amaranth simulator; every result it writes to the scratchpad equals the golden operation. The
+same programs on the Verilated core (sim/seq_harness.py, a second simulator) give the same
+results and the same cycle counts."""
+
+from functools import lru_cache
 
 import numpy as np
 import pytest
@@ -20,6 +24,23 @@ def _assert_equal(program, run):
             bad = np.argwhere(got != want)[0]
             raise AssertionError(f"{name}{tuple(bad)}: RTL {got[tuple(bad)]}, golden "
                                  f"{want[tuple(bad)]}")
+
+
+@lru_cache(maxsize=None)
+def _verilated(max_len):
+    from lowbit.sim.seq_harness import VerilatedSequencer
+
+    return VerilatedSequencer(depth=1 << 16, program_depth=256, max_len=max_len)
+
+
+def _same_on_verilator(program, run):
+    """The program on the Verilated core: every region equal to golden, and the cycles of
+    every command equal to the Amaranth simulation's."""
+    v = _verilated(program.max_len).run(program)
+    _assert_equal(program, v)
+    assert v.cycles == run.cycles
+    assert v.command_cycles == [int(c) for c in run.command_cycles]
+    return v
 
 
 def _add_rows(p, kind, name, ops):
@@ -50,6 +71,7 @@ def test_single_vector_commands(kind):
     assert len(p.commands) > 1
     run = run_program(p, program_depth=256)
     _assert_equal(p, run)
+    _same_on_verilator(p, run)
     # The sequencer adds at most a cycle per row and a few per command to the unit's own.
     extra = run.command_cycles[0] - 3 * d.cycles_per_row(13)
     assert 0 <= extra <= 3 + 6, extra
@@ -72,6 +94,7 @@ def test_matmul_command_and_broadcast_fields():
     run = run_program(p)
     _assert_equal(p, run)
     assert np.array_equal(run.results["y"], a @ w.T + bias)
+    _same_on_verilator(p, run)
 
 
 def _requant_params(rng, n, k, width=8):
@@ -121,6 +144,7 @@ def test_attention_and_ffn_block():
     p.vector("argmax", "tokens", {"data": logits})
     run = run_program(p)
     _assert_equal(p, run)
+    _same_on_verilator(p, run)
     # The chain is not trivial: softmax rows are masked, ReLU clips, tokens differ.
     assert (run.results["ffn1"] == 0).any() and (run.results["ffn1"] > 0).any()
     assert (run.results["probs"][0, 1:] == 0).all() and len(set(run.results["tokens"])) > 1
@@ -274,6 +298,7 @@ def test_real_encoder_layer_operations():
     run = run_program(p)
     for name, tensor in want.items():
         assert np.array_equal(run.results[name], tensor), name
+    _same_on_verilator(p, run)
 
 def test_multi_head_attention_through_views():
     """Two heads of attention read their columns of Q, K and V in place (strided views: V as
@@ -301,6 +326,7 @@ def test_multi_head_attention_through_views():
     p.matmul("o", ctx8, rng.integers(-128, 128, (D, D)), np.zeros(D))
     run = run_program(p)
     _assert_equal(p, run)
+    _same_on_verilator(p, run)
     # The views are the heads of the usual multi-head attention.
     qh, kh, vh = (p.golden[n].reshape(L, H, dh).transpose(1, 0, 2) for n in "qkv")
     assert np.array_equal(run.results["scores"].reshape(H, L, L), qh @ kh.transpose(0, 2, 1))
