@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from amaranth.hdl import unsigned
+from amaranth.lib import data as data_layout
 
-from .sequencer import (DYN_FIELDS, OPCODES, SCALARS, SLOTS, Sequencer,
+from .sequencer import (DYN_FIELDS, INDEX_REGS, OPCODES, SCALARS, SLOTS, Sequencer,
                         unit_descriptions)
 
-__all__ = ["Region", "View", "Program", "SeqRun", "run_program"]
+__all__ = ["Region", "View", "At", "Program", "SeqRun", "run_program"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,38 @@ class View:
         flat[self._index()] = values
 
 
+@dataclass(frozen=True)
+class At:
+    """``shape`` words of a :class:`Region`, contiguous, from ``offset + (index << shift)``
+    where ``index`` is index register ``reg - 1`` at run time (``reg`` 0: no register): a
+    token's embedding row, a decode step's position row or key/value cache row. ``hold``: a
+    vector operand of one word read for every element of the row (the row's own scale)."""
+    region: Region
+    shape: tuple
+    offset: int = 0
+    reg: int = 0
+    shift: int = 0
+    hold: bool = False
+
+    @property
+    def addr(self) -> int:
+        return self.region.addr + self.offset
+
+    def _span(self, index) -> slice:
+        start = self.offset + ((int(index[self.reg - 1]) << self.shift) if self.reg else 0)
+        n = int(np.prod(self.shape))
+        if start < 0 or start + n > self.region.size:
+            raise ValueError(f"{self} leaves region {self.region.name!r} at index "
+                             f"{list(index)}")
+        return slice(start, start + n)
+
+    def gather(self, golden: dict, index) -> np.ndarray:
+        return golden[self.region.name].reshape(-1)[self._span(index)].reshape(self.shape)
+
+    def scatter(self, golden: dict, index, values) -> None:
+        golden[self.region.name].reshape(-1)[self._span(index)] = np.reshape(values, -1)
+
+
 @dataclass
 class Program:
     """Commands and scratchpad image under construction.
@@ -84,6 +117,8 @@ class Program:
     max_len: int = 512
     score_len: int | None = None
     inputs: list = field(default_factory=list)     # regions the host writes (put)
+    initial: dict = field(default_factory=dict)    # their values before any command ran
+    index: list = field(default_factory=lambda: [0] * INDEX_REGS)   # index registers (golden)
     commands: list = field(default_factory=list)
     golden: dict = field(default_factory=dict)     # region name -> expected int64 array
     regions: dict = field(default_factory=dict)
@@ -110,12 +145,33 @@ class Program:
         r = self.alloc(name, a.shape)
         self.inputs.append(r)
         self.golden[name] = a
+        self.initial[name] = a.copy()
         return r
 
     def image_chunks(self):
         """``(address, int64 words)`` of every input tensor, as the host writes them."""
         for r in self.inputs:
-            yield r.addr, self.golden[r.name].reshape(-1)
+            yield r.addr, self.initial[r.name].reshape(-1)
+
+    def take_commands(self) -> list:
+        """The commands compiled so far (one program); the next ones start a new list."""
+        out, self.commands = self.commands, []
+        return out
+
+    def load_index(self, reg: int, word, inc: int = 0) -> None:
+        """INDEX: register ``reg`` (1 or 2) takes the word at ``word`` (a one-word Region or
+        :class:`At`), and the word becomes itself plus ``inc`` (a step counter)."""
+        if reg not in range(1, INDEX_REGS + 1) or not 0 <= inc < 1 << 47:
+            raise ValueError(f"index register must be 1..{INDEX_REGS} and the increment "
+                             f"0..2**47-1, not {reg} and {inc}")
+        at = word if isinstance(word, At) else At(word, (1,))
+        value = int(at.gather(self.golden, self.index)[0])
+        at.scatter(self.golden, self.index, value + inc)
+        self.index[reg - 1] = value
+        dyn = [(0, 0)] * DYN_FIELDS
+        dyn[1] = (at.reg, at.shift)
+        self.commands.append({"op": OPCODES["index"], "k": reg - 1, "src": [at.addr],
+                              "scalar": [inc], "dyn": dyn})
 
     def _operand(self, name: str, value) -> Region:
         return value if isinstance(value, Region) else self.put(name, value)
@@ -143,12 +199,15 @@ class Program:
         (mm, k), (n, k2) = a.shape, w.shape
         if k != k2 or bias.shape != (n,):
             raise ValueError(f"matmul {name!r}: shapes {a.shape} x {w.shape} + {bias.shape}")
-        if a.col_stride != 1 or (out is not None and out.col_stride != 1):
+        if a.col_stride != 1 or (isinstance(out, View) and out.col_stride != 1):
             raise ValueError(f"matmul {name!r}: A and Y rows must be contiguous")
         if out is None:
             out = self.buffer(name, (mm, n)).view(0, (mm, n), n)
         elif out.shape != (mm, n):
             raise ValueError(f"matmul {name!r}: Y view {out.shape}, not {(mm, n)}")
+        dyn = [(0, 0)] * DYN_FIELDS
+        if isinstance(out, At):     # rows of Y at a place the index registers choose
+            dyn[0] = (out.reg, out.shift)
         ga, gw = a.gather(self.golden), w.gather(self.golden)
         gb = self.golden[bias.name]
         d = self.descriptions["matmul"]
@@ -160,61 +219,88 @@ class Program:
             raise ValueError(f"matmul {name!r}: K = {k} exceeds max_k {d.max_k}")
         y = ga @ gw.T + gb
         _check_range(f"matmul {name!r} result", y, d.y_layout.members["data"].elem_shape)
-        out.scatter(self.golden, y)
+        if isinstance(out, At):
+            out.scatter(self.golden, self.index, y)
+        else:
+            out.scatter(self.golden, y)
         self.commands.append({"op": OPCODES["matmul"], "rows": mm, "length": n, "k": k,
                               "dst": out.addr, "src": [a.addr, w.addr, bias.addr],
                               "stride": 0, "scalar": [], "lda": a.row_stride,
-                              "ldw": w.row_stride, "kw": w.col_stride, "ldd": out.row_stride})
+                              "ldw": w.row_stride, "kw": w.col_stride,
+                              "ldd": n if isinstance(out, At) else out.row_stride, "dyn": dyn})
         return out.region
 
-    def vector(self, kind: str, name: str, x: dict, cfg: dict | None = None) -> Region:
-        """One vector operation over ``rows`` rows of ``length``: ``x`` {beat field: Region
-        or array}, ``data`` ``[rows, length]`` required; ``cfg`` {scalar field: int}."""
+    def vector(self, kind: str, name: str, x: dict, cfg: dict | None = None,
+               out: At | None = None) -> Region:
+        """One vector operation over ``rows`` rows of ``length``: ``x`` {beat field: Region,
+        :class:`At` or array}, ``data`` ``[rows, length]`` required; ``cfg`` {scalar field:
+        int}. The result is a new region ``name``, or goes to ``out``."""
         d = self.descriptions[kind]
         cfg = dict(cfg or {})
-        data = self._operand(f"{name}.data", x["data"])
+        data = x["data"] if isinstance(x["data"], At) else \
+            self._operand(f"{name}.data", x["data"])
         rows, length = data.shape
         x_names = [n for n in d.x_layout.members if n != "last"]
         cfg_names = [n for n in d.cfg_layout.members if n != "length"]
         if set(x) != set(x_names) or set(cfg) != set(cfg_names):
             raise ValueError(f"{kind} takes x fields {x_names} and cfg {cfg_names}, "
                              f"not {sorted(x)} and {sorted(cfg)}")
-        src, stride, gx = [], 0, {}
+        src, stride, hold, gx = [], 0, 0, {}
+        dyn = [(0, 0)] * DYN_FIELDS
         for s, n in enumerate(x_names):
-            v = x[n]
-            if n != "data" and not isinstance(v, Region):
+            v = data if n == "data" else x[n]
+            if not isinstance(v, (Region, At)):
                 v = np.asarray(v, np.int64)
                 if v.ndim == 2 and len(v) > 1 and (v == v[:1]).all():
                     v = v[0]      # the same row for every row: stored once, stride 0
-            r = data if n == "data" else self._operand(f"{name}.{n}", v)
-            g = self.golden[r.name]
-            if r.shape == (rows, length):
+                v = self._operand(f"{name}.{n}", v)
+            if isinstance(v, At):
+                g = v.gather(self.golden, self.index)
+                dyn[1 + s] = (v.reg, v.shift)
+            else:
+                g = self.golden[v.name]
+            if isinstance(v, At) and v.hold:
+                if v.shape != (1,):
+                    raise ValueError(f"{kind} {name!r}: held field {n} must be one word")
+                hold |= 1 << s
+                g = np.full(length, g[0])
+            elif v.shape == (rows, length):
                 stride |= 1 << s
-            elif r.shape != (length,):
-                raise ValueError(f"{kind} {name!r}: field {n} has shape {r.shape}, "
+            elif v.shape != (length,):
+                raise ValueError(f"{kind} {name!r}: field {n} has shape {v.shape}, "
                                  f"not {(rows, length)} or {(length,)}")
-            _check_range(f"{kind} {name!r} field {n}", g, d.x_layout.members[n].elem_shape)
-            src.append(r.addr)
+            _check_range(f"{kind} {name!r} field {n}", g, d.x_layout.members[n].elem_shape
+                         if isinstance(d.x_layout.members[n], data_layout.ArrayLayout)
+                         else d.x_layout.members[n])
+            src.append(v.addr)
             gx[n] = np.array(np.broadcast_to(g, (rows, length)))
         gcfg = {n: np.full(rows, int(cfg[n]), np.int64) for n in cfg_names}
         for n in cfg_names:
             _check_range(f"{kind} {name!r} cfg {n}", gcfg[n], d.cfg_layout.members[n])
-        want = d.golden_rows(d.operands_from_fields(gcfg, gx))
-        out = self.alloc(name, want.shape)
-        self.golden[name] = np.asarray(want, np.int64)
+        want = np.asarray(d.golden_rows(d.operands_from_fields(gcfg, gx)), np.int64)
+        if out is None:
+            out = self.alloc(name, want.shape)
+            self.golden[name] = want
+        else:
+            if out.shape != want.shape:
+                raise ValueError(f"{kind} {name!r}: result {want.shape} into {out.shape}")
+            out.scatter(self.golden, self.index, want)
+            dyn[0] = (out.reg, out.shift)
         self.commands.append({"op": OPCODES[kind], "rows": rows, "length": length, "k": 0,
-                              "dst": out.addr, "src": src, "stride": stride,
-                              "scalar": [int(cfg[n]) for n in cfg_names]})
-        return out
+                              "dst": out.addr, "src": src, "stride": stride, "hold": hold,
+                              "scalar": [int(cfg[n]) for n in cfg_names], "dyn": dyn})
+        return out if isinstance(out, Region) else out.region
 
-    def command_words(self) -> list:
-        """The commands with every field present, HALT last."""
+    def command_words(self, commands: list | None = None) -> list:
+        """The commands (default: those compiled so far) with every field present, HALT
+        last."""
         out = []
-        for c in self.commands + [{"op": OPCODES["halt"]}]:
+        for c in (self.commands if commands is None else commands) + [{"op": OPCODES["halt"]}]:
             src = list(c.get("src", []))
             out.append({"op": c["op"], "rows": c.get("rows", 0), "length": c.get("length", 0),
                         "k": c.get("k", 0), "dst": c.get("dst", 0),
                         "src": src + [0] * (SLOTS - len(src)), "stride": c.get("stride", 0),
+                        "hold": c.get("hold", 0),
                         "scalar": list(c.get("scalar", [])) + [0] * (SCALARS - len(
                             c.get("scalar", []))),
                         **{f: c.get(f, 0) for f in ("lda", "ldw", "kw", "ldd")},

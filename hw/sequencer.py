@@ -72,6 +72,7 @@ def command_layout(addr_bits: int) -> data.StructLayout:
         "dst": unsigned(addr_bits),
         "src": data.ArrayLayout(unsigned(addr_bits), SLOTS),
         "stride": unsigned(SLOTS),                  # bit s: slot s advances by length per row
+        "hold": unsigned(SLOTS),                    # bit s: slot s reads one word per row
         "scalar": data.ArrayLayout(unsigned(SCALAR_BITS), SCALARS),
         # MATMUL strides (words): A rows, W rows, W along K, Y rows (views of larger tensors:
         # one attention head's columns, V read as V^T).
@@ -200,11 +201,16 @@ class SequencerCore(wiring.Component):
 
         # Slot addresses: vector slot s reads base[s] + idx; matmul: A (slot 0) at base0 + k,
         # W (slot 1) at base1 + k, bias (slot 2) at base2.
+        # A vector slot whose ``hold`` bit is set reads base[s] for every element (a row's own
+        # scalar, e.g. the embedding row's multiplier).
         for s, port in enumerate(slots):
+            step = Mux(cmd.hold[s], 0, idx)
             if s == 1:
-                m.d.comb += port.addr.eq(Mux(is_mm, wptr, base[s] + idx))
+                m.d.comb += port.addr.eq(Mux(is_mm, wptr, base[s] + step))
+            elif s == 0:
+                m.d.comb += port.addr.eq(base[s] + step)
             else:
-                m.d.comb += port.addr.eq(base[s] + (idx if s == 0 else Mux(is_mm, 0, idx)))
+                m.d.comb += port.addr.eq(base[s] + Mux(is_mm, 0, step))
 
         # The units' streams.
         cfg_valid, x_valid = Signal(), Signal()

@@ -32,9 +32,11 @@ struct Seq {
 
     int64_t read(uint64_t addr) const { return addr < mem.size() ? mem[addr] : 0; }
 
+    // The read addresses come from registers only (never from read data), so they have
+    // settled with the rising edge's eval: one eval answers them with the falling edge, one
+    // more is the rising edge.
     void cycle() {
         top->clk = 0;
-        top->eval();
         top->rd_data_0 = read(top->rd_addr_0);
         top->rd_data_1 = read(top->rd_addr_1);
         top->rd_data_2 = read(top->rd_addr_2);

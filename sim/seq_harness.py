@@ -84,12 +84,13 @@ class VerilatedSequencer:
         #: the scratchpad (int64 words), written and read in place
         self.memory = np.ctypeslib.as_array(lib.lbs_memory(self._h), shape=(depth,))
 
-    def load(self, program, *, inputs: bool = True) -> None:
-        """Write ``program``'s commands (HALT last) and, with ``inputs``, its input tensors."""
+    def load(self, program, commands: list | None = None, *, inputs: bool = True) -> None:
+        """Write ``program``'s commands (or ``commands``, one of its programs; HALT last) and,
+        with ``inputs``, its input tensors."""
         if program.depth > self.depth:
             raise LowbitError(f"the program needs {program.depth} scratchpad words, the "
                               f"sequencer has {self.depth}")
-        words = program.command_words()
+        words = program.command_words(commands)
         if len(words) > self.program_depth:
             raise LowbitError(f"{len(words)} commands do not fit {self.program_depth} "
                               f"program words")

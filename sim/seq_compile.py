@@ -1,0 +1,317 @@
+"""Compile the integer-only model into sequencer programs, and decode on the Verilated
+sequencer with the host sending nothing but token ids.
+
+:class:`ModelCompiler` walks an integer-only model (:mod:`lowbit.sw.quant.integer`, in integer
+mode) and emits, into one :class:`~lowbit.hw.seq_program.Program` (one scratchpad layout):
+
+* the model's constants, once: every matmul's int8 weights and int32 bias, every requantize
+  multiplier and shift, the LayerNorm gains and offsets, the embedding table (also the output
+  layer's weights: the embeddings are tied) with its per-row scales and both position tables;
+* :meth:`~ModelCompiler.encoder`: one encoder pass over a sentence of ``src_len`` tokens (its
+  ids are the only input: an INDEX command loads each into an index register and the
+  embedding unit reads the table row it selects), then the cross-attention keys and values of
+  every decoder layer;
+* :meth:`~ModelCompiler.decoder_step`: one decoder step for any step: INDEX commands load the
+  token id (written by the host) and the step (a counter the step advances itself); the
+  embedding row, the position row and the key/value cache rows are addressed through them;
+  self-attention runs over the ``max_tgt`` cache rows with the rows not yet written masked out
+  of the softmax (their probabilities are 0, so P.V and every later integer are the golden
+  model's); then cross-attention, FFN, output scores and argmax, whose token id the host reads.
+
+The constants are the model's own (``model._const``, the tensors ``kernels.call_op`` receives)
+and every operation's operands are laid out by :class:`lowbit.sim.cosim_ops.RtlOps`, the
+co-simulation's mapping of the golden operations onto the vector units; each command's
+expected result is the golden operation's (:meth:`Program.vector`). Nothing here computes.
+
+:func:`sequencer_greedy` runs a whole sentence: the encoder program, then the decoder step
+program once per token, as :func:`lowbit.sw.decode.greedy_search` decodes it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from lowbit.hw.seq_program import At, Program
+from lowbit.sw.decode import DecodeOptions, max_lengths
+from lowbit.sw.quant.integer import ACT_BITS, PROB_BITS, SUM_BITS
+
+from .cosim_ops import RtlOps
+
+__all__ = ["ModelCompiler", "SeqDecode", "sequencer_greedy", "DEPTH"]
+
+DEPTH = 1 << 23         # scratchpad words for the shipped models (7.6 M weights and more)
+REQUANT_UNITS = {8: "requant", 16: "requant16", 32: "requant32"}
+
+
+def _log2(n: int, what: str) -> int:
+    if n < 1 or n & (n - 1):
+        raise ValueError(f"{what} must be a power of two (an index register is shifted), "
+                         f"not {n}")
+    return n.bit_length() - 1
+
+
+class ModelCompiler:
+    """Programs of an integer-only ``model`` for sentences of ``src_len`` tokens and outputs
+    of at most ``max_tgt`` tokens (parameters of the scratchpad: ``depth``, ``max_len``).
+
+    Attributes: ``program`` (the :class:`Program`: regions, golden values, commands),
+    ``regions`` of the host's interface: ``src_ids``, ``token``, ``step``, ``next``.
+    """
+
+    def __init__(self, model, *, src_len: int, max_tgt: int, depth: int = DEPTH,
+                 max_len: int = 1024):
+        cfg = model.config
+        if not getattr(model, "integer_only", False):
+            raise ValueError("the sequencer runs an integer-only model in integer mode")
+        self.model, self.cfg = model, cfg
+        self.d, self.heads = cfg.d_model, cfg.attention_heads
+        self.dh = self.d // self.heads
+        self.d_shift = _log2(self.d, "d_model")
+        self.src_len = src_len
+        self.cache_len = 1 << max(max_tgt - 1, 1).bit_length()   # key/value cache rows
+        self.program = Program(depth=depth, max_len=max_len, score_len=cfg.vocab_size)
+        self.adapt = RtlOps(cfg)
+        self.regions: dict = {}
+        self._memory: list = []         # cross-attention (K, V) per decoder layer
+
+    # -- constants ------------------------------------------------------------------------------
+    def _c(self, key: str) -> dict:
+        return self.model._const(key, None)
+
+    def _put(self, name: str, value):
+        p = self.program
+        if name in p.regions:
+            return p.regions[name]
+        return p.put(name, torch.as_tensor(value).to(torch.int64).cpu().numpy())
+
+    def _table(self):
+        """The embedding table, shared by both embeddings and the output layer (tied)."""
+        table = self._c("encoder.embedding")["table"]
+        for key, field_ in (("decoder.embedding", "table"), ("lm_head.scores", "codes")):
+            if not torch.equal(self._c(key)[field_], table):
+                raise ValueError(f"{key} does not use the shared embedding table")
+        return self._put("embed.table", table)
+
+    # -- operations -----------------------------------------------------------------------------
+    def _vector(self, unit: str, name: str, params: dict, ops: dict, acts: dict, out=None):
+        """One vector command: ``ops`` (RtlOps' operands of the golden call) give the
+        constant fields (the same row for every row) and cfg scalars; ``acts`` the fields that
+        are activations in the scratchpad."""
+        p = self.program
+        d = p.descriptions[unit]
+        bad = {k: v for k, v in params.items()
+               if k not in ("max_len", "per_channel") and d.params[k] != v}
+        if bad:
+            raise ValueError(f"{name}: the sequencer's {unit} unit has other parameters "
+                             f"than {bad}")
+        fields = {}
+        for n, v in d.x_fields(ops).items():
+            if n in acts:
+                fields[n] = acts[n]
+                continue
+            v = np.asarray(v)
+            if not (v == v[:1]).all():
+                raise ValueError(f"{name}: field {n} differs from row to row")
+            fields[n] = self._put(f"{name}.{n}", v[0])
+        cfg = {}
+        for n, v in d.cfg_fields(ops).items():
+            v = np.asarray(v)
+            if not (v == v[0]).all():
+                raise ValueError(f"{name}: cfg {n} differs from row to row")
+            cfg[n] = int(v[0])
+        return p.vector(unit, name, fields, cfg, out=out)
+
+    def _requant(self, name, acc, mult, shift, *, out_bits=ACT_BITS, relu=False, out=None):
+        _, params, ops, _ = self.adapt._requantize(torch.zeros(acc.shape, dtype=torch.int64),
+                                                   mult, shift, out_bits=out_bits, relu=relu)
+        if not params["per_channel"]:   # one scale for the tensor: the same for every channel
+            ops = {**ops, **{k: np.repeat(ops[k][:, None], acc.shape[1], 1)
+                             for k in ("mult", "shift")}}
+        return self._vector(REQUANT_UNITS[out_bits], name, params, ops, {"data": acc}, out)
+
+    def _weights(self, key: str):
+        c = self._c(key)
+        return c, self._put(f"{key}.w", c["codes"]), self._put(f"{key}.bias", c["bias"])
+
+    def linear(self, name, m, x, *, relu=False, out=None):
+        """``requantize(x @ W.T + bias)`` of the model's matmul ``m`` (its ``.linear``)."""
+        c, w, b = self._weights(f"{m.site.name}.linear")
+        acc = self.program.matmul(f"{name}.acc", x, w, b)
+        return self._requant(name, acc, c["mult"], c["shift"], relu=relu, out=out)
+
+    def attention(self, name, attn, q, k, v, keys: int, keep=None):
+        """Multi-head attention of ``q`` [Lq, D] over the first ``keys`` rows of ``k`` and
+        ``v`` ([keys, D] regions), heads through views; ``keep``: the softmax's mask field
+        (default: every key)."""
+        p, H, dh, D = self.program, self.heads, self.dh, self.d
+        lq = q.shape[0]
+        scores = p.buffer(f"{name}.scores", (H * lq, keys))
+        ctx = p.buffer(f"{name}.ctx.acc", (lq, D))
+        zero_k, zero_dh = self._put(f"zero.{keys}", np.zeros(keys)), \
+            self._put(f"zero.{dh}", np.zeros(dh))
+        for h in range(H):
+            p.matmul(f"{name}.qk{h}", q.view(h * dh, (lq, dh), D), k.view(h * dh, (keys, dh), D),
+                     zero_k, out=scores.view(h * lq * keys, (lq, keys), keys))
+        c = self._c(f"{attn.qk.site.name}.softmax")
+        z = self._requant(f"{name}.z", scores, c["mult"], c["shift"], out_bits=16)
+        _, params, ops, _ = self.adapt._softmax(torch.zeros(z.shape, dtype=torch.int64),
+                                                out_bits=PROB_BITS)
+        acts = {"data": z} if keep is None else {"data": z, "keep": keep}
+        probs = self._vector("softmax", f"{name}.probs", params, ops, acts)
+        for h in range(H):
+            p.matmul(f"{name}.av{h}", probs.view(h * lq * keys, (lq, keys), keys),
+                     v.view(h * dh, (dh, keys), 1, D), zero_dh,
+                     out=ctx.view(h * dh, (lq, dh), D))
+        c = self._c(f"{attn.av.site.name}.attend")
+        return self._requant(f"{name}.ctx", ctx, c["mult"], c["shift"])
+
+    def residual_norm(self, name, x, m, h):
+        """``layernorm(residual_add(x, h @ W.T + bias))`` of matmul ``m`` (its ``.residual``
+        and ``.layernorm``)."""
+        key = m.site.name
+        c, w, b = self._weights(f"{key}.residual")
+        acc = self.program.matmul(f"{name}.acc", h, w, b)
+        zeros = torch.zeros(x.shape, dtype=torch.int64)
+        _, params, ops, _ = self.adapt._residual_add(zeros, c["mult_x"], c["shift_x"], zeros,
+                                                     c["mult"], c["shift"], out_bits=SUM_BITS)
+        t = self._vector("residual", f"{name}.sum", params, ops, {"data": x, "b": acc})
+        n = self._c(f"{key}.layernorm")
+        _, params, ops, _ = self.adapt._layernorm(zeros, n["g"], n["b"], n["shift"], n["eps"],
+                                                  in_bits=SUM_BITS, out_bits=ACT_BITS)
+        return self._vector("layernorm", f"{name}.norm", params, ops, {"data": t})
+
+    def embed(self, name, stack: str, pos: At, out=None):
+        """The embedding of the token in index register 1 at position row ``pos``."""
+        c = self._c(f"{stack}.embedding")
+        table = self._table()
+        mult, shift = self._put(f"{stack}.embedding.mult", c["mult"]), \
+            self._put(f"{stack}.embedding.shift", c["shift"])
+        x = {"data": At(table, (1, self.d), reg=1, shift=self.d_shift), "pos": pos,
+             "mult": At(mult, (1,), reg=1, hold=True), "shift": At(shift, (1,), reg=1, hold=True)}
+        return self.program.vector("embedding", name, x, {"id": 0, "position": 0}, out=out)
+
+    # -- programs -------------------------------------------------------------------------------
+    def encoder(self, src_ids) -> "object":
+        """One encoder pass over ``src_ids`` (the host's input; the compiled golden values
+        follow them), then every decoder layer's cross-attention K and V. Returns the encoder
+        output's region ([src_len, D])."""
+        p, S, D = self.program, self.src_len, self.d
+        ids = np.asarray(src_ids, np.int64).reshape(-1)
+        if len(ids) != S or (ids == self.cfg.pad_token_id).any():
+            raise ValueError(f"the encoder takes {S} token ids without padding, not {ids}")
+        src = self.regions["src_ids"] = p.put("src.ids", ids)
+        pos = self._put("encoder.embedding.pos", self._c("encoder.embedding")["pos"])
+        x = p.buffer("enc.embed", (S, D))
+        for i in range(S):
+            p.load_index(1, At(src, (1,), offset=i))
+            self.embed(f"enc.embed.{i}", "encoder", At(pos, (1, D), offset=i * D),
+                       out=At(x, (1, D), offset=i * D))
+        for i, layer in enumerate(self.model.model.encoder.layers):
+            a = layer.self_attn
+            q, k, v = (self.linear(f"enc{i}.{r}", getattr(a, f"{r}_proj"), x) for r in "qkv")
+            ctx = self.attention(f"enc{i}.self", a, q, k, v, S)
+            x = self.residual_norm(f"enc{i}.self.out", x, a.out_proj, ctx)
+            h = self.linear(f"enc{i}.fc1", layer.fc1, x, relu=True)
+            x = self.residual_norm(f"enc{i}.ffn.out", x, layer.fc2, h)
+        self.regions["memory"] = x
+        for i, layer in enumerate(self.model.model.decoder.layers):
+            a = layer.encoder_attn
+            self._memory.append(tuple(self.linear(f"dec{i}.cross.{r}", getattr(a, f"{r}_proj"), x)
+                                      for r in "kv"))
+        return x
+
+    def decoder_step(self):
+        """One decoder step (after :meth:`encoder`): reads the token id word and the step
+        word (which it advances), writes the next token id. Returns that region."""
+        p, D, T = self.program, self.d, self.cache_len
+        token = self.regions["token"] = p.put("dec.token", [self.cfg.decoder_start_token_id])
+        step = self.regions["step"] = p.put("dec.step", [0])
+        keep = self._put("dec.keep", np.tril(np.ones((T, T))))
+        pos = self._put("decoder.embedding.pos", self._c("decoder.embedding")["pos"])
+        caches = [(p.buffer(f"dec{i}.k.cache", (T, D)), p.buffer(f"dec{i}.v.cache", (T, D)))
+                  for i in range(len(self.model.model.decoder.layers))]
+        p.load_index(1, token)
+        p.load_index(2, step, inc=1)
+        y = self.embed("dec.embed", "decoder", At(pos, (1, D), reg=2, shift=self.d_shift))
+        row = {"reg": 2, "shift": self.d_shift}
+        for i, layer in enumerate(self.model.model.decoder.layers):
+            a, (kc, vc) = layer.self_attn, caches[i]
+            q = self.linear(f"dec{i}.self.q", a.q_proj, y)
+            self.linear(f"dec{i}.self.k", a.k_proj, y, out=At(kc, (1, D), **row))
+            self.linear(f"dec{i}.self.v", a.v_proj, y, out=At(vc, (1, D), **row))
+            ctx = self.attention(f"dec{i}.self", a, q, kc, vc, T,
+                                 keep=At(keep, (T,), reg=2, shift=_log2(T, "cache rows")))
+            y = self.residual_norm(f"dec{i}.self.out", y, a.out_proj, ctx)
+            a = layer.encoder_attn
+            q = self.linear(f"dec{i}.cross.q", a.q_proj, y)
+            ctx = self.attention(f"dec{i}.cross", a, q, *self._memory[i], self.src_len)
+            y = self.residual_norm(f"dec{i}.cross.out", y, a.out_proj, ctx)
+            h = self.linear(f"dec{i}.fc1", layer.fc1, y, relu=True)
+            y = self.residual_norm(f"dec{i}.ffn.out", y, layer.fc2, h)
+        c = self._c("lm_head.scores")
+        acc = p.matmul("dec.logits.acc", y, self._table(), self._put("lm_head.bias", c["bias"]))
+        z = self._requant("dec.scores", acc, c["mult"], c["shift"], out_bits=32)
+        _, params, ops, _ = self.adapt._argmax(torch.zeros(z.shape, dtype=torch.int64))
+        nxt = self.regions["next"] = self._vector("argmax", "dec.next", params, ops,
+                                                   {"data": z})
+        return nxt
+
+
+@dataclass
+class SeqDecode:
+    """A sentence decoded on the Verilated sequencer: ``tokens`` (without EOS), the encoder
+    output read back, cycles of the encoder pass and of each decoder step, commands per
+    program and the wall-clock seconds of the simulation."""
+    tokens: list
+    memory: np.ndarray
+    encoder_cycles: int
+    step_cycles: list = field(default_factory=list)
+    commands: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+
+
+def sequencer_greedy(model, src_ids, opts: DecodeOptions | None = None) -> SeqDecode:
+    """Greedy decoding of one sentence (ids without padding, EOS included as the model's
+    encoder takes it) on the Verilated sequencer: the host writes the weights and the ids,
+    runs the encoder program, loads the decoder step program and then, each step, writes the
+    token id, starts the program and reads the next token id; it stops as
+    :func:`lowbit.sw.decode.greedy_search` does (EOS or padding, or the length limit)."""
+    from .seq_harness import VerilatedSequencer
+
+    opts = opts or DecodeOptions()
+    cfg = model.config
+    src = torch.as_tensor(src_ids, dtype=torch.int64).reshape(1, -1)
+    limit = max_lengths(src, cfg.pad_token_id, opts, cfg.max_position_embeddings)[0]
+    comp = ModelCompiler(model, src_len=src.shape[1], max_tgt=limit)
+    p = comp.program
+    comp.encoder(src[0].numpy())
+    encoder = p.take_commands()
+    comp.decoder_step()
+    step = p.take_commands()
+    t0 = time.perf_counter()
+    seq = VerilatedSequencer(depth=p.depth, program_depth=max(len(encoder), len(step)) + 1,
+                             max_len=p.max_len, score_len=p.score_len)
+    build = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    seq.load(p, encoder)
+    enc_cycles, _ = seq.start()
+    memory = seq.read(comp.regions["memory"])
+    seq.load(p, step, inputs=False)
+    token, out, cycles = cfg.decoder_start_token_id, [], []
+    for _ in range(limit):
+        seq.memory[comp.regions["token"].addr] = token
+        n, _ = seq.start()
+        cycles.append(n)
+        token = int(seq.memory[comp.regions["next"].addr])
+        if token in (cfg.eos_token_id, cfg.pad_token_id):
+            break
+        out.append(token)
+    seconds = time.perf_counter() - t0
+    seq.close()
+    return SeqDecode(out, memory, enc_cycles, cycles,
+                     {"encoder": len(encoder), "decoder_step": len(step)}, seconds, build)
