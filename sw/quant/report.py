@@ -178,8 +178,7 @@ def check_targets(rows: list[dict]) -> list[str]:
     if "mixed" in by:
         r = by["mixed"]
         bits = r.get("bits_per_weight")
-        comp = (ref["size_bytes"] / r["size_bytes"]
-                if r.get("size_bytes") and ref.get("size_bytes") else None)
+        comp = _compression(r, ref)
         if bits is not None:
             out.append(f"- {'met' if bits < 3 else '**not met**'}: mixed < 3 bits per weight: "
                        f"{bits:.2f}")
@@ -188,10 +187,21 @@ def check_targets(rows: list[dict]) -> list[str]:
                        f"than FP32: {comp:.1f}x")
         per_split("mixed", lambda v, f: f - v <= 0.5, loss)
     if "bmt1" in by:
+        comp = _compression(by["bmt1"], ref)
+        if comp is not None:      # the paper's 16x; issue 18 asks about 14x (2.1 MiB)
+            out.append(f"- {'met' if comp >= 14 else '**not met**'}: BMT 1-bit weights >= 14x "
+                       f"smaller than FP32: {comp:.1f}x")
         per_split("bmt1", lambda v, f: f - v <= 1.0, loss)
     if "bmt1a1" in by:
         per_split("bmt1a1", lambda v, f: f - v <= 5.0, loss)
     return out
+
+
+def _compression(row: dict, ref: dict) -> float | None:
+    """How many times smaller than FP32 ``row``'s package is (size column), or None."""
+    if row.get("size_bytes") and ref.get("size_bytes"):
+        return ref["size_bytes"] / row["size_bytes"]
+    return None
 
 
 SHIPPED_PREFIX = "multi30k-en-de"
