@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
                              signed_width)
 
-from .requant import rounding, shift_relu_saturate
+from .requant import arithmetic_shift, relu_saturate, rounding
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
 
@@ -505,10 +505,11 @@ class MatmulUnit(wiring.Component):
         return 1 + self.pe.latency
 
     # Register stages from a row leaving the output bank to its y beat: the kind's own
-    # (``drain_terms``), then bias, requantization multiply, rounding, and the y register.
+    # (``drain_terms``), then bias, requantization multiply (partial products, their sum),
+    # rounding, shift, ReLU and saturation, and the y register.
     @property
     def drain_latency(self) -> int:
-        return self.pe.drain_latency + 4
+        return self.pe.drain_latency + 7
 
     def elaborate(self, platform):
         m = Module()
@@ -575,9 +576,13 @@ class MatmulUnit(wiring.Component):
     def _drain(self, m, tile: "_Bank", cfg, cfg_valid) -> None:
         """The drain and requantization pipeline: one bank row per y beat.
 
-        Stages: the kind's ``drain_terms`` stages (none for INT and log); D1 t = terms + bias;
-        D2 p = t * mult; D3 p + 2^(shift-1); y register: >> shift, ReLU, saturation (or raw t).
-        All advance together when y can take a beat.
+        Stages: the kind's ``drain_terms`` stages (none for INT); D1 t = terms + bias;
+        D2a the partial products of ``t * mult`` (one DSP-sized multiply per 16-bit slice of
+        t); D2 p = their sum; D3 p + 2^(shift-1); D4 >> shift; D5 ReLU and saturation; y
+        register: D5's value or raw t. The multiply and the sum of its slices, the shift and
+        the saturation's wide compares have a stage each, so that none of them limits the
+        clock, and the y register, whose enable comes from ``y.ready``, takes only a 2:1
+        multiplexer. All advance together when y can take a beat.
         """
         rows, cols, aw = self.rows, self.cols, self.acc_width
         bank, bank_full = tile.rows, tile.full
@@ -603,8 +608,11 @@ class MatmulUnit(wiring.Component):
         # The tile's settings travel beside the kind's own drain stages.
         settings = [_DrainStage(m, f"d0_{k}", cols, aw) for k in range(self.pe.drain_latency)]
         s1 = _DrainStage(m, "d1", cols, aw)
+        s2a = _DrainStage(m, "d2a", cols, aw)
         s2 = _DrainStage(m, "d2", cols, pw + 1)
         s3 = _DrainStage(m, "d3", cols, pw + 1)
+        s4 = _DrainStage(m, "d4", cols, pw + 1)
+        s5 = _DrainStage(m, "d5", cols, pw + 1)
         with m.If(drain_advance):
             prev = None
             for stage in settings + [s1]:
@@ -618,9 +626,22 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += [stage.bias[c].eq(bias[c]) for c in range(cols)]
                 prev = stage
             m.d.sync += [s1.value[c].eq(sum(terms[c], bias[c])) for c in range(cols)]
-            m.d.sync += s2.follow(s1)
-            m.d.sync += [s2.value[c].eq(s1.value[c] * s1.mult[c]) for c in range(cols)]
-            m.d.sync += [s2.raw_t[c].eq(s1.value[c]) for c in range(cols)]
+            m.d.sync += s2a.follow(s1)
+            m.d.sync += [s2a.raw_t[c].eq(s1.value[c]) for c in range(cols)]
+            m.d.sync += s2.follow(s2a)
+            m.d.sync += [s2.raw_t[c].eq(s2a.raw_t[c]) for c in range(cols)]
+            for c in range(cols):
+                # t = sum_j t_j * 2^(16j) (slices unsigned, the top one signed), so
+                # t * mult = sum_j (t_j * mult) << 16j exactly; each slice's product fits one
+                # DSP multiplier and is registered before the sum.
+                parts = []
+                for j, lo in enumerate(range(0, aw, _SLICE_BITS)):
+                    piece = s1.value[c][lo:lo + _SLICE_BITS]
+                    piece = piece.as_signed() if lo + _SLICE_BITS >= aw else piece
+                    part = Signal(signed(len(piece) + MULT_BITS + 1), name=f"d2a_part{j}_{c}")
+                    m.d.sync += part.eq(piece * s1.mult[c])
+                    parts.append((part, lo))
+                m.d.sync += s2.value[c].eq(sum(part << lo for part, lo in parts))
             m.d.sync += s3.follow(s2)
             m.d.sync += [s3.raw_t[c].eq(s2.raw_t[c]) for c in range(cols)]
             for c in range(cols):
@@ -628,11 +649,29 @@ class MatmulUnit(wiring.Component):
                 shift, term = rounding(m, s2.shift[c], pw, f"_{c}")
                 m.d.sync += [s3.value[c].eq(s2.value[c] + term), s3.shift[c].eq(shift)]
 
-            m.d.sync += [self.y.valid.eq(s3.valid), self.y.payload.last.eq(s3.last)]
-            for c in range(cols):
-                saturated = shift_relu_saturate(m, s3.value[c], s3.shift[c], s3.relu,
-                                                self.out_bits, f"_{c}")
-                m.d.sync += self.y.payload.data[c].eq(Mux(s3.raw, s3.raw_t[c], saturated))
+            m.d.sync += s4.follow(s3)
+            m.d.sync += [s4.raw_t[c].eq(s3.raw_t[c]) for c in range(cols)]
+            m.d.sync += [s4.value[c].eq(arithmetic_shift(m, s3.value[c], s3.shift[c], f"_{c}"))
+                         for c in range(cols)]
+
+            m.d.sync += s5.follow(s4)
+            m.d.sync += [s5.raw_t[c].eq(s4.raw_t[c]) for c in range(cols)]
+            # The saturated value fits out_bits: registering it as out_bits sign-extended (not
+            # as the saturation's full-width multiplexer) leaves one distinct bit per output bit.
+            sat_bits = min(self.out_bits, pw + 1)
+            m.d.sync += [s5.value[c].eq(relu_saturate(m, s4.value[c], s4.relu, self.out_bits,
+                                                      f"_{c}")[:sat_bits].as_signed())
+                         for c in range(cols)]
+
+            m.d.sync += [self.y.valid.eq(s5.valid), self.y.payload.last.eq(s5.last)]
+            m.d.sync += [self.y.payload.data[c].eq(Mux(s5.raw, s5.raw_t[c], s5.value[c]))
+                         for c in range(cols)]
+
+
+# The requantization multiply t * mult is cut into slices of t this wide: a slice (unsigned,
+# or the signed top one) times the unsigned 16-bit mult fits one DSP multiplier of either
+# family (ECP5 MULT18X18D 18 x 18, iCE40 SB_MAC16 16 x 16 with per-operand signedness).
+_SLICE_BITS = 16
 
 
 @dataclass

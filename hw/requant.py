@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from amaranth.hdl import C, Mux, Signal, signed, unsigned
 
-__all__ = ["rounding", "shift_relu_saturate", "saturate"]
+__all__ = ["rounding", "shift_relu_saturate", "arithmetic_shift", "relu_saturate", "saturate"]
 
 
 def rounding(m, shift, width: int, name: str = ""):
@@ -38,14 +38,25 @@ def shift_relu_saturate(m, value, shift, relu, out_bits: int, name: str = ""):
 
     ``value`` is ``p + term`` (signed), ``shift`` the clamped shift of :func:`rounding`; ``>>``
     is an arithmetic (flooring) shift. ``relu`` is a 1-bit signal, or None for no ReLU.
-    Returns the saturated value (an expression of ``value``'s width or narrower).
+    Returns the saturated value (an expression of ``value``'s width or narrower). A caller
+    that registers between the shift and the rest uses :func:`arithmetic_shift` and
+    :func:`relu_saturate`, whose composition this is.
     """
-    width = len(value)
-    shifted = Signal(signed(width), name=f"shifted{name}")
+    return relu_saturate(m, arithmetic_shift(m, value, shift, name), relu, out_bits, name)
+
+
+def arithmetic_shift(m, value, shift, name: str = ""):
+    """``value >> shift`` (signed, flooring), as a signal of ``value``'s width."""
+    shifted = Signal(signed(len(value)), name=f"shifted{name}")
     m.d.comb += shifted.eq(value >> shift)
+    return shifted
+
+
+def relu_saturate(m, shifted, relu, out_bits: int, name: str = ""):
+    """``sat(max(shifted, 0 if relu))`` of a shifted value (:func:`arithmetic_shift`)."""
     if relu is None:
         return saturate(shifted, out_bits)
-    rectified = Signal(signed(width), name=f"rectified{name}")
+    rectified = Signal(signed(len(shifted)), name=f"rectified{name}")
     m.d.comb += rectified.eq(Mux(relu & (shifted < 0), 0, shifted))
     return saturate(rectified, out_bits)
 

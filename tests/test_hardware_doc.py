@@ -225,7 +225,7 @@ def test_one_reset_cycle_suffices(unit_name, params, reset):
             ctx.set(unit.x.valid, 1)
             await ctx.tick().until(unit.x.ready)
         ctx.set(unit.x.valid, 0)
-        for _ in range(8):                  # the drain pipeline fills, y.valid rises
+        for _ in range(unit.drain_latency + 1):    # the drain pipeline fills, y.valid rises
             await ctx.tick()
         assert ctx.get(unit.y.valid)
         if reset:

@@ -227,8 +227,8 @@ def test_int8_back_to_back_tiles_throughput():
     _, result, plan = run(u, a, w, *requant_args(rng, n, int(np.abs(a @ w.T).max())))
     assert plan.x_beats == m * k * n // 4 == 128
     # input register, PE, accumulator, bank, the drain's stages; then the second row
-    assert u.accumulate_latency + 1 + u.drain_latency == 7
-    assert result.cycles == plan.x_beats + 7 + 1, result.cycles
+    assert u.accumulate_latency + 1 + u.drain_latency == 10
+    assert result.cycles == plan.x_beats + 10 + 1, result.cycles
 
 
 def test_int8_tiles_with_different_k_in_one_stream():
