@@ -608,9 +608,12 @@ TABLE_COLUMNS = ("board", "unit", "bits", "array", "DSP mode", "LUT", "FF", "DSP
 
 def table_row(r: FpgaResult) -> list[str]:
     """One table row of :data:`TABLE_COLUMNS` (LUT/FF are whole-design counts with the
-    device's total; LUT/MAC uses the unit's LUTs, the wrapper's XOR tree taken off)."""
+    device's total; LUT/MAC uses the unit's LUTs, the wrapper's XOR tree taken off). A
+    design other than the unit in the scan wrapper is named after the array (``1x1 bare``)."""
     p = r.params
-    return [r.board, r.unit, describe(r.unit, **p).params_text(), f"{p['rows']}x{p['cols']}",
+    design = "" if r.design == "scan" else f" {r.design}"
+    return [r.board, r.unit, describe(r.unit, **p).params_text(),
+            f"{p['rows']}x{p['cols']}{design}",
             r.dsp_mode, f"{r.lut} ({100 * r.lut / r.lut_available:.1f}%)", str(r.ff),
             str(r.dsp), str(r.bram), f"{r.fmax_mhz:.1f}",
             unit_class(r.unit).macs_text(r.macs_per_cycle), f"{r.lut_per_mac:.2f}"]

@@ -66,18 +66,26 @@ def base_params(unit: str) -> dict:
 # per-PE cost, the per-row input registers (an array row's activations), the per-column
 # drain/requantization, and the fixed control. With three shapes a row's cost would count as
 # PE cost (in an n x n array it is n of n^2 PEs' share).
-SIZES = {"icebreaker": ((1, 1), (2, 1), (2, 2), (1, 2)),
-         "ulx3s-85f": ((1, 2), (4, 2), (2, 4), (1, 4))}
+# The shapes are large enough that the PEs, not the fixed control and the per-column drain,
+# hold most of each build's LUTs: on the ECP5 a column's drain costs several PEs, so arrays of
+# one or two PEs a column would leave the per-PE term to the builds' noise (several per cent of
+# synthesis and packing), which the solve of four terms amplifies.
+SIZES = {"icebreaker": ((1, 1), (2, 1), (1, 2), (2, 2)),
+         "ulx3s-85f": ((2, 2), (4, 2), (2, 4), (4, 4))}
+# The clock target nextpnr places and routes for on each board (`lowbit fpga --freq`); every
+# build of the bench, bare PEs included, is asked for it and reports its achieved Fmax.
+TARGET_MHZ = {"icebreaker": 40.0, "ulx3s-85f": 120.0}
 # The units are compared with their PE arrays in LUT logic and the per-column requantization
 # multipliers in DSP blocks (`lowbit fpga --dsp requant`); INT8 is also built with every
 # multiplier in DSPs (`--dsp auto`).
 MODE = "requant"
 # A bench shape whose build fails inside a tool (not for lack of room) is replaced by the first
 # of these the unit has not failed at, so that the model still has three shapes. Yosys 0.70's
-# ABC9 reintegration asserts (`GetSize(conn.first) == GetSize(conn.second)`) on the log unit at
-# 2x4 on the ECP5; 1x4 with 1x2 and 4x2 still separates per-PE from per-column cost.
-ALT_SIZES = {"icebreaker": ((3, 1), (1, 3)), "ulx3s-85f": ((1, 3), (4, 4))}
-SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((1, 2), (4, 2))
+# ABC9 reintegration asserted (`GetSize(conn.first) == GetSize(conn.second)`) on an earlier log
+# unit at 2x4 on the ECP5; 3x3 (or 5x3) with any three of the ECP5 shapes still separates
+# the four terms.
+ALT_SIZES = {"icebreaker": ((3, 1), (1, 3)), "ulx3s-85f": ((3, 3), (5, 3))}
+SWEEP_BOARD, SWEEP_SIZES = "ulx3s-85f", ((2, 2), (4, 2))
 # The bit sweep of the cost-per-MAC plot is each description's ``fpga_sweep``: (bits, params)
 # with INT a = w = b bits; log b-bit weight codes (int8 activations); XNOR p activation and p
 # weight planes. Parameters equal to the base precision are left out, so those points are the
@@ -94,19 +102,23 @@ class Config:
     params: tuple = ()          # sorted (name, value) pairs, hashable
     dsp: str = MODE
     design: str = "scan"        # "bare": the unit kind's bare registered PE (lowbit.hw.fpga_bare)
+    freq: float | None = None   # nextpnr's clock target in MHz (None: the board's oscillator)
 
     @property
     def key(self) -> str:
         extra = ",".join(f"{k}={v}" for k, v in self.params)
         design = "" if self.design == "scan" else f"|design={self.design}"
-        return f"{self.board}|{self.unit}|{self.rows}x{self.cols}|{extra}|dsp={self.dsp}{design}"
+        freq = "" if self.freq is None else f"|freq={self.freq:g}"
+        return (f"{self.board}|{self.unit}|{self.rows}x{self.cols}|{extra}|dsp={self.dsp}"
+                f"{design}{freq}")
 
     def unit_params(self) -> dict:
         return {"rows": self.rows, "cols": self.cols, **dict(self.params)}
 
 
 def _config(board, unit, size, params, dsp=MODE, design="scan") -> Config:
-    return Config(board, unit, size[0], size[1], tuple(sorted(params.items())), dsp, design)
+    return Config(board, unit, size[0], size[1], tuple(sorted(params.items())), dsp, design,
+                  TARGET_MHZ.get(board))
 
 
 def _design(record: dict) -> str:
@@ -178,7 +190,7 @@ def _build_one(config: Config, build_root: str, timeout: float | None) -> dict:
     try:
         result = build_unit(config.board, config.unit, config.unit_params(),
                             build_dir=build_dir, dsp=config.dsp, progress=lambda line: None,
-                            timeout=timeout, design=config.design)
+                            timeout=timeout, design=config.design, freq=config.freq)
         record.update(fits=True, result=result.to_dict())
         record["result"]["build_dir"] = _portable(record["result"]["build_dir"])
     except FpgaDoesNotFit as e:
@@ -287,7 +299,8 @@ def _records_of(records: dict, board: str, unit: str, params: dict, dsp: str = M
     for record in records.values():
         cfg = record["config"]
         if (cfg["board"], cfg["unit"], cfg["dsp"]) != (board, unit, dsp) \
-                or tuple(map(tuple, cfg["params"])) != want or _design(record) != "scan":
+                or tuple(map(tuple, cfg["params"])) != want or _design(record) != "scan" \
+                or cfg.get("freq") != TARGET_MHZ.get(board):
             continue
         if record.get("fits"):
             fits.append(FpgaResult.from_dict(record["result"]))
@@ -326,8 +339,11 @@ def fit_array_model(results: list[FpgaResult]) -> dict | None:
     builds (exact for four independent shapes); the unit's own LUTs and FFs are used (the
     wrapper's share taken off). With three shapes (or four that do not separate rows) there is
     no ``per_row`` (0: a row's cost is counted in ``per_pe``), with two no ``fixed`` either.
-    Needs builds of at least two shapes that differ in rows at equal cols; returns None
-    otherwise.
+    A resource whose ``per_row`` comes out negative (a row's cost is smaller than the builds'
+    noise) is fitted again without it, so its row cost counts in ``per_pe`` as with three
+    shapes. Other negative terms are kept: :func:`negative_terms` names them, and such a model
+    is not a cost (the tables mark it unreliable). Needs builds of at least two shapes that
+    differ in rows at equal cols; returns None otherwise.
 
     Returns ``{resource: {"fixed", "per_row", "per_col", "per_pe"}}`` for LUT, FF, DSP, BRAM.
     """
@@ -340,18 +356,32 @@ def fit_array_model(results: list[FpgaResult]) -> dict | None:
     terms = [0, 1, 2, 3]
     if len(shapes) < 4 or np.linalg.matrix_rank(full) < 4:
         terms = [0, 2, 3] if len(shapes) >= 3 else [2, 3]   # two shapes: no fixed term
-    x = full[:, terms]
-    if np.linalg.matrix_rank(x) < x.shape[1]:
+    if np.linalg.matrix_rank(full[:, terms]) < len(terms):
         return None
+
+    def solve(y, terms):
+        coef = np.zeros(4)
+        coef[terms] = np.linalg.lstsq(full[:, terms], y, rcond=None)[0]
+        return coef
+
     model = {}
     for name, field in RESOURCES.items():
         y = np.array([float(getattr(r, field)) for r in results])
-        coef = np.zeros(4)
-        coef[terms] = np.linalg.lstsq(x, y, rcond=None)[0]
+        coef = solve(y, terms)
+        if 1 in terms and round(float(coef[1]), 9) < 0:
+            coef = solve(y, [t for t in terms if t != 1])
         # Rounded so that an exact zero (a resource a PE does not use) prints as 0, not -7e-16.
         model[name] = {k: round(float(v), 9) + 0.0
                        for k, v in zip(("fixed", "per_row", "per_col", "per_pe"), coef)}
     return model
+
+
+def negative_terms(model: dict) -> list[str]:
+    """The growing terms (per PE, row, column) of ``model`` that came out negative, as
+    ``"LUT per_pe -16"``: a unit cannot get cheaper with more PEs, so such a fit says only
+    that its builds' noise exceeds the term; its costs are not to be used."""
+    return [f"{name} {term} {model[name][term]:.3g}" for name in RESOURCES
+            for term in ("per_row", "per_col", "per_pe") if model[name].get(term, 0.0) < 0]
 
 
 def predict(model: dict, resource: str, rows: int, cols: int) -> float:
@@ -373,11 +403,17 @@ def fit_largest(results: list[FpgaResult], failed=(), also_built=()) -> dict | N
     within :data:`LUT_FILL`), capped below any square that was built and did not fit, and at
     64 (the units' largest array). A square that was built and fits is never undercut.
 
-    Returns ``{"n", "limit", "model", "basis"}`` or None when the model cannot be fitted.
+    Returns ``{"n", "limit", "model", "basis"}`` or None when the model cannot be fitted;
+    ``n`` is None (and ``limit`` says why) when the model has negative terms
+    (:func:`negative_terms`).
     """
     model = fit_array_model(results)
     if model is None:
         return None
+    basis = [f"{r.params['rows']}x{r.params['cols']}" for r in results]
+    if negative_terms(model):
+        return {"n": None, "limit": "unreliable fit: " + ", ".join(negative_terms(model)),
+                "model": model, "basis": basis}
     r0 = results[0]
     caps = {"LUT": LUT_FILL * r0.lut_available - r0.wrapper_lut,
             "FF": r0.ff_available - r0.wrapper_ff,
@@ -399,8 +435,7 @@ def fit_largest(results: list[FpgaResult], failed=(), also_built=()) -> dict | N
         n = max(good_squares)
     if n >= 64:
         limit = "array size (64)"
-    return {"n": n, "limit": limit, "model": model,
-            "basis": [f"{r.params['rows']}x{r.params['cols']}" for r in results]}
+    return {"n": n, "limit": limit, "model": model, "basis": basis}
 
 
 def macs_per_pe(result: FpgaResult, per_bit_mac: bool = False) -> float:
@@ -421,7 +456,7 @@ def largest_table(records: dict) -> list[dict]:
                     continue
                 fit = fit_largest(model_basis(built), failed, built) if built else None
                 state = None
-                if fit is not None:
+                if fit is not None and fit["n"] is not None:
                     def built_fits(n):
                         key = _config(board, unit, (n, n), base_params(unit), dsp).key
                         return records.get(key, {}).get("fits")
@@ -475,7 +510,10 @@ def unit_cost(results: list[FpgaResult]) -> dict | None:
       (:func:`dsp_lut_equivalent`), per MAC at the unit's precision;
     * ``int8_eq_lut_per_mac``: XNOR only, LUTs per INT8-equivalent MAC (64 binary MACs);
     * ``basis``: the shapes the model was fitted to (:func:`model_basis`) and ``checks``:
-      ``[(shape, predicted unit LUTs, built unit LUTs)]`` for every other build.
+      ``[(shape, predicted unit LUTs, built unit LUTs)]`` for every other build;
+    * ``unreliable``: the model's negative terms (:func:`negative_terms`; empty when it is a
+      cost): the per-PE figures above are then not costs and the tables do not print them;
+    * ``fmax``: ``[(shape, achieved MHz)]`` per build and ``target_mhz``, nextpnr's target.
     """
     basis = model_basis(results)
     model = fit_array_model(basis)
@@ -495,7 +533,9 @@ def unit_cost(results: list[FpgaResult]) -> dict | None:
            "per_pe": per_pe, "macs_per_pe": macs, "bit_macs_per_pe": bit_macs,
            "lut_per_mac": per_pe["LUT"] / macs, "lut_eq_per_mac": lut_eq / bit_macs,
            "int8_eq_lut_per_mac": None, "fmax_mhz": min(r.fmax_mhz for r in results),
-           "basis": [_shape(r) for r in basis], "checks": checks}
+           "basis": [_shape(r) for r in basis], "checks": checks,
+           "unreliable": negative_terms(model),
+           "fmax": [(_shape(r), r.fmax_mhz) for r in results], "target_mhz": r0.target_mhz}
     if d.int8_eq_macs:
         out["int8_eq_lut_per_mac"] = per_pe["LUT"] / macs * d.int8_eq_macs
     return out
@@ -508,7 +548,8 @@ def _groups(records: dict) -> dict:
         if not record.get("fits") or _design(record) != "scan":
             continue
         cfg = record["config"]
-        key = (cfg["board"], cfg["unit"], tuple(map(tuple, cfg["params"])), cfg["dsp"])
+        key = (cfg["board"], cfg["unit"], tuple(map(tuple, cfg["params"])), cfg["dsp"],
+               cfg.get("freq"))
         groups.setdefault(key, []).append(FpgaResult.from_dict(record["result"]))
     for results in groups.values():
         results.sort(key=lambda r: (r.params["rows"] * r.params["cols"], r.params["cols"]))
@@ -541,7 +582,7 @@ def comparisons(records: dict) -> list[dict]:
         ref_cost = unit_cost(base[REFERENCE])
         for unit in (u for u in bench_units() if u != REFERENCE):
             cost = unit_cost(base[unit]) if base[unit] else None
-            if ref_cost and cost:
+            if ref_cost and cost and not (ref_cost["unreliable"] or cost["unreliable"]):
                 ref = ref_cost["lut_per_mac"]
                 out.append({"board": board, "unit": unit, "measure": "marginal",
                             "int8": ref, "value": cost["lut_per_mac"],
@@ -574,7 +615,8 @@ def bare_comparisons(records: dict) -> list[dict]:
 
     out = []
     for c in cost_rows(records):
-        if own(c["params"]) != own(describe(c["unit"], **base_params(c["unit"])).params):
+        if own(c["params"]) != own(describe(c["unit"], **base_params(c["unit"])).params) \
+                or c["unreliable"]:
             continue
         key = _config(c["board"], c["unit"], (1, 1), base_params(c["unit"]), c["dsp"],
                       "bare").key
@@ -602,6 +644,8 @@ def plot_points(records: dict) -> dict:
     """
     out: dict = {}
     for c in cost_rows(records):
+        if c["unreliable"]:
+            continue
         series = unit_class(c["unit"]).series
         if c["dsp"] == "auto":
             series = "INT8, multipliers in DSPs"
@@ -626,8 +670,8 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 def _sort_key(r: FpgaResult):
     extra = {k: v for k, v in r.params.items() if k not in ("rows", "cols")}
     return (list(BOARDS).index(r.board), unit_kinds().index(r.unit), r.dsp_mode,
-            json.dumps(extra, sort_keys=True), r.params["rows"] * r.params["cols"],
-            r.params["cols"])
+            json.dumps(extra, sort_keys=True), r.design != "bare",
+            r.params["rows"] * r.params["cols"], r.params["cols"])
 
 
 def _ratio_text(ratio: float) -> str:
@@ -661,8 +705,13 @@ def _cost_table(records: dict) -> str | None:
         per_mac = f"{c['lut_per_mac']:.2f}"
         if c["int8_eq_lut_per_mac"] is not None:
             per_mac += f" ({c['int8_eq_lut_per_mac']:.0f} per int8-eq)"
-        rows.append([c["board"], c["precision"], c["dsp"],
-                     ", ".join(f"{s}: {v:.0f}" for s, v in c["whole"]),
+        whole = ", ".join(f"{s}: {v:.0f}" for s, v in c["whole"])
+        if c["unreliable"]:
+            rows.append([c["board"], c["precision"], c["dsp"], whole,
+                         "unreliable fit (" + ", ".join(c["unreliable"]) + ")", macs, "-", "-",
+                         f"{c['fmax_mhz']:.1f}"])
+            continue
+        rows.append([c["board"], c["precision"], c["dsp"], whole,
                      f"{pe['LUT']:.0f} / {pe['FF']:.0f} / {pe['DSP']:.2g}", macs, per_mac,
                      f"{c['lut_eq_per_mac']:.1f}", f"{c['fmax_mhz']:.1f}"])
     if not rows:
@@ -670,6 +719,31 @@ def _cost_table(records: dict) -> str | None:
     return _md_table(["board", "unit", "DSP mode", "LUT/MAC whole unit, by array",
                       "per PE: LUT / FF / DSP", "MACs/cycle per PE", "marginal LUT/MAC",
                       "LUT-eq per MAC", "Fmax MHz (worst)"], rows)
+
+
+def _fmax_table(records: dict) -> str | None:
+    """Achieved Fmax of every build of the size sweep against nextpnr's target."""
+    rows = []
+    for c in cost_rows(records):
+        if c["params"] != dict(describe(c["unit"], **base_params(c["unit"])).params,
+                               rows=c["params"]["rows"], cols=c["params"]["cols"]):
+            continue
+        target = c["target_mhz"]
+        shape, largest = max(c["fmax"], key=lambda f: _area(f[0]))
+        verdict = "-" if target is None else ("met" if largest >= target else "not met")
+        rows.append([c["board"], c["precision"], c["dsp"],
+                     "board clock" if target is None else f"{target:g}",
+                     ", ".join(f"{s}: {v:.1f}" for s, v in c["fmax"]),
+                     f"{largest:.1f} at {shape} ({verdict})"])
+    if not rows:
+        return None
+    return _md_table(["board", "unit", "DSP mode", "target MHz", "Fmax MHz by array",
+                      "largest array"], rows)
+
+
+def _area(shape: str) -> int:
+    rows, cols = shape.split("x")
+    return int(rows) * int(cols)
 
 
 def _bare_table(records: dict) -> str | None:
@@ -699,6 +773,10 @@ def _largest_rows(records: dict) -> list[list[str]]:
                          f"{[f'{a}x{b}' for a, b in row['failed']]}"])
             continue
         n, model = fit["n"], fit["model"]
+        if n is None:
+            rows.append([row["board"], row["unit"], row["dsp"], "-", "-", fit["limit"],
+                         f"no estimate; from {', '.join(fit['basis'])}"])
+            continue
         state = {"verified": f"verified: {n}x{n} fits, "
                              + ("the largest allowed" if n == 64 else f"{n + 1}x{n + 1} does not"),
                  True: f"{n}x{n} built and fits; larger estimated",
@@ -749,6 +827,13 @@ def render_markdown(data: dict, plot_link: str | None = None) -> str:
                   "per PE per cycle). DSP mode requant: PE array in LUT logic; auto: INT8's "
                   "multipliers in DSP blocks.", "",
                   costs, "", f"![LUT-equivalents per MAC against bits]({plot_link})", ""]
+    fmax = _fmax_table(records)
+    if fmax:
+        parts += ["### Clock: achieved Fmax against the target", "",
+                  "nextpnr places and routes every build for the board's target "
+                  "(`lowbit fpga --freq`) and reports the clock it achieves (one placer "
+                  "seed). The largest array of the size sweep is the one the target is "
+                  "meant for.", "", fmax, ""]
     bare = _bare_table(records)
     if bare:
         parts += ["### Against a bare registered PE (the same tools, the same run)", "",
@@ -921,8 +1006,8 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
             while n > 1 and not fits(row, n - 1):
                 n -= 1
 
-    rows = [row for row in largest_table(records)
-            if row["board"] in boards and row["fit"] is not None]
+    rows = [row for row in largest_table(records) if row["board"] in boards
+            and row["fit"] is not None and row["fit"]["n"] is not None]
     with build_pool(jobs, ray_address, inline=True) as submit, \
             ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(verify, row) for row in rows]:

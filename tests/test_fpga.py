@@ -282,14 +282,14 @@ def test_unit_cost_marginal_and_whole():
 
 def test_unit_cost_counts_dsps_at_their_device_share():
     """INT8 with multipliers in DSPs: 1 DSP per PE costs lut_available/dsp_available LUTs."""
-    recs = _linear_records("ulx3s-85f", "int8", ((1, 2), (4, 2), (2, 4)), 300, 700, 120,
+    recs = _linear_records("ulx3s-85f", "int8", ((2, 2), (4, 2), (2, 4)), 300, 700, 120,
                            dsp_per_pe=1, dsp_mode="auto")
     cost = unit_cost([FpgaResult.from_dict(r["result"]) for r in recs.values()])
     assert cost["per_pe"]["DSP"] == pytest.approx(1)
     assert cost["lut_per_mac"] == pytest.approx(120)
     assert cost["lut_eq_per_mac"] == pytest.approx(120 + 83640 / 156)
     # XNOR with 2 activation x 2 weight planes: a 2-bit MAC takes 4 beats of 32 lanes.
-    recs = _linear_records("ulx3s-85f", "xnor", ((1, 2), (4, 2)), 0, 900, 800,
+    recs = _linear_records("ulx3s-85f", "xnor", ((2, 2), (4, 2)), 0, 900, 800,
                            params={"lanes": 32, "a_planes": 2, "w_planes": 2})
     cost = unit_cost([FpgaResult.from_dict(r["result"]) for r in recs.values()])
     assert cost["bits"] == 2 and cost["bit_macs_per_pe"] == 8
@@ -413,7 +413,8 @@ def test_largest_square_verified_by_builds():
     cfg = _config("icebreaker", "log", (3, 3), base_params("log"))
     records[cfg.key] = {"key": cfg.key, "fits": False,
                         "config": {"board": "icebreaker", "unit": "log", "rows": 3, "cols": 3,
-                                   "params": [list(p) for p in cfg.params], "dsp": cfg.dsp},
+                                   "params": [list(p) for p in cfg.params], "dsp": cfg.dsp,
+                                   "freq": cfg.freq},
                         "error": "log 3x3 does not fit", "overflow": {"ICESTORM_LC": [5600, 5280]}}
     md = render_markdown({"records": records})
     row = [line for line in md.splitlines() if line.startswith("| icebreaker | log  | requant")]
@@ -421,7 +422,7 @@ def test_largest_square_verified_by_builds():
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     assert cells[3:6] == ["2x2", "4", "ICESTORM_LC 5600/5280 at 3x3"]
     assert cells[6].startswith("verified: 2x2 fits, 3x3 does not; per PE 200 LUT")
-    assert "- `icebreaker|log|3x3|bits=4|dsp=requant`: log 3x3 does not fit" in md
+    assert "- `icebreaker|log|3x3|bits=4|dsp=requant|freq=40`: log 3x3 does not fit" in md
 
 
 def test_verification_builds_check_the_model_without_moving_it():
@@ -470,10 +471,10 @@ def test_fallback_shapes_replace_tool_failures():
     assert bad in configs
     records = {bad.key: {"key": bad.key, "fits": None, "error": "synthesis failed: ERROR: ..."}}
     first = fpga_bench.fallback_configs(configs, records)
-    assert [c.key for c in first] == ["ulx3s-85f|log|1x3|bits=4|dsp=requant"]
+    assert [c.key for c in first] == ["ulx3s-85f|log|3x3|bits=4|dsp=requant|freq=120"]
     records[first[0].key] = {"key": first[0].key, "fits": None, "error": "again"}
     second = fpga_bench.fallback_configs(configs + first, records)
-    assert [c.key for c in second] == ["ulx3s-85f|log|4x4|bits=4|dsp=requant"]
+    assert [c.key for c in second] == ["ulx3s-85f|log|5x3|bits=4|dsp=requant|freq=120"]
     records[second[0].key] = {"key": second[0].key, "fits": True}
     assert fpga_bench.fallback_configs(configs + first + second, records) == []
     # Committed records carry paths relative to the checkout.
@@ -483,7 +484,7 @@ def test_fallback_shapes_replace_tool_failures():
     records = {bad.key: {"key": bad.key, "fits": False}}
     assert fpga_bench.fallback_configs(configs, records) == []
     # The replacement shape counts as a model shape (per-PE slope stays a measured difference).
-    recs = _linear_records("ulx3s-85f", "log", ((1, 2), (4, 2), (1, 4)), 300, 700, 150)
+    recs = _linear_records("ulx3s-85f", "log", ((2, 2), (4, 2), (3, 3)), 300, 700, 150)
     results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
     assert len(fpga_bench.model_basis(results)) == 3
     assert unit_cost(results)["per_pe"]["LUT"] == pytest.approx(150)
@@ -513,9 +514,9 @@ def test_verify_largest_steps_to_the_largest_that_fits(monkeypatch, tmp_path):
                                      build_root=str(tmp_path), timeout=None,
                                      boards=("icebreaker",), jobs=2)
     # Both estimates are 3x3: log confirms 3x3 and fails 4x4; int8 fails 3x3 and has 2x2.
-    assert sorted(built) == ["icebreaker|int8|3x3||dsp=requant",
-                             "icebreaker|log|3x3|bits=4|dsp=requant",
-                             "icebreaker|log|4x4|bits=4|dsp=requant"]
+    assert sorted(built) == ["icebreaker|int8|3x3||dsp=requant|freq=40",
+                             "icebreaker|log|3x3|bits=4|dsp=requant|freq=40",
+                             "icebreaker|log|4x4|bits=4|dsp=requant|freq=40"]
     assert json.loads(path.read_text())["records"].keys() == data["records"].keys()
     rows = {r["unit"]: r for r in fpga_bench.largest_table(data["records"])}
     assert (rows["log"]["fit"]["n"], rows["log"]["verified"]) == (3, "verified")
@@ -584,7 +585,8 @@ def test_units_against_their_bare_pe():
     bare = [c for c in configs if c.design == "bare"]
     assert {(c.unit, c.dsp) for c in bare} == {("int8", "requant"), ("log", "requant"),
                                                ("xnor", "requant"), ("int8", "auto")}
-    assert all((c.rows, c.cols) == (1, 1) and c.key.endswith("|design=bare") for c in bare)
+    assert all((c.rows, c.cols) == (1, 1) and c.key.endswith("|design=bare|freq=40")
+               for c in bare)
     records = _linear_records("icebreaker", "xnor", ICE_SHAPES, 400, 800, 160)
     key, record = _fake_record("icebreaker", "xnor", 1, 1, 140 + 12, 70, wrapper_lut=12)
     # the bare PE's record: its own key, and not a point of the unit's model
@@ -597,3 +599,68 @@ def test_units_against_their_bare_pe():
     assert row["lut_per_mac"] == pytest.approx(5.0) and row["bare_lut_per_mac"] == \
         pytest.approx(140 / 32)
     assert "### Against a bare registered PE" in render_markdown({"records": records})
+
+
+def test_negative_terms_are_never_a_cost():
+    """A per-row term below the builds' noise is refitted into the PE slope; a negative per-PE
+    slope (tiny arrays, noise) makes the fit unreliable: no cost, no estimate, no plot point."""
+    shapes = fpga_bench.SIZES["ulx3s-85f"]
+    # per_row -6 exactly: refitted without a row term, the row's share goes to the PE slope
+    recs = dict(_fake_record("ulx3s-85f", "int8", r, c, 900 - 6 * r + 1100 * c + 160 * r * c,
+                             80 * r * c) for r, c in shapes)
+    model = fit_array_model([FpgaResult.from_dict(r["result"]) for r in recs.values()])
+    assert model["LUT"]["per_row"] == 0 and model["FF"]["per_pe"] == pytest.approx(80)
+    assert 150 < model["LUT"]["per_pe"] < 160 and fpga_bench.negative_terms(model) == []
+    # a unit whose LUTs fall with more PEs (per PE -16): flagged, never printed as a cost
+    bad = dict(_fake_record("ulx3s-85f", "log", r, c, 3000 + 1200 * c - 16 * r * c, 70 * r * c)
+               for r, c in shapes)
+    results = [FpgaResult.from_dict(r["result"]) for r in bad.values()]
+    cost = unit_cost(results)
+    assert cost["unreliable"] == ["LUT per_pe -16"]
+    assert fit_largest(results)["n"] is None
+    records = {**recs, **bad}
+    md = render_markdown({"records": records})
+    row = [line for line in md.splitlines() if line.startswith("| ulx3s-85f | log 4-bit")
+           and "requant" in line and "unreliable" in line]
+    assert len(row) == 1 and "unreliable fit (LUT per_pe -16)" in row[0]
+    assert [c.strip() for c in row[0].split("|")[7:9]] == ["-", "-"]   # no cost per MAC
+    largest = [line for line in md.splitlines() if line.startswith("| ulx3s-85f | log ")
+               and "unreliable fit: LUT per_pe -16" in line]
+    assert len(largest) == 1 and "| -  " in largest[0]
+    assert not [c for c in comparisons(records) if c["unit"] == "log"
+                and c["measure"].startswith("marginal")]
+    assert "log" not in str(plot_points(records).get("ulx3s-85f", {}))
+
+
+def test_bench_shapes_are_large_enough_and_separate_four_terms():
+    """The ECP5 basis has at least two PEs a column, the 4x4 array among them; each board's
+    four shapes determine the four terms; every build asks nextpnr for the board's target."""
+    import numpy as np
+    assert min(r for r, _ in fpga_bench.SIZES["ulx3s-85f"]) >= 2
+    assert (4, 4) in fpga_bench.SIZES["ulx3s-85f"] and (2, 2) in fpga_bench.SIZES["icebreaker"]
+    for board, shapes in fpga_bench.SIZES.items():
+        assert np.linalg.matrix_rank([[1, r, c, r * c] for r, c in shapes]) == 4
+    shapes = fpga_bench.SIZES["ulx3s-85f"]
+    for alt in fpga_bench.ALT_SIZES["ulx3s-85f"]:   # any one shape replaced: still four terms
+        for i in range(len(shapes)):
+            rest = shapes[:i] + shapes[i + 1:] + (alt,)
+            assert np.linalg.matrix_rank([[1, r, c, r * c] for r, c in rest]) == 4
+    configs = default_configs()
+    assert {c.freq for c in configs if c.board == "ulx3s-85f"} == {120.0}
+    assert {c.freq for c in configs if c.board == "icebreaker"} == {40.0}
+
+
+def test_fmax_table_against_the_target():
+    """Each unit's achieved Fmax by array against nextpnr's target, judged at the largest."""
+    shapes = fpga_bench.SIZES["ulx3s-85f"]
+    records = {}
+    for (r, c), mhz in zip(shapes, (130.0, 125.5, 121.0, 110.2)):
+        key, rec = _fake_record("ulx3s-85f", "int8", r, c, 900 + 1100 * c + 160 * r * c, 80)
+        rec["result"].update(fmax_mhz=mhz, target_mhz=120.0)
+        records[key] = rec
+    md = render_markdown({"records": records})
+    assert "### Clock: achieved Fmax against the target" in md
+    (row,) = [line for line in md.splitlines() if "| 120 " in line]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == "2x2: 130.0, 4x2: 125.5, 2x4: 121.0, 4x4: 110.2"
+    assert cells[5] == "110.2 at 4x4 (not met)"
