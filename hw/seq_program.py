@@ -326,17 +326,18 @@ class SeqRun:
     seconds: float
 
 
-def run_program(program: Program, *, program_depth: int = 64, timeout: int = 2_000_000
-                ) -> SeqRun:
-    """Load ``program`` through the host ports of a :class:`Sequencer` in the Amaranth
-    simulator, run it and read every region back."""
+def run_program(program: Program, *, program_depth: int = 64, timeout: int = 2_000_000,
+                mm_rows: int = 1, mm_cols: int = 1) -> SeqRun:
+    """Load ``program`` through the host ports of a :class:`Sequencer` (matmul array
+    ``mm_rows x mm_cols``) in the Amaranth simulator, run it and read every region back."""
     from amaranth.sim import Simulator
 
     words = program.command_words()
     if len(words) > program_depth:
         raise ValueError(f"{len(words)} commands do not fit {program_depth} program words")
     dut = Sequencer(depth=program.depth, program_depth=program_depth,
-                    max_len=program.max_len, score_len=program.score_len)
+                    max_len=program.max_len, score_len=program.score_len, mm_rows=mm_rows,
+                    mm_cols=mm_cols)
     got: dict = {}
     count: dict = {}
 

@@ -62,6 +62,8 @@ class CosimOptions:
     harnesses: dict = field(default_factory=dict)  # built libraries, handed to the workers
     ray: str | None = None              # None: local processes; "": a local Ray; else its address
     crash_once: str | None = None       # test hook (Ray): the first batch kills its worker once
+    engine: str = "units"               # "units": each operation on its own Verilated unit;
+    # "sequencer": whole sentences on the Verilated sequencer top (integer-only packages)
 
 
 @dataclass
@@ -77,6 +79,8 @@ class CosimReport:
     seconds: float = 0.0
     build_seconds: float = 0.0
     translations: dict = field(default_factory=dict)  # sentence index -> token ids (RTL)
+    programs: dict = field(default_factory=dict)      # sequencer engine: program -> [runs,
+    # cycles] ("encoder pass", "decoder step")
 
     @property
     def cycles(self) -> int:
@@ -195,6 +199,78 @@ class _Worker:
             self.ops.close()
 
 
+class _SeqWorker:
+    """A job of the sequencer engine: each sentence decoded greedily on one Verilated
+    sequencer top (:func:`lowbit.sim.seq_compile.sequencer_greedy`, its scratchpad checked
+    against the compiled golden chain after the encoder pass and the first step) and by the
+    golden greedy decode; ``stats()`` has one entry per command kind."""
+
+    def __init__(self, model_dir: str, opts: CosimOptions):
+        from lowbit.sw.checkpoint import load_model
+
+        self.model, self.tokenizer, _ = load_model(model_dir)
+        self.array = {"fault": opts.rtl_fault, "mm_rows": opts.rows, "mm_cols": opts.cols}
+        self.seq = None
+        self.last_ops: dict = {}
+        self.last_programs: dict = {}
+        self._stats: dict = {}
+
+    def batch(self, encoded: list, plant_fault: int | None = None) -> tuple[list, list]:
+        from lowbit.sw.decode import DecodeOptions, greedy_search
+
+        from .seq_compile import ModelCompiler, sequencer_for, sequencer_greedy
+
+        rtl, gold, self.last_programs = [], [], {}
+        for ids in encoded:
+            src = torch.tensor([ids])
+            gold.append(greedy_search(self.model, src, DecodeOptions())[0])
+            if self.seq is None:
+                probe = ModelCompiler(self.model, src_len=len(ids), max_tgt=1).program
+                self.seq = sequencer_for(probe, **self.array)
+            run = sequencer_greedy(self.model, ids, seq=self.seq, check=True)
+            if run.mismatch is not None:
+                raise CosimMismatch(run.mismatch)
+            rtl.append(run.tokens)
+            for name, n, cycles in (("encoder pass", 1, run.encoder_cycles),
+                                    ("decoder step", len(run.step_cycles),
+                                     sum(run.step_cycles))):
+                have = self.last_programs.setdefault(name, [0, 0])
+                have[0] += n
+                have[1] += cycles
+            share = run.seconds / max(1, sum(c for _, c in run.ops.values()))
+            for op, (calls, cycles) in run.ops.items():
+                st = self._stats.setdefault(op, UnitStats(op, {
+                    "engine": "sequencer", "array": f"{self.array['mm_rows']}x"
+                                                   f"{self.array['mm_cols']}"}))
+                st.calls += calls
+                st.cycles += cycles
+                st.sim_seconds += cycles * share
+                if op == "matmul":
+                    st.macs += run.macs
+                    st.ideal_cycles += run.macs / (self.array["mm_rows"]
+                                                   * self.array["mm_cols"])
+        return rtl, gold
+
+    def stats(self) -> list:
+        return list(self._stats.values())
+
+    def close(self) -> None:
+        if self.seq is not None:
+            self.seq.close()
+
+
+def _worker(model_dir: str, opts: CosimOptions):
+    """The job's worker for ``opts.engine``."""
+    return (_SeqWorker if opts.engine == "sequencer" else _Worker)(model_dir, opts)
+
+
+def _merge_programs(report: CosimReport, programs: dict) -> None:
+    for name, (runs, cycles) in programs.items():
+        have = report.programs.setdefault(name, [0, 0])
+        have[0] += runs
+        have[1] += cycles
+
+
 def _ops_delta(now: dict, before: dict) -> dict:
     return {op: [n[0] - before.get(op, [0, 0])[0], n[1] - before.get(op, [0, 0])[1]]
             for op, n in now.items()}
@@ -214,7 +290,7 @@ def _job_main(model_dir, opts, tasks, results):
     torch.set_num_threads(1)
     remember_harnesses(opts.harnesses)
     try:
-        worker = _Worker(model_dir, opts)
+        worker = _worker(model_dir, opts)
     except BaseException as e:  # noqa: BLE001 - reported to the parent, which exits
         results.put(("error", f"{type(e).__name__}: {e}"))
         return
@@ -233,6 +309,7 @@ def _job_main(model_dir, opts, tasks, results):
             results.put(("error", f"{type(e).__name__}: {e}"))
             break
         results.put(("ops", worker.last_ops))
+        results.put(("programs", getattr(worker, "last_programs", {})))
         results.put(("batch", [(i, r, g) for (i, _), r, g in zip(items, rtl_ids, gold_ids)]))
     results.put(("stats", [s.to_dict() for s in worker.stats()]))
     worker.close()
@@ -267,6 +344,23 @@ def build_units(model, opts: CosimOptions, log=None) -> float:
     return time.perf_counter() - t0
 
 
+def build_sequencer(model, opts: CosimOptions, log=None) -> float:
+    """Check that ``model`` runs on the sequencer and build (cached) its Verilated top before
+    workers start; returns seconds."""
+    from .seq_compile import ModelCompiler, sequencer_for
+
+    t0 = time.perf_counter()
+    if not getattr(model, "integer_only", False):
+        raise LowbitError("--engine sequencer runs an integer-only package (every operation "
+                          "on integers, e.g. multi30k-en-de-int8i), not this one")
+    probe = ModelCompiler(model, src_len=1, max_tgt=1).program
+    if log:
+        log(f"sequencer: {opts.rows}x{opts.cols} INT8 matmul array, scratchpad "
+            f"{probe.depth:,} words, max_len {probe.max_len}, score_len {probe.score_len}")
+    sequencer_for(probe, fault=opts.rtl_fault, mm_rows=opts.rows, mm_cols=opts.cols).close()
+    return time.perf_counter() - t0
+
+
 def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, progress=None,
                 log=None, warn=None) -> CosimReport:
     """Co-simulate the translation of ``sentences`` (see the module docstring).
@@ -283,7 +377,12 @@ def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, pro
     if warn is None:
         warn = lambda m: print(f"lowbit: warning: {m}", file=sys.stderr)  # noqa: E731
     report = CosimReport(sentences=len(sentences))
-    report.build_seconds = build_units(model, opts, log)
+    if opts.engine == "sequencer":
+        if opts.ray is not None:
+            raise LowbitError("--engine sequencer runs in local --jobs processes, not on Ray")
+        report.build_seconds = build_sequencer(model, opts, log)
+    else:
+        report.build_seconds = build_units(model, opts, log)
     from lowbit.sim.verilator import harness_memo
     opts.harnesses = harness_memo()
     limit = min(256, model.config.max_position_embeddings)
@@ -292,7 +391,8 @@ def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, pro
     report.identical += empty           # an empty line translates to "" without the model
     if progress and empty:
         progress(empty)
-    batches = make_batches(encoded, opts.batch_size)
+    # the sequencer decodes one sentence at a time
+    batches = make_batches(encoded, 1 if opts.engine == "sequencer" else opts.batch_size)
     t0 = time.perf_counter()
     if opts.ray is not None:
         del model
@@ -319,7 +419,7 @@ def _take(report: CosimReport, rows, progress) -> None:
 
 
 def _run_inline(model_dir, opts, encoded, batches, report, progress) -> None:
-    worker = _Worker(model_dir, opts)
+    worker = _worker(model_dir, opts)
     try:
         for number, batch in enumerate(batches):
             fault = opts.plant_fault if number == 0 else None
@@ -329,6 +429,7 @@ def _run_inline(model_dir, opts, encoded, batches, report, progress) -> None:
                 report.mismatch = e.info
                 break
             _merge_ops(report, worker.last_ops)
+            _merge_programs(report, getattr(worker, "last_programs", {}))
             _take(report, list(zip(batch, rtl_ids, gold_ids)), progress)
     finally:
         _merge_stats(report, worker.stats())
@@ -449,6 +550,8 @@ def _run_jobs(model_dir, opts, encoded, batches, report, progress) -> None:
                 _take(report, payload, progress)
             elif kind == "ops":
                 _merge_ops(report, payload)
+            elif kind == "programs":
+                _merge_programs(report, payload)
             elif kind == "stats":
                 _merge_stats(report, payload)
                 finished += 1

@@ -16,6 +16,8 @@ from lowbit.contract import DEFAULT_MAX_K
 from lowbit.io import write_text_atomic
 
 FULL_SPLIT = 1000   # sentences of a Multi30k test split: the size the benchmark projects to
+UNITS_ARRAY = (8, 8)        # default PE array (rows, cols) of the matmul units
+SEQUENCER_ARRAY = (4, 16)   # ... of the sequencer's matmul unit (--engine sequencer)
 
 
 def _add_common(p, *, jobs_default) -> None:
@@ -32,8 +34,10 @@ def _add_common(p, *, jobs_default) -> None:
     p.add_argument("--batch-size", type=int, default=64,
                    help="sentences decoded together; every matmul covers the whole batch "
                         "(default 64)")
-    p.add_argument("--rows", type=int, default=8, help="PE array rows of every unit (default 8)")
-    p.add_argument("--cols", type=int, default=8, help="PE array columns (default 8)")
+    p.add_argument("--rows", type=int,
+                   help="PE array rows of every unit (default 8; with --engine sequencer 4)")
+    p.add_argument("--cols", type=int,
+                   help="PE array columns (default 8; with --engine sequencer 16)")
     p.add_argument("--max-k", type=int, default=DEFAULT_MAX_K,
                    help=f"the units' largest K (default {DEFAULT_MAX_K}, the contract's; it must "
                         f"cover the model's widest matmul)")
@@ -41,6 +45,10 @@ def _add_common(p, *, jobs_default) -> None:
     p.add_argument("--vector-lanes", type=int, default=8,
                    help="elements per beat of the vector units that run the integer-only "
                         "model's other operations (default 8)")
+    p.add_argument("--engine", choices=("units", "sequencer"), default="units",
+                   help="units (default): each operation on its own Verilated unit; sequencer: "
+                        "whole sentences greedily on the Verilated sequencer top, the host "
+                        "sending only token ids (integer-only packages; one sentence per batch)")
     p.add_argument("--ray", metavar="ADDRESS", nargs="?", const="", default=None,
                    help="send the batches to --jobs Ray workers: the cluster at ADDRESS, or "
                         "without one a local Ray instance (docs/regress.md)")
@@ -95,6 +103,14 @@ def argparse_suppress():
 def _options(args):
     from lowbit.sim.cosim import CosimOptions
 
+    if args.engine == "sequencer" and args.beam != 1:
+        raise LowbitError(f"--engine sequencer decodes greedily (--beam 1), not --beam "
+                          f"{args.beam}")
+    # The sequencer decodes one sentence at a time (matmuls of one row per decode step): its
+    # default array is wide rather than tall.
+    default = SEQUENCER_ARRAY if args.engine == "sequencer" else UNITS_ARRAY
+    args.rows = default[0] if args.rows is None else args.rows
+    args.cols = default[1] if args.cols is None else args.cols
     for flag, value, lo, hi in (("--jobs", args.jobs, 1, 256), ("--beam", args.beam, 1, 64),
                                 ("--batch-size", args.batch_size, 1, 100_000),
                                 ("--rows", args.rows, 1, 64), ("--cols", args.cols, 1, 64),
@@ -107,7 +123,7 @@ def _options(args):
                         vector_lanes=args.vector_lanes,
                         beam=args.beam, batch_size=args.batch_size, jobs=args.jobs,
                         plant_fault=getattr(args, "plant_mismatch", None),
-                        ray=args.ray, crash_once=args.crash_once,
+                        ray=args.ray, crash_once=args.crash_once, engine=args.engine,
                         rtl_fault=_rtl_fault(getattr(args, "rtl_fault", None)))
 
 
@@ -152,9 +168,12 @@ def _run(args, sentences, opts, desc):
     model_dir = _model_dir(args.model)
     scheme = read_manifest(model_dir)["scheme"]
     mode = "greedy" if opts.beam == 1 else f"beam {opts.beam}"
+    if opts.engine == "sequencer":
+        how = "one sentence at a time on the Verilated sequencer top"
+    else:
+        how = f"batches of {opts.batch_size}, {opts.rows}x{opts.cols} arrays"
     print(f"model {args.model}: scheme {scheme}; {len(sentences)} sentences of {args.split}, "
-          f"{mode}, batches of {opts.batch_size}, {opts.jobs} job(s), {opts.rows}x{opts.cols} "
-          f"arrays", flush=True)
+          f"{mode}, {how}, {opts.jobs} job(s)", flush=True)
     with tqdm(total=len(sentences), unit="sent", desc=desc, file=sys.stderr,
               disable=None) as bar:
         report = cosim_split(model_dir, sentences, opts, progress=bar.update,
@@ -173,6 +192,23 @@ def _unit_table(report) -> list[str]:
     return lines
 
 
+def _sequencer_table(report) -> list[str]:
+    """Cycles per program run and per sentence, and each command kind's share."""
+    total = report.cycles
+    sentences = report.programs.get("encoder pass", [0, 0])[0]
+    lines = [f"{'program':<14} {'runs':>7} {'cycles':>16} {'cycles/run':>14}"]
+    rows = [(name, *report.programs[name]) for name in ("encoder pass", "decoder step")
+            if name in report.programs]
+    rows.append(("sentence", sentences, total))
+    for name, runs, cycles in rows:
+        lines.append(f"{name:<14} {runs:>7} {cycles:>16,} {cycles / max(1, runs):>14,.0f}")
+    lines.append(f"{'command':<14} {'runs':>7} {'cycles':>16} {'share':>14}")
+    for u in sorted(report.units, key=lambda u: -u.cycles):
+        lines.append(f"{u.unit:<14} {u.calls:>7} {u.cycles:>16,} "
+                     f"{100 * u.cycles / max(1, total):>13.1f}%")
+    return lines
+
+
 def _summary(report) -> dict:
     done = report.identical + len(report.differing)
     wall = report.seconds
@@ -185,12 +221,13 @@ def _summary(report) -> dict:
             "cycles_per_sim_second": report.cycles / report.sim_seconds
             if report.sim_seconds else 0.0,
             "cycles_per_wall_second": report.cycles / wall if wall else 0.0,
-            "units": [u.to_dict() for u in report.units], "mismatch": report.mismatch}
+            "units": [u.to_dict() for u in report.units], "mismatch": report.mismatch,
+            **({"programs": report.programs} if report.programs else {})}
 
 
 def _print_report(report) -> dict:
     s = _summary(report)
-    for line in _unit_table(report):
+    for line in (_sequencer_table(report) if report.programs else _unit_table(report)):
         print(line)
     print(f"simulated {s['cycles']:,} cycles (ideal {s['ideal_cycles']:,.0f}, array utilisation "
           f"{100 * s['utilisation']:.1f}%) in {s['seconds']:.1f} s wall: "

@@ -36,12 +36,14 @@ import numpy as np
 import torch
 
 from lowbit.hw.seq_program import At, Program
+from lowbit.hw.sequencer import OPCODES
 from lowbit.sw.decode import DecodeOptions, max_lengths
 from lowbit.sw.quant.integer import ACT_BITS, PROB_BITS, SUM_BITS
 
 from .cosim_ops import RtlOps
 
-__all__ = ["ModelCompiler", "SeqDecode", "sequencer_greedy", "DEPTH"]
+__all__ = ["ModelCompiler", "SeqDecode", "sequencer_greedy", "sequencer_for", "DEPTH",
+           "PROGRAM_DEPTH"]
 
 DEPTH = 1 << 23         # scratchpad words for the shipped models (7.6 M weights and more)
 REQUANT_UNITS = {8: "requant", 16: "requant16", 32: "requant32"}
@@ -265,7 +267,10 @@ class ModelCompiler:
 class SeqDecode:
     """A sentence decoded on the Verilated sequencer: ``tokens`` (without EOS), the encoder
     output read back, cycles of the encoder pass and of each decoder step, commands per
-    program and the wall-clock seconds of the simulation."""
+    program, ``ops`` (command kind -> [commands run, cycles]; ``halt``: the HALT fetch that
+    ends each program run), the matmuls' MACs, the wall-clock seconds of the simulation and
+    ``mismatch`` (with ``check``: where the scratchpad first differed from the compiled golden
+    chain, else None)."""
     tokens: list
     memory: np.ndarray
     encoder_cycles: int
@@ -273,16 +278,73 @@ class SeqDecode:
     commands: dict = field(default_factory=dict)
     seconds: float = 0.0
     build_seconds: float = 0.0
+    ops: dict = field(default_factory=dict)
+    macs: int = 0
+    mismatch: dict | None = None
 
 
-def sequencer_greedy(model, src_ids, opts: DecodeOptions | None = None) -> SeqDecode:
+#: Program words of a sequencer that decodes any sentence: the encoder pass of the longest
+#: source (2 commands per token and 90 more) and a decoder step (129 commands).
+PROGRAM_DEPTH = 1024
+OP_NAMES = {v: k for k, v in OPCODES.items()}
+
+
+def sequencer_for(program: Program, **kwargs):
+    """A Verilated sequencer sized for ``program``'s scratchpad layout and every sentence's
+    programs (``kwargs``: :class:`~lowbit.sim.seq_harness.VerilatedSequencer`'s ``fault``,
+    ``mm_rows``, ``mm_cols``)."""
+    from .seq_harness import VerilatedSequencer
+
+    return VerilatedSequencer(depth=program.depth, program_depth=PROGRAM_DEPTH,
+                              max_len=program.max_len, score_len=program.score_len, **kwargs)
+
+
+def _tally(run: SeqDecode, commands: list, per_command: list) -> None:
+    for c, n in zip(commands, per_command):
+        have = run.ops.setdefault(OP_NAMES[c["op"]], [0, 0])
+        have[0] += 1
+        have[1] += n
+        if c["op"] == OPCODES["matmul"]:
+            run.macs += c["rows"] * c["length"] * c["k"]
+    halt = run.ops.setdefault("halt", [0, 0])
+    halt[0] += 1
+    halt[1] += 1
+
+
+def _first_difference(seq, program: Program, names, commands: list, what: str):
+    """The first region (by address) of ``names`` whose words differ from the compiled golden
+    chain, as a :class:`lowbit.sim.cosim_kernels.CosimMismatch` info; None if all equal."""
+    for name in sorted(names, key=lambda n: program.regions[n].addr):
+        r = program.regions[name]
+        got, want = seq.read(r), program.golden[name]
+        if np.array_equal(got, want):
+            continue
+        bad = tuple(int(b) for b in np.argwhere(got != want)[0])
+        cmd = next((i for i, c in enumerate(commands)
+                    if r.addr <= c.get("dst", -1) < r.addr + r.size), None)
+        layer, _, role = name.partition(".")
+        return {"what": f"{what} command", "call": cmd,
+                "kernel": OP_NAMES[commands[cmd]["op"]] if cmd is not None else "host write",
+                "site": name, "layer": layer, "role": role or name,
+                "shapes": [list(r.shape)], "result_shape": list(r.shape), "index": list(bad),
+                "rtl": int(got[bad]), "golden": int(want[bad]),
+                "differing": int((got != want).sum()), "elements": r.size}
+    return None
+
+
+def sequencer_greedy(model, src_ids, opts: DecodeOptions | None = None, *, seq=None,
+                     check: bool = False) -> SeqDecode:
     """Greedy decoding of one sentence (ids without padding, EOS included as the model's
     encoder takes it) on the Verilated sequencer: the host writes the weights and the ids,
     runs the encoder program, loads the decoder step program and then, each step, writes the
     token id, starts the program and reads the next token id; it stops as
-    :func:`lowbit.sw.decode.greedy_search` does (EOS or padding, or the length limit)."""
-    from .seq_harness import VerilatedSequencer
+    :func:`lowbit.sw.decode.greedy_search` does (EOS or padding, or the length limit).
 
+    ``seq``: a sequencer of :func:`sequencer_for` to reuse (its scratchpad is cleared first;
+    default: one built for this sentence). ``check``: after the encoder pass and after the
+    first decoder step (the compiled step's own token and position) every scratchpad region
+    is compared with the compiled golden chain; the first difference stops the decode and is
+    returned as ``mismatch``."""
     opts = opts or DecodeOptions()
     cfg = model.config
     src = torch.as_tensor(src_ids, dtype=torch.int64).reshape(1, -1)
@@ -291,27 +353,40 @@ def sequencer_greedy(model, src_ids, opts: DecodeOptions | None = None) -> SeqDe
     p = comp.program
     comp.encoder(src[0].numpy())
     encoder = p.take_commands()
+    encoder_regions = list(p.regions)
     comp.decoder_step()
     step = p.take_commands()
     t0 = time.perf_counter()
-    seq = VerilatedSequencer(depth=p.depth, program_depth=max(len(encoder), len(step)) + 1,
-                             max_len=p.max_len, score_len=p.score_len)
+    own = seq is None
+    if own:
+        seq = sequencer_for(p)
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
+    seq.memory[:] = 0
     seq.load(p, encoder)
-    enc_cycles, _ = seq.start()
-    memory = seq.read(comp.regions["memory"])
+    enc_cycles, per_command = seq.start()
+    run = SeqDecode([], seq.read(comp.regions["memory"]), enc_cycles,
+                    commands={"encoder": len(encoder), "decoder_step": len(step)},
+                    build_seconds=build)
+    _tally(run, encoder, per_command)
+    if check:
+        run.mismatch = _first_difference(seq, p, encoder_regions, encoder, "encoder pass")
     seq.load(p, step, inputs=False)
-    token, out, cycles = cfg.decoder_start_token_id, [], []
-    for _ in range(limit):
+    token = cfg.decoder_start_token_id
+    for i in range(limit if run.mismatch is None else 0):
         seq.memory[comp.regions["token"].addr] = token
-        n, _ = seq.start()
-        cycles.append(n)
+        n, per_command = seq.start()
+        run.step_cycles.append(n)
+        _tally(run, step, per_command)
+        if check and i == 0:
+            run.mismatch = _first_difference(seq, p, p.regions, step, "decoder step")
+            if run.mismatch is not None:
+                break
         token = int(seq.memory[comp.regions["next"].addr])
         if token in (cfg.eos_token_id, cfg.pad_token_id):
             break
-        out.append(token)
-    seconds = time.perf_counter() - t0
-    seq.close()
-    return SeqDecode(out, memory, enc_cycles, cycles,
-                     {"encoder": len(encoder), "decoder_step": len(step)}, seconds, build)
+        run.tokens.append(token)
+    run.seconds = time.perf_counter() - t0
+    if own:
+        seq.close()
+    return run

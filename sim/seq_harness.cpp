@@ -5,6 +5,10 @@
 // reads, as the on-chip Memory of hw/sequencer.py's Sequencer), the write port's request of
 // that cycle is applied at the rising edge. The host reaches the memory directly (a DMA into
 // an external memory) and the program memory through the core's write port.
+//
+// sim/seq_harness.py defines SEQ_LANES (the core's read lanes beside the six slot ports,
+// rd_addr_lane / rd_data_lane: 32-bit addresses, 64-bit words) and SEQ_COLS (the words of its
+// write port, wr_data, one enable bit each in wr_en) before this file.
 
 #include <cstdint>
 #include <vector>
@@ -12,7 +16,34 @@
 #include "verilated.h"
 #include "Vseq.h"
 
+#ifndef SEQ_LANES
+#define SEQ_LANES 0
+#endif
+#ifndef SEQ_COLS
+#define SEQ_COLS 1
+#endif
+
 namespace {
+
+// Field i of a port packed from 32-bit (addresses) or 64-bit (data) fields; Verilator keeps a
+// port of up to 64 bits in an integer, a wider one in a VlWide of 32-bit words.
+template <typename T>
+uint32_t field32(const T& port, int i) { return (uint32_t)((uint64_t)port >> (32 * i)); }
+template <std::size_t N>
+uint32_t field32(const VlWide<N>& port, int i) { return port[i]; }
+template <typename T>
+int64_t field64(const T& port, int) { return (int64_t)port; }
+template <std::size_t N>
+int64_t field64(const VlWide<N>& port, int i) {
+    return (int64_t)(((uint64_t)port[2 * i + 1] << 32) | port[2 * i]);
+}
+template <typename T>
+void set64(T& port, int, int64_t v) { port = (uint64_t)v; }
+template <std::size_t N>
+void set64(VlWide<N>& port, int i, int64_t v) {
+    port[2 * i] = (uint32_t)v;
+    port[2 * i + 1] = (uint32_t)((uint64_t)v >> 32);
+}
 
 struct Seq {
     VerilatedContext ctx;
@@ -43,13 +74,19 @@ struct Seq {
         top->rd_data_3 = read(top->rd_addr_3);
         top->rd_data_4 = read(top->rd_addr_4);
         top->rd_data_5 = read(top->rd_addr_5);
+#if SEQ_LANES > 0
+        for (int i = 0; i < SEQ_LANES; i++)
+            set64(top->rd_data_lane, i, read(field32(top->rd_addr_lane, i)));
+#endif
         top->eval();
-        bool we = top->wr_en;
+        uint64_t we = top->wr_en;
         uint64_t wa = top->wr_addr;
-        int64_t wd = (int64_t)top->wr_data;
+        int64_t wd[SEQ_COLS];
+        for (int c = 0; c < SEQ_COLS; c++) wd[c] = field64(top->wr_data, c);
         top->clk = 1;
         top->eval();
-        if (we && wa < mem.size()) mem[wa] = wd;
+        for (int c = 0; c < SEQ_COLS; c++)
+            if (((we >> c) & 1) && wa + c < mem.size()) mem[wa + c] = wd[c];
     }
 };
 

@@ -22,6 +22,7 @@ waits for ``done`` and reads every region back; :meth:`VerilatedSequencer.load`,
 from __future__ import annotations
 
 import ctypes
+import tempfile
 import time
 import weakref
 from pathlib import Path
@@ -49,23 +50,30 @@ def pack_commands(layout, words: list) -> np.ndarray:
 
 class VerilatedSequencer:
     """A :class:`~lowbit.hw.sequencer.SequencerCore` in Verilator with a ``depth``-word
-    scratchpad (parameters as the core's). Raises :class:`lowbit.LowbitError` for a bad
+    scratchpad (parameters as the core's, ``fault`` included). Raises :class:`lowbit.LowbitError` for a bad
     parameter and when the build fails; ``close()`` frees the model."""
 
     def __init__(self, *, depth: int, program_depth: int = 64, max_len: int = 512,
-                 score_len: int | None = None):
+                 score_len: int | None = None, fault: str | None = None, mm_rows: int = 1,
+                 mm_cols: int = 1):
         from lowbit.hw.sequencer import SequencerCore
         from lowbit.hw.verilog import flat_verilog
         from lowbit.sim.verilator import build_library
 
         try:
             core = SequencerCore(depth=depth, program_depth=program_depth, max_len=max_len,
-                                 score_len=score_len)
+                                 score_len=score_len, fault=fault, mm_rows=mm_rows,
+                                 mm_cols=mm_cols)
         except ValueError as e:
             raise LowbitError(str(e)) from None
         self.core, self.depth, self.program_depth = core, depth, program_depth
-        self.library = build_library("Vseq", "sequencer_core",
-                                     flat_verilog(core, "sequencer_core"), SEQ_HARNESS_SOURCE)
+        # The harness source with the core's port counts (its read lanes, its write words).
+        with tempfile.TemporaryDirectory(prefix="lowbit-seq-") as tmp:
+            source = Path(tmp) / SEQ_HARNESS_SOURCE.name
+            source.write_text(f"#define SEQ_LANES {core.lanes}\n#define SEQ_COLS {mm_cols}\n"
+                              + SEQ_HARNESS_SOURCE.read_text())
+            self.library = build_library("Vseq", "sequencer_core",
+                                         flat_verilog(core, "sequencer_core"), source)
         lib = ctypes.CDLL(str(self.library))
         lib.lbs_create.restype = ctypes.c_void_p
         lib.lbs_create.argtypes = [ctypes.c_uint64]

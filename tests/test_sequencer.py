@@ -6,6 +6,8 @@ results and the same cycle counts."""
 
 from functools import lru_cache
 
+import re
+
 import numpy as np
 import pytest
 
@@ -27,16 +29,17 @@ def _assert_equal(program, run):
 
 
 @lru_cache(maxsize=None)
-def _verilated(max_len):
+def _verilated(max_len, mm_rows=1, mm_cols=1):
     from lowbit.sim.seq_harness import VerilatedSequencer
 
-    return VerilatedSequencer(depth=1 << 16, program_depth=256, max_len=max_len)
+    return VerilatedSequencer(depth=1 << 16, program_depth=256, max_len=max_len,
+                              mm_rows=mm_rows, mm_cols=mm_cols)
 
 
-def _same_on_verilator(program, run):
+def _same_on_verilator(program, run, mm_rows=1, mm_cols=1):
     """The program on the Verilated core: every region equal to golden, and the cycles of
     every command equal to the Amaranth simulation's."""
-    v = _verilated(program.max_len).run(program)
+    v = _verilated(program.max_len, mm_rows, mm_cols).run(program)
     _assert_equal(program, v)
     assert v.cycles == run.cycles
     assert v.command_cycles == [int(c) for c in run.command_cycles]
@@ -150,6 +153,37 @@ def test_attention_and_ffn_block():
     assert (run.results["probs"][0, 1:] == 0).all() and len(set(run.results["tokens"])) > 1
 
 
+def _tiled_matmuls(rng):
+    """Matmuls whose M and N are not multiples of the arrays below (edge tiles): two-head
+    attention through views (V read as V^T, :func:`_attention_program`), then one with int8
+    extremes, and a requantize of its result."""
+    p, *_ = _attention_program(rng)
+    a = rng.integers(-128, 128, (7, 9))
+    a[0] = -128
+    w = rng.integers(-128, 128, (6, 9))
+    w[1] = -128
+    y = p.matmul("y", a, w, rng.integers(-2**20, 2**20, 6))
+    p.vector("requant", "r", {"data": y, "mult": rng.integers(0, 2**16, 6),
+                              "shift": rng.integers(0, 24, 6)}, {"relu": 1})
+    return p
+
+
+@pytest.mark.parametrize("mm_rows, mm_cols", [(1, 4), (4, 2)])
+def test_matmul_array_tiles(mm_rows, mm_cols):
+    """An R x C matmul array: every result equals the golden chain in the Amaranth simulator
+    and on the Verilated core (R + 2C - 3 more read lanes, a C-word write), with the same
+    cycles in both, and the matmuls take fewer cycles than on the 1 x 1 array."""
+    p = _tiled_matmuls(np.random.default_rng(21))
+    one = run_program(p)
+    _assert_equal(p, one)
+    run = run_program(p, mm_rows=mm_rows, mm_cols=mm_cols)
+    _assert_equal(p, run)
+    _same_on_verilator(p, run, mm_rows, mm_cols)
+    mm = [i for i, c in enumerate(p.commands) if c["op"] == 1]
+    assert all(run.command_cycles[i] < one.command_cycles[i] for i in mm)
+    assert run.command_cycles[-1] == one.command_cycles[-1]      # the requantize
+
+
 def test_compiler_and_parameter_errors():
     p = Program(depth=64, max_len=16)
     with pytest.raises(ValueError, match="operand a must lie in -128..127"):
@@ -162,6 +196,8 @@ def test_compiler_and_parameter_errors():
         p.put("big", np.zeros((9, 9)))
     with pytest.raises(ValueError, match="Depth must be an integer of at least 2, not 1"):
         Sequencer(depth=1)
+    with pytest.raises(ValueError, match="Mm_cols must be a power of two in 1..64, not 3"):
+        Sequencer(mm_cols=3)
 
 
 def test_verilog_lint_clean():
@@ -300,12 +336,10 @@ def test_real_encoder_layer_operations():
         assert np.array_equal(run.results[name], tensor), name
     _same_on_verilator(p, run)
 
-def test_multi_head_attention_through_views():
-    """Two heads of attention read their columns of Q, K and V in place (strided views: V as
-    V^T through the W stride along K) and write their context columns into one [L, D]
-    tensor, which the output projection reads back."""
-    rng = np.random.default_rng(11)
-    L, H, dh = 4, 2, 3
+def _attention_program(rng):
+    """Two heads of attention (Q.K^T and P.V per head through views, softmax between), the
+    requantized context and an output projection; ``(program, L, H, dh)``."""
+    L, H, dh = 5, 2, 3
     D = H * dh
     p = Program(depth=2048, max_len=32)
     q = p.put("q", rng.integers(-20, 20, (L, D)))
@@ -324,6 +358,15 @@ def test_multi_head_attention_through_views():
     mult, shift = _requant_params(rng, D, 2 * L)
     ctx8 = p.vector("requant", "ctx8", {"data": ctx, "mult": mult, "shift": shift}, {"relu": 0})
     p.matmul("o", ctx8, rng.integers(-128, 128, (D, D)), np.zeros(D))
+    return p, L, H, dh
+
+
+def test_multi_head_attention_through_views():
+    """Two heads of attention read their columns of Q, K and V in place (strided views: V as
+    V^T through the W stride along K) and write their context columns into one [L, D]
+    tensor, which the output projection reads back."""
+    p, L, H, dh = _attention_program(np.random.default_rng(11))
+    D = H * dh
     run = run_program(p)
     _assert_equal(p, run)
     _same_on_verilator(p, run)
@@ -434,12 +477,14 @@ def test_greedy_sentence_on_sequencer():
     """A test_2016_flickr sentence ("People sit inside a train.", line 43) decoded greedily on
     the Verilated sequencer: the host writes the weights and the source ids, runs the
     encoder program, then per step writes the token id and reads the next one; the tokens
-    equal lowbit.sw.decode.greedy_search on the integer-only model, and the compiled step's
-    golden scores equal the model's decode_step."""
+    equal lowbit.sw.decode.greedy_search on the integer-only model, the compiled step's
+    golden scores equal the model's decode_step, and every scratchpad region after the
+    encoder pass and the first step equals the compiled golden chain (a 4 x 16 matmul
+    array)."""
     import torch
 
     from lowbit.sw.decode import greedy_search
-    from lowbit.sim.seq_compile import ModelCompiler, sequencer_greedy
+    from lowbit.sim.seq_compile import ModelCompiler, sequencer_for, sequencer_greedy
 
     model, tokenizer, _ = _load_model()
     ids = tokenizer.encode("People sit inside a train.", "source")
@@ -452,7 +497,81 @@ def test_greedy_sentence_on_sequencer():
     z = model.decode_step(torch.tensor([model.config.decoder_start_token_id]), memory,
                           model.src_mask(src), model.new_cache(), 0)
     assert np.array_equal(comp.program.golden["dec.scores"][0], z[0].numpy())
-    run = sequencer_greedy(model, ids)
+    seq = sequencer_for(comp.program, mm_rows=4, mm_cols=16)
+    run = sequencer_greedy(model, ids, seq=seq, check=True)
+    seq.close()
+    assert run.mismatch is None
     assert run.tokens == want and len(want) >= 5
     assert np.array_equal(run.memory, memory[0].numpy())
     assert len(run.step_cycles) == len(want) + 1 and len(set(run.step_cycles)) == 1
+
+
+def _tiny_split(tmp_path, sentences):
+    """A split of ``sentences`` (English; the German side is not read by the comparison)."""
+    import gzip
+
+    for lang in ("en", "de"):
+        with gzip.open(tmp_path / f"tiny.{lang}.gz", "wt") as f:
+            f.write("".join(s + "\n" for s in sentences))
+    return ["--data-dir", str(tmp_path), "--split", "tiny"]
+
+
+def _seq_cosim(capsys, *argv):
+    from lowbit.cli import main
+
+    status = main(["cosim", "--engine", "sequencer", *argv])
+    out = capsys.readouterr()
+    return status, out.out.strip().splitlines(), out.err.strip().splitlines()
+
+
+@pytest.mark.slow
+def test_cosim_on_the_sequencer_engine(tmp_path, capsys):
+    """`lowbit cosim --engine sequencer`: two sentences in two worker processes, each decoded
+    on its own Verilated sequencer top and checked against the golden greedy decode; the
+    table's sentence cycles are the encoder passes' and decoder steps' sum, and the command
+    kinds' cycles add up to it."""
+    data = _tiny_split(tmp_path, ["A man is sleeping.", "Two men wearing hats."])
+    status, out, _ = _seq_cosim(capsys, "--model", "multi30k-en-de-int8i", *data,
+                                "--jobs", "2")
+    assert status == 0, out
+    assert out[-1] == "identical: 2/2 sentences"
+    rows = {}
+    for line in out:        # name, runs, cycles, cycles per run or share
+        m = re.fullmatch(r"([a-z0-9]+(?: pass| step)?)\s+(\d+)\s+([\d,]+)\s+\S+", line)
+        if m:
+            rows[m.group(1)] = int(m.group(2)), int(m.group(3).replace(",", ""))
+    assert rows["encoder pass"][0] == rows["sentence"][0] == 2
+    assert rows["decoder step"][0] >= 2 * 5
+    assert rows["sentence"][1] == rows["encoder pass"][1] + rows["decoder step"][1]
+    kinds = {k: v for k, v in rows.items() if k not in ("encoder pass", "decoder step",
+                                                         "sentence")}
+    assert {"matmul", "requant", "softmax", "layernorm", "argmax", "index"} <= set(kinds)
+    assert sum(c for _, c in kinds.values()) == rows["sentence"][1]
+    # one HALT fetch per program run
+    assert kinds["halt"][0] == rows["encoder pass"][0] + rows["decoder step"][0]
+
+
+@pytest.mark.slow
+def test_sequencer_engine_reports_a_planted_fault(tmp_path, capsys):
+    """With every PE product of the sequencer's matmul unit losing its bit 0 (a test-only RTL
+    fault), the run stops at the first command whose result differs from the compiled golden
+    chain, names it, and no sentence counts as identical."""
+    data = _tiny_split(tmp_path, ["A man is sleeping."])
+    status, out, _ = _seq_cosim(capsys, "--model", "multi30k-en-de-int8i", *data, "--jobs", "1",
+                                "--rtl-fault", "drop-lsb")
+    assert status == 1, out
+    line = next(x for x in out if x.startswith("MISMATCH"))
+    assert re.match(r"MISMATCH in encoder pass command #\d+ matmul at enc0\.[qkv]\.acc "
+                    r".*first differing element \[\d+, \d+\]: rtl -?\d+ vs golden -?\d+", line), \
+        line
+    assert out[-1] == "identical: 0/1 sentences"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "multi30k-en-de-int8"], "--engine sequencer runs an integer-only package"),
+    (["--model", "multi30k-en-de-int8i", "--beam", "2"], "decodes greedily"),
+])
+def test_sequencer_engine_refuses_bad_input(tmp_path, capsys, argv, message):
+    status, out, err = _seq_cosim(capsys, *argv, *_tiny_split(tmp_path, ["A dog."]))
+    assert status == 2 and len(err) == 1 and err[0].startswith("lowbit: error: "), err
+    assert message in err[0]
