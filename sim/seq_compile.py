@@ -45,7 +45,8 @@ from .cosim_ops import RtlOps
 __all__ = ["ModelCompiler", "SeqDecode", "sequencer_greedy", "sequencer_for", "DEPTH",
            "PROGRAM_DEPTH"]
 
-DEPTH = 1 << 23         # scratchpad words for the shipped models (7.6 M weights and more)
+DEPTH = 1 << 24         # scratchpad words: the shipped model (7.6 M weights, 8.2 M words in all)
+#                         and a sentence of up to 256 tokens (activations, key/value caches)
 REQUANT_UNITS = {8: "requant", 16: "requant16", 32: "requant32"}
 
 

@@ -575,3 +575,27 @@ def test_sequencer_engine_refuses_bad_input(tmp_path, capsys, argv, message):
     status, out, err = _seq_cosim(capsys, *argv, *_tiny_split(tmp_path, ["A dog."]))
     assert status == 2 and len(err) == 1 and err[0].startswith("lowbit: error: "), err
     assert message in err[0]
+
+
+def test_longest_sentence_fits_the_sequencer():
+    """The longest source `lowbit cosim` passes on (256 tokens, at its output length limit)
+    compiles into the scratchpad of sequencer_for's sequencer, and its encoder and decoder
+    step programs fit its program memory."""
+    import torch
+
+    from lowbit.sim.seq_compile import DEPTH, PROGRAM_DEPTH, ModelCompiler
+    from lowbit.sw.decode import DecodeOptions, max_lengths
+
+    model, _, _ = _load_model()
+    cfg = model.config
+    ids = np.random.default_rng(0).integers(4, cfg.vocab_size, 256)
+    ids[-1] = cfg.eos_token_id
+    limit = max_lengths(torch.from_numpy(ids)[None], cfg.pad_token_id, DecodeOptions(),
+                        cfg.max_position_embeddings)[0]
+    comp = ModelCompiler(model, src_len=len(ids), max_tgt=limit)
+    comp.encoder(ids)
+    encoder = comp.program.take_commands()
+    comp.decoder_step()
+    step = comp.program.take_commands()
+    assert comp.program.top <= DEPTH == comp.program.depth
+    assert max(len(encoder), len(step)) + 1 <= PROGRAM_DEPTH
