@@ -30,7 +30,7 @@ from .faults import FAULTS, VECTOR_FAULTS, make_faulty_unit
 from .units import describe
 
 __all__ = ["WORD_BITS", "OPCODES", "UNIT_PARAMS", "SLOTS", "SCALARS", "INDEX_REGS",
-           "command_layout", "SequencerCore", "Sequencer"]
+           "command_layout", "check_array", "SequencerCore", "Sequencer"]
 
 WORD_BITS = 64          # one signed element per scratchpad word (widest operand: 48 bits)
 SLOTS = 6               # operand read ports (residual per channel: data, b, 4 scalars)
@@ -100,14 +100,20 @@ def unit_descriptions(max_len: int, score_len: int | None = None, mm_rows: int =
     return out
 
 
+def check_array(mm_rows, mm_cols, names=("Mm_rows", "Mm_cols")) -> None:
+    """Raise ValueError unless the matmul array ``mm_rows x mm_cols`` is one a sequencer
+    takes (powers of two up to 64); ``names`` name the two values in the message."""
+    for name, value in zip(names, (mm_rows, mm_cols)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1 \
+                or value & (value - 1) or value > 64:
+            raise ValueError(f"{name} must be a power of two in 1..64, not {value!r}")
+
+
 def _configure(top, depth, program_depth, max_len, score_len, fault=None, mm_rows=1,
                mm_cols=1) -> dict:
     """Check and keep the parameters of a sequencer top; returns the ports both tops share
     (program write port, control, status)."""
-    for name, value in (("Mm_rows", mm_rows), ("Mm_cols", mm_cols)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1 \
-                or value & (value - 1) or value > 64:
-            raise ValueError(f"{name} must be a power of two in 1..64, not {value!r}")
+    check_array(mm_rows, mm_cols)
     top.mm_rows, top.mm_cols = mm_rows, mm_cols
     sizes = {"Depth": depth, "Program depth": program_depth, "Max_len": max_len,
              "Score_len": score_len}

@@ -43,6 +43,8 @@ __all__ = ["cosim_split", "CosimOptions", "CosimReport", "build_units", "make_ba
 # ---------------------------------------------------------------------------------------------
 # Decoding a split through the RTL
 
+SEQUENCER_NOT_ON_RAY = "--engine sequencer runs in local --jobs processes, not on Ray"
+
 
 @dataclass
 class CosimOptions:
@@ -379,7 +381,7 @@ def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, pro
     report = CosimReport(sentences=len(sentences))
     if opts.engine == "sequencer":
         if opts.ray is not None:
-            raise LowbitError("--engine sequencer runs in local --jobs processes, not on Ray")
+            raise LowbitError(SEQUENCER_NOT_ON_RAY)
         report.build_seconds = build_sequencer(model, opts, log)
     else:
         report.build_seconds = build_units(model, opts, log)

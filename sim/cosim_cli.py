@@ -111,6 +111,16 @@ def _options(args):
     default = SEQUENCER_ARRAY if args.engine == "sequencer" else UNITS_ARRAY
     args.rows = default[0] if args.rows is None else args.rows
     args.cols = default[1] if args.cols is None else args.cols
+    if args.engine == "sequencer":
+        from lowbit.hw.sequencer import check_array
+        from lowbit.sim.cosim import SEQUENCER_NOT_ON_RAY
+
+        if args.ray is not None:
+            raise LowbitError(SEQUENCER_NOT_ON_RAY)
+        try:
+            check_array(args.rows, args.cols, ("--rows", "--cols"))
+        except ValueError as e:
+            raise LowbitError(str(e)) from None
     for flag, value, lo, hi in (("--jobs", args.jobs, 1, 256), ("--beam", args.beam, 1, 64),
                                 ("--batch-size", args.batch_size, 1, 100_000),
                                 ("--rows", args.rows, 1, 64), ("--cols", args.cols, 1, 64),

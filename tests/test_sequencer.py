@@ -570,6 +570,9 @@ def test_sequencer_engine_reports_a_planted_fault(tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--model", "multi30k-en-de-int8"], "--engine sequencer runs an integer-only package"),
     (["--model", "multi30k-en-de-int8i", "--beam", "2"], "decodes greedily"),
+    (["--model", "multi30k-en-de-int8i", "--cols", "3"],
+     "--cols must be a power of two in 1..64, not 3"),
+    (["--model", "multi30k-en-de-int8i", "--ray"], "not on Ray"),
 ])
 def test_sequencer_engine_refuses_bad_input(tmp_path, capsys, argv, message):
     status, out, err = _seq_cosim(capsys, *argv, *_tiny_split(tmp_path, ["A dog."]))
