@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 
 import torch
 
@@ -468,7 +469,8 @@ def requant_params(scale, *, check: bool = True):
 
 
 def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, *,
-               out_bits: int = 8, relu: bool = False, check: bool = True) -> torch.Tensor:
+               out_bits: int = 8, relu: bool = False, check: bool = True,
+               overwrite: bool = False) -> torch.Tensor:
     """Per-output-channel requantization of accumulators ``acc [..., N]`` (bias already added).
 
     ``p = acc * mult[n]``; ``r = (p + 2**(shift[n]-1)) >> shift[n]`` (round half up; ``r = p``
@@ -476,13 +478,15 @@ def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, *,
     Accumulators are at most ACC_MAX_BITS (47) bits wide; the product is exact.
     ``mult`` and ``shift`` are [N] (per output channel), 0-dim (per tensor) or have ``acc``'s
     number of dimensions and broadcast against it (e.g. [..., 1]: per row). ``check=False``
-    skips the range checks (device syncs) for operands valid by construction.
+    skips the range checks (device syncs) for operands valid by construction. ``overwrite``
+    lets the same operations run in place in an int64 ``acc`` the caller no longer needs (when
+    the result has its shape), and returns it: no new tensor per operation.
     """
     _check_bits("out_bits", out_bits, 2, 32)
     acc = _as_int("accumulator", acc)
     if not check:
         mult, shift = _as_int("mult", mult).to(acc.device), _as_int("shift", shift).to(acc.device)
-        return _requantize(acc, mult, shift, out_bits, relu)
+        return _requantize(acc, mult, shift, out_bits, relu, overwrite)
     mult = check_range("mult", mult, 0, (1 << MULT_BITS) - 1).to(acc.device)
     shift = check_range("shift", shift, 0, SHIFT_MAX).to(acc.device)
     n = acc.shape[-1]
@@ -496,18 +500,25 @@ def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, *,
     if acc.numel() and int(acc.abs().max()) >= 1 << (ACC_MAX_BITS - 1):
         raise ValueError(f"accumulator exceeds {ACC_MAX_BITS} bits; requantization is defined "
                          f"for |acc| < 2**{ACC_MAX_BITS - 1}")
-    return _requantize(acc, mult, shift, out_bits, relu)
+    return _requantize(acc, mult, shift, out_bits, relu, overwrite)
 
 
-def _requantize(acc, mult, shift, out_bits: int, relu: bool) -> torch.Tensor:
+def _requantize(acc, mult, shift, out_bits: int, relu: bool,
+                overwrite: bool = False) -> torch.Tensor:
     # |acc| < 2**46 and mult < 2**16, so p and p + 2**(shift-1) (< 2**62 + 2**62) fit int64.
-    p = acc * mult
     rnd = torch.where(shift > 0, torch.ones_like(shift) << (shift - 1).clamp(min=0),
                       torch.zeros_like(shift))
+    lo_s, hi_s = int_range(out_bits)
+    if overwrite and acc.dtype == torch.int64 and \
+            torch.broadcast_shapes(acc.shape, mult.shape, shift.shape) == acc.shape:
+        r = acc.mul_(mult).add_(rnd).bitwise_right_shift_(shift)
+        if relu:
+            r.clamp_(min=0)
+        return r.clamp_(lo_s, hi_s)
+    p = acc * mult
     r = (p + rnd) >> shift
     if relu:
         r = r.clamp(min=0)
-    lo_s, hi_s = int_range(out_bits)
     return r.clamp(lo_s, hi_s)
 
 
@@ -655,40 +666,46 @@ class PreparedMatmul:
             self.alpha = alpha[0].to(f64)
             self.bias = None if bias is None else bias.to(f64)
             return
-        # int8: plane j of the rows that have it, stacked as columns of one [K, R] operand.
-        # Row n has planes 0 .. count[n]-1 (trailing planes with alpha 0 add exact zeros and
-        # are left out); plane 0 of every row comes first, in row order.
+        # int8: plane j of the rows that have it (segment j), each an int8 [K, width] operand;
+        # with several planes, in blocks of at most _INT8_BLOCK rows: one product of the planes
+        # of several thousand rows is several times slower than its blocks', and its int32 and
+        # float64 sums would be tensors of tens of MB (one plane: one product, converted in
+        # place). Row n has planes 0 .. count[n]-1 (trailing planes with alpha 0 add exact
+        # zeros and are left out); segment 0 is plane 0 of every row, in row order.
         p, n, _ = planes.shape
         nonzero = alpha != 0
         last = torch.where(nonzero, torch.arange(1, p + 1).unsqueeze(-1), 0).amax(0)
         count = last.clamp(min=1)
         plane_sums = torch.zeros(n, dtype=torch.int64)    # sum_j alpha_j * sum_k b_j[n, k]
-        cols, self.segments = [], []
+        self.segments, self.blocks = [], []     # blocks: (segment, first row in it, [K, width])
+        block = _INT8_BLOCK if int(count.max()) > 1 else n
         for j in range(p):
             rows = torch.nonzero(count > j).flatten()
             if not rows.numel():
                 break
-            cols.append(planes[j, rows])
             plane_sums[rows] += alpha[j, rows] * planes[j, rows].sum(-1)
             self.segments.append((None if rows.numel() == n else rows, alpha[j, rows]))
-        self.w8 = int8_operand(torch.cat(cols).T)                   # [K, R]
+            for start in range(0, rows.numel(), block):
+                part = planes[j, rows[start:start + block]]
+                self.blocks.append((j, start, int8_operand(part.T)))
         self.plane_sums = plane_sums
         self.bias = None
         self._affine = {}
 
-    def _affine_terms(self, s: int, c: int):
+    def _affine_terms(self, s: int, c: int, dtype: torch.dtype = torch.float64):
         """For activations ``a = s * x + c`` given as ``x``: ``a . b_j = s (x . b_j) + c sum_k
         b_j``, so ``acc = sum_j (s alpha_j) t_j + (bias + c sum_j alpha_j sum_k b_j)``. The
-        constant and the segment weights (None for 1) in float64, exact, built once."""
-        terms = self._affine.get((s, c))
+        constant and the segment weights (None for 1) in ``dtype`` (float64 or int64: exact),
+        built once."""
+        terms = self._affine.get((s, c, dtype))
         if terms is None:
             const = self.plane_sums * c
             if self._bias is not None:
                 const = const + self._bias.to(const.device)
-            weights = [None if bool((alpha * s == 1).all()) else (alpha * s).to(torch.float64)
+            weights = [None if bool((alpha * s == 1).all()) else (alpha * s).to(dtype)
                        for _, alpha in self.segments]
-            const = None if not bool(const.any()) else const.to(torch.float64)
-            terms = self._affine[(s, c)] = (const, weights)
+            const = None if not bool(const.any()) else const.to(dtype)
+            terms = self._affine[(s, c, dtype)] = (const, weights)
         return terms
 
     @property
@@ -727,6 +744,14 @@ class PreparedMatmul:
             return self._int8((a - 1) / 2, 2, 1) if self.half else self._int8(a, 1, 0)
         return self._float(a)
 
+    def integers(self, a: torch.Tensor) -> torch.Tensor:
+        """:meth:`__call__` as an int64 tensor, for integer activations ``a [M, K]`` (int64 or
+        integer-valued float): the int8 plan combines its int32 sums in int64 (exact: every
+        partial sum is below 2**53), the float plans convert their exact product."""
+        if self.plan == "int8" and not self.half:
+            return self._int8(a, 1, 0, torch.int64)
+        return self(a if a.dtype.is_floating_point else a.to(torch.float64)).to(torch.int64)
+
     def odd(self, q: torch.Tensor) -> torch.Tensor:
         """The product for the odd activations ``a = 2q + 1`` (the XNOR unit's 8-plane coding
         of 8-bit integers ``q``, [M, K], integer-valued float or :func:`int8_operand`): the int8
@@ -743,30 +768,38 @@ class PreparedMatmul:
             return self._int8(positive, 2, -1)
         return self(positive.to(torch.float32) * 2 - 1)
 
-    def _int8(self, x: torch.Tensor, s: int, c: int) -> torch.Tensor:
-        """The product for activations ``a = s * x + c`` given as ``x`` (8-bit integers)."""
-        const, weights = self._affine_terms(s, c)
-        t = torch._int_mm(int8_operand(x), self.w8).to(torch.float64)   # [M, R] exact
-        n = self.n
-        if len(weights) == 1:                   # one plane per row: combined in place
-            if weights[0] is not None:
-                t.mul_(weights[0])
-            return t if const is None else t.add_(const)
-        out = t[:, :n]                          # a new [M, N] tensor, in row-major order
-        if weights[0] is not None:
-            out = out * weights[0] if const is None else torch.addcmul(const, out, weights[0])
-        else:
-            out = out.clone() if const is None else out.add(const)
-        start = n                               # plane 0 of every row came first, in row order
-        for (rows, _), weight in zip(self.segments[1:], weights[1:]):
-            width = n if rows is None else rows.numel()
-            part = t[:, start:start + width]
-            start += width
-            if rows is None:
-                out.add_(part) if weight is None else out.addcmul_(part, weight)
+    def _int8(self, x: torch.Tensor, s: int, c: int,
+              dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The product for activations ``a = s * x + c`` given as ``x`` (8-bit integers), as a
+        ``dtype`` (float64 or int64) tensor: each block's int32 sums (into
+        :func:`_int8_scratch`) converted and combined into the result with same-dtype
+        operations (exact: every partial sum is an integer below 2**53,
+        ``sum_j alpha_j |t_j| <= 128 K sum_j alpha_j``)."""
+        const, weights = self._affine_terms(s, c, dtype)
+        x8 = int8_operand(x)
+        m = x8.shape[0]
+        if len(self.blocks) == 1:               # one plane per row, one block: in place
+            w8, weight = self.blocks[0][2], weights[0]
+            t = torch._int_mm(x8, w8, out=_int8_scratch(m, w8.shape[1])).to(dtype)
+            if weight is None:
+                return t if const is None else t.add_(const)
+            # const + t * w in one pass: t * w is an exact integer, so fused or not, the same
+            return t.mul_(weight) if const is None else torch.addcmul(const, t, weight, out=t)
+        out = torch.empty(m, self.n, dtype=dtype)
+        for j, start, w8 in self.blocks:
+            width = w8.shape[1]
+            t = torch._int_mm(x8, w8, out=_int8_scratch(m, width)).to(dtype)
+            weight = weights[j]
+            if weight is not None:
+                t.mul_(weight[start:start + width])
+            rows = self.segments[j][0]
+            if j == 0:                          # plane 0 of every row: the first term
+                out[:, start:start + width] = t
+            elif rows is None:
+                out[:, start:start + width] += t
             else:
-                out.index_add_(1, rows, part if weight is None else part * weight)
-        return out
+                out.index_add_(1, rows[start:start + width], t)
+        return out if const is None else out.add_(const)
 
     def _float(self, a: torch.Tensor) -> torch.Tensor:
         plan = self.plan
@@ -791,6 +824,22 @@ def int8_operand(t: torch.Tensor) -> torch.Tensor:
         return t
     out = torch.empty(t.shape, dtype=torch.int8, device=t.device)
     return out.copy_(t)
+
+
+_INT8_BLOCK = 1024        # weight rows per int8 product
+_scratch: dict = {}
+
+
+def _int8_scratch(m: int, r: int) -> torch.Tensor:
+    """A CPU int32 buffer ``[m, r]`` (standard strides) for one int8 product's sums, reused by
+    every :class:`PreparedMatmul` of the calling thread: ``torch._int_mm`` into a fresh tensor
+    costs several times the product itself at decode sizes. The contents are valid until the
+    thread's next product."""
+    key = threading.get_ident()
+    buf = _scratch.get(key)
+    if buf is None or buf.numel() < m * r:
+        buf = _scratch[key] = torch.empty(m * r, dtype=torch.int32)
+    return buf[:m * r].view(m, r)
 
 
 def _product(a: torch.Tensor, wt: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -185,10 +185,30 @@ def log_softmax(z: torch.Tensor, frac_bits: int = SCORE_FRAC_BITS, *,
     z = _check("scores", z, SCORE_BITS, check)
     if z.dim() < 1 or not 1 <= z.shape[-1] <= MAX_ROW:
         raise ValueError(f"score rows must have 1..{MAX_ROW} elements, not shape {tuple(z.shape)}")
-    d = z.amax(-1, keepdim=True) - z
-    s = exp2_neg(d, frac_bits).sum(-1, keepdim=True)
-    lse = log2_fixed(s, frac_bits, check=False) - (EXP_ONE_BITS << frac_bits)
+    d, lse = log_softmax_terms(z, frac_bits)
     return -d - lse
+
+
+def log_softmax_terms(z: torch.Tensor, frac_bits: int = SCORE_FRAC_BITS, *,
+                      sparse: bool = False):
+    """``(d, l)`` of :func:`log_softmax` (``log_softmax(z) == -d - l``), operands unchecked.
+
+    ``d = max z - z`` [..., V] and ``l`` [..., 1]. With ``sparse`` the row sum ``S`` adds only
+    the terms with ``d < 2**(F+4)``: from ``d >> F = 16`` on, :func:`exp2_neg` is 0 (every
+    table entry is below 2**16), so ``S`` is the same integer, from far fewer table look-ups
+    when most of a row lies more than 16 (log2 units) below its maximum, as a vocabulary's
+    scores do.
+    """
+    d = z.amax(-1, keepdim=True) - z
+    if sparse:
+        flat = d.view(-1, d.shape[-1])
+        rows, cols = torch.nonzero(flat < (16 << frac_bits), as_tuple=True)
+        s = torch.zeros(flat.shape[0], dtype=torch.int64, device=d.device).index_add_(
+            0, rows, exp2_neg(flat[rows, cols], frac_bits)).view(*d.shape[:-1], 1)
+    else:
+        s = exp2_neg(d, frac_bits).sum(-1, keepdim=True)
+    lse = log2_fixed(s, frac_bits, check=False) - (EXP_ONE_BITS << frac_bits)
+    return d, lse
 
 
 def argmax(z: torch.Tensor, *, check: bool = True) -> torch.Tensor:

@@ -20,10 +20,11 @@ import torch.nn as nn
 
 from lowbit import LowbitError
 from lowbit.sw import golden as g
+from lowbit.sw import golden_ops as gops
 from lowbit.sw.checkpoint import load_model, shipped_models
 from lowbit.sw.data import read_parallel, resolve_data_dir
 from lowbit.sw.decode import DecodeOptions, translate
-from lowbit.sw.quant import kernels
+from lowbit.sw.quant import intdecode, kernels
 from lowbit.sw.quant import weights as W
 from lowbit.sw.quant.modules import QuantLinear, QuantMatMul
 from lowbit.sw.quant.schemes import LinearSpec, MatMulSpec
@@ -78,6 +79,9 @@ def assert_all_plans(make, a, want, odd_q=None):
                 assert torch.equal(prep.odd(odd_q.to(dtype)).to(torch.int64), want), plan
         if bool((a.abs() == 1).all()):
             assert torch.equal(prep.signs(a > 0).to(torch.int64), want), plan
+        for operand in (a, a.to(torch.float64)):        # the integer-only model's int64 result
+            got = prep.integers(operand)
+            assert got.dtype == torch.int64 and torch.equal(got, want), plan
     return plans
 
 
@@ -274,9 +278,13 @@ def test_prepared_xnor_matmul(pa, pw, k, seed):
                                                      plan=plan), a, want, odd_q=q)
 
 
-def test_prepared_xnor_row_groups_in_one_product():
+@pytest.mark.parametrize("block", [1024, 7, 1])
+def test_prepared_xnor_row_groups_in_one_product(block, monkeypatch):
     """Row groups of 4/3/2/1 planes as the modules prepare them: each group's planes in its rows,
-    missing planes with alpha 0 (all -1 signs); the sums are each group's own kernel sums."""
+    missing planes with alpha 0 (all -1 signs); the sums are each group's own kernel sums. The
+    int8 plan multiplies the planes in blocks of rows (``block``): one, several per plane, one
+    per row."""
+    monkeypatch.setattr(g, "_INT8_BLOCK", block)
     gen = torch.Generator().manual_seed(11)
     k, n, m = 300, 40, 7
     planes = torch.tensor([1 + i % 4 for i in range(n)])
@@ -295,8 +303,14 @@ def test_prepared_xnor_row_groups_in_one_product():
         want[:, rows] = g.xnor_matmul(a_words, g.pack_bits(signs[:p, rows]), alpha[:p, rows], k,
                                       corr[rows])
     assert torch.equal(want, 2 * (q @ (signs * alpha[:, :, None]).sum(0).T))   # the 2q+1 code
-    assert_all_plans(lambda plan: g.prepare_xnor(g.pack_bits(signs), alpha, k, corr,
-                                                 a_planes=8, plan=plan), a, want, odd_q=q)
+    plans = assert_all_plans(lambda plan: g.prepare_xnor(g.pack_bits(signs), alpha, k, corr,
+                                                         a_planes=8, plan=plan), a, want, odd_q=q)
+    if "int8" in plans:                                 # blocks of `block` rows of each plane
+        assert len(plans["int8"].blocks) == sum(-(-int((planes > j).sum()) // block)
+                                                for j in range(4))
+    one = g.prepare_xnor(g.pack_bits(signs[:1]), alpha[:1], k, None, a_planes=8)
+    if one.plan == "int8":                              # one plane: one product, any rows
+        assert len(one.blocks) == 1
 
 
 def test_prepared_xnor_widest_k():
@@ -520,6 +534,126 @@ def test_reference_kernels_environment_variable(monkeypatch):
             kernels.fast("int_matmul")
 
 
+def test_int8_products_share_a_scratch_buffer_but_not_their_results():
+    """The int8 plan's int32 sums go to one scratch buffer per thread; a result is its own
+    tensor, unchanged by later products (a larger one grows the buffer)."""
+    gen = torch.Generator().manual_seed(5)
+    if not g.int8_matmul_is_exact("cpu"):
+        pytest.skip("no exact int8 product on this CPU")
+    small = g.prepare_int(signed(gen, 8, 3, 16))
+    large = g.prepare_int(signed(gen, 8, 300, 64))
+    assert small.plan == large.plan == "int8"
+    a, b = signed(gen, 8, 2, 16), signed(gen, 8, 50, 64)
+    first = small(a.to(torch.float64))
+    kept = first.clone()
+    large(b.to(torch.float64))
+    small(signed(gen, 8, 2, 16).to(torch.float64))
+    assert torch.equal(first, kept)
+    assert torch.equal(first.to(torch.int64), g.int_matmul(a, small._eff))
+
+
+# ---------------------------------------------------------------------------------------------
+# Integer-only decode: the operations' and the beam search's fast evaluation
+
+
+def test_requantize_overwrite_is_the_same_integers():
+    """``overwrite=True`` runs the requantizer's operations in place in the accumulator: the
+    same integers for every corner of the contract (widest accumulators, multipliers 0 and
+    2**16 - 1, shifts 0 and 63, ReLU, per channel / row / tensor), and the result is the
+    accumulator itself; where the result would be larger than the accumulator it is not."""
+    rng, gen = random.Random(3), torch.Generator().manual_seed(3)
+    top = (1 << (g.ACC_MAX_BITS - 1)) - 1
+    m, n = 7, 13
+    acc = torch.randint(-top, top + 1, (m, n), generator=gen)
+    acc[0], acc[1], acc[2] = top, -top, extremes(rng, -top, top, n)
+    acc[3] = 0
+    mults = [torch.randint(0, 1 << 16, (n,), generator=gen),
+             torch.tensor([0, (1 << 16) - 1] * 6 + [1]),
+             torch.randint(0, 1 << 16, (m, 1), generator=gen), torch.tensor(40000)]
+    shifts = [torch.randint(0, 64, (n,), generator=gen), torch.tensor([0, 63, 1, 62] * 3 + [31]),
+              torch.randint(0, 64, (m, 1), generator=gen), torch.tensor(17)]
+    for mult, shift in zip(mults, shifts):
+        for out_bits in (8, 16, 32):
+            for relu in (False, True):
+                want = g.requantize(acc.clone(), mult, shift, out_bits=out_bits, relu=relu)
+                owned = acc.clone()
+                got = g.requantize(owned, mult, shift, out_bits=out_bits, relu=relu,
+                                   check=False, overwrite=True)
+                assert torch.equal(got, want) and got.data_ptr() == owned.data_ptr()
+    row = acc[:1].clone()                                      # [1, N] against a [M, 1] mult
+    got = g.requantize(row, mults[2], shifts[2], check=False, overwrite=True)
+    assert got.shape == (m, n) and torch.equal(row, acc[:1])
+    assert torch.equal(got, g.requantize(acc[:1], mults[2], shifts[2], check=False))
+
+
+def test_sparse_log_softmax_terms_are_the_dense_ones():
+    """The row sum over the terms ``d < 2**(F+4)`` only is the whole sum: rows within and
+    beyond that distance (the boundary itself, one unit either side), 32-bit extremes in one
+    row, one-element rows, and three-dimensional scores."""
+    gen = torch.Generator().manual_seed(8)
+    f = gops.SCORE_FRAC_BITS
+    edge = 16 << f
+    z = torch.randint(-(1 << 31), 1 << 31, (9, 50), generator=gen)
+    z[0] = 7                                                    # all equal
+    z[1] = torch.randint(-(1 << 20), 1 << 20, (50,), generator=gen)    # all near the top
+    z[2, :3] = torch.tensor([0, -edge + 1, -edge])              # the boundary, either side
+    z[2, 3:] = -edge - 1
+    z[3, 0], z[3, 1] = (1 << 31) - 1, -(1 << 31)                # the widest spread
+    z[4] = torch.arange(50) * (edge // 40)                      # a ramp across the boundary
+    for scores in (z, z[:, :1], z.view(3, 3, 50)):
+        dense = gops.log_softmax_terms(scores)
+        sparse = gops.log_softmax_terms(scores, sparse=True)
+        assert torch.equal(dense[0], sparse[0]) and torch.equal(dense[1], sparse[1])
+        assert torch.equal(-sparse[0] - sparse[1], gops.log_softmax(scores))
+
+
+def _candidates(gen, b, width, steps, spread):
+    """Beam candidates as the search makes them: real scores in ``(-steps * 2**33, 0]`` with
+    many ties, ``DEAD`` and below (a dead beam's score plus a log-probability)."""
+    cand = -torch.randint(0, min(spread, steps << intdecode.LOGP_BITS), (b, width), generator=gen)
+    low = -(steps << intdecode.LOGP_BITS) + 1                  # the lowest real score
+    cand[0, ::3] = low
+    cand[1] = intdecode.DEAD - torch.randint(0, 1 << 33, (width,), generator=gen)
+    cand[2, ::2] = intdecode.DEAD
+    cand[3, 1::4] = intdecode.DEAD - 1
+    return cand
+
+
+@pytest.mark.parametrize("n,width,steps", [(2, 10, 1), (10, 40000, 200), (4, 7, 512),
+                                           (6, 33, 1 << 24)])
+def test_top_candidates_rank_as_the_stable_sort(n, width, steps):
+    """One ``topk`` of unique keys picks and orders the candidates as the stable sort of the
+    reference search does (ties to the lower index, dead ones tied), also at the lowest real
+    score; where the keys would not fit int64 (``steps = 2**24``) it falls back to the sort."""
+    fits = (steps << intdecode.LOGP_BITS) << max(width - 1, 1).bit_length() < 1 << 62
+    assert fits == (steps < 1 << 24)                        # the last case takes the fallback
+    gen = torch.Generator().manual_seed(width)
+    for spread in (3, 1 << 40):
+        cand = _candidates(gen, 5, width, steps, spread)
+        want = intdecode._top(cand.clamp(min=intdecode.DEAD), n)
+        got = intdecode._top_candidates(cand.clone(), n, steps)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+
+
+def test_best_candidates_fast_equal_reference(monkeypatch):
+    """The beam step's ranking from the integer scores: the fast evaluation (sparse log-softmax
+    terms, candidates summed in place, topk of keys) against the golden ``log_softmax`` and the
+    stable sort (``LOWBIT_REFERENCE_KERNELS=1``), with dead beams and whole dead sentences."""
+    gen = torch.Generator().manual_seed(2)
+    b, k, v = 4, 3, 500
+    z = torch.randint(-(1 << 31), 1 << 31, (b * k, v), generator=gen)
+    z[0] = z[0] >> 12                                         # a row with many near terms
+    z[1, :] = 5                                               # all tied
+    scores = -torch.randint(0, 1 << 30, (b, k), generator=gen)
+    scores[0, 1:] = intdecode.DEAD                            # the first step: one live beam
+    scores[3] = intdecode.DEAD                                # a finished sentence
+    monkeypatch.delenv(kernels.REFERENCE_ENV, raising=False)
+    fast = intdecode._best_candidates(z.clone(), scores.clone(), 2 * k, 40)
+    monkeypatch.setenv(kernels.REFERENCE_ENV, "1")
+    ref = intdecode._best_candidates(z.clone(), scores.clone(), 2 * k, 40)
+    assert torch.equal(fast[0], ref[0]) and torch.equal(fast[1], ref[1])
+
+
 # ---------------------------------------------------------------------------------------------
 # Whole decodes of the shipped packages
 
@@ -536,6 +670,19 @@ def test_shipped_package_decodes_the_same_tokens(name):
         with reference_kernels():
             ref = translate(model, tok, src, opts)
         assert fast == ref
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_shipped_package_decodes_like_the_reference_path(name, monkeypatch):
+    """Everything fast (the matmuls, the integer-only model's operations and beam ranking, the
+    decoded embedding table) against ``LOWBIT_REFERENCE_KERNELS=1``: the same tokens."""
+    model, tok, _ = load_model(name)
+    src, _ = read_parallel(resolve_data_dir(), "test_2016_flickr", limit=6)
+    for opts in (DecodeOptions(beam=5), DecodeOptions(beam=1)):
+        monkeypatch.delenv(kernels.REFERENCE_ENV, raising=False)
+        fast = translate(model, tok, src, opts)
+        monkeypatch.setenv(kernels.REFERENCE_ENV, "1")
+        assert translate(model, tok, src, opts) == fast
 
 
 def test_bench_decode_models(capsys):

@@ -25,6 +25,7 @@ from fractions import Fraction
 import torch
 
 from lowbit import LowbitError
+from lowbit.sw import golden_ops as gops
 from lowbit.sw.decode import greedy_search, max_lengths
 
 from . import kernels
@@ -37,6 +38,54 @@ def _top(scores: torch.Tensor, k: int):
     """The ``k`` largest scores of each row and their indices; ties: lower index first."""
     values, index = torch.sort(scores, dim=1, descending=True, stable=True)
     return values[:, :k], index[:, :k]
+
+
+LOGP_BITS = 33             # a log-probability is above -2**33: -d - l with d < 2**32, l < 2**20
+
+
+def _best_candidates(z: torch.Tensor, scores: torch.Tensor, n: int, steps: int):
+    """The ``n`` best continuations of each sentence: ``(scores, indices)`` [B, n], indices
+    ``beam * V + token``, ranked by score, ties by the lower index (dead beams: ``DEAD``).
+
+    ``z`` [B*K, V] are the step's integer scores, ``scores`` [B, K] the hypotheses' and
+    ``steps`` the most log-probabilities a score sums. Through :func:`kernels.call_op`, the
+    golden ``log_softmax`` and a stable sort of every row; while that is the golden operation
+    (:func:`kernels.fast`) the same integers and ranking come cheaper:
+    ``golden_ops.log_softmax_terms`` with the sparse row sum, the candidates
+    ``(score - l) - d`` (= ``score + log_softmax``: exact int64, far from overflow), and one
+    ``topk`` of keys that order them as the stable sort does (:func:`_top_candidates`).
+    """
+    b, k = scores.shape
+    vocab = z.shape[-1]
+    if not kernels.fast("log_softmax"):
+        logp = kernels.call_op("log_softmax", "lm_head.log_softmax", z, check=False)
+        cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)
+        return _top(cand.clamp(min=DEAD), n)  # dead beams stay dead (and tie among themselves)
+    d, lse = gops.log_softmax_terms(z, sparse=True)
+    cand = d.view(b, k, vocab).neg_().add_((scores - lse.view(b, k))[:, :, None])
+    return _top_candidates(cand.view(b, k * vocab), n, steps)
+
+
+def _top_candidates(cand: torch.Tensor, n: int, steps: int):
+    """:func:`_top` of ``cand.clamp(min=DEAD)``, with one ``topk`` instead of a sort.
+
+    Every candidate is a real score above ``-steps * 2**LOGP_BITS`` (a sum of at most ``steps``
+    log-probabilities) or at most ``DEAD`` (a dead beam's). The key
+    ``max(cand, floor) * 2**b + (2**b - 1 - index)``, with ``floor`` below every real score and
+    ``2**b`` above every index, is unique per row and orders the candidates exactly as the
+    stable sort does (score descending, ties by the lower index, the dead ones tied at
+    ``floor``), so its ``n`` largest are :func:`_top`'s. The scores are read back from ``cand``.
+    Falls back to the sort where a key would not fit int64.
+    """
+    width = cand.shape[1]
+    b = max(width - 1, 1).bit_length()
+    floor = -(steps << LOGP_BITS) - 1
+    if (-floor) << b >= 1 << 62:
+        return _top(cand.clamp(min=DEAD), n)
+    key = cand.clamp(min=floor).mul_(1 << b).add_(torch.arange(
+        (1 << b) - 1, (1 << b) - 1 - width, -1, dtype=torch.int64, device=cand.device))
+    index = key.topk(n, dim=1).indices
+    return cand.gather(1, index).clamp_(min=DEAD), index
 
 
 def _normalized(score: int, length: int, penalty: float):
@@ -66,11 +115,8 @@ def beam_search(model, src: torch.Tensor, opts) -> list[list[int]]:
     base = (torch.arange(b, device=device) * k)[:, None]                       # (B, 1)
     for step in range(max(max_len)):
         z = model.decode_step(tokens, memory, src_mask, cache, step)           # (B*K, V)
-        logp = kernels.call_op("log_softmax", "lm_head.log_softmax", z, check=False)
-        vocab = logp.shape[-1]
-        cand = (scores[:, :, None] + logp.view(b, k, vocab)).view(b, k * vocab)
-        cand = cand.clamp(min=DEAD)          # dead beams stay dead (and tie among themselves)
-        top_scores, top_idx = _top(cand, 2 * k)                                # (B, 2K)
+        vocab = z.shape[-1]
+        top_scores, top_idx = _best_candidates(z, scores, 2 * k, max(max_len))  # (B, 2K)
         top_beam = torch.div(top_idx, vocab, rounding_mode="floor")
         top_tok = top_idx - top_beam * vocab
         is_eos = top_tok == cfg.eos_token_id

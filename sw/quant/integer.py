@@ -107,6 +107,7 @@ class IntegerTransformer(Transformer):
         self.float_ops: set = set()    # fake mode: operations left in float (ablation)
         self.int_consts = nn.Module()  # integer mode: constants, as non-persistent buffers
         self._const_names: dict = {}
+        self._prepared: dict = {}      # integer mode: golden.PreparedMatmul per matmul site
 
     @classmethod
     def from_float(cls, model: Transformer) -> "IntegerTransformer":
@@ -133,6 +134,7 @@ class IntegerTransformer(Transformer):
         self.eval()
         self.int_consts = nn.Module()
         self._const_names = {}
+        self._prepared = {}
         self.integer_only = True
         dev = next(self.parameters()).device
         cfg = self.config
@@ -202,15 +204,48 @@ class IntegerTransformer(Transformer):
             kw = {"bits": m.spec.w_bits, "a_bits": m.spec.a_bits}
             name = "log_matmul"
         if self.integer_only:
+            if kernels.fast(name):
+                return self._prepared_product(m, name, a, c, kw)
             return kernels.call(name, m.site, a, c["codes"], bias, **kw)
         return getattr(golden, name)(a, c["codes"], bias, check=False, **kw)
+
+    def _prepared_product(self, m: QuantLinear, kernel: str, a: torch.Tensor, c: dict,
+                          kw: dict) -> torch.Tensor:
+        """The kernel's accumulator from :class:`golden.PreparedMatmul` (the same integers, see
+        docs/numerics.md), built once per site from the constants the kernel would get."""
+        prep = self._prepared.get(m.site.name)
+        if prep is None:
+            build = golden.prepare_int if kernel == "int_matmul" else golden.prepare_log
+            prep = self._prepared[m.site.name] = build(c["codes"], c.get("bias"), **kw)
+        if prep.device != a.device:
+            prep = self._prepared[m.site.name] = prep.to(a.device)
+        acc = prep.integers(a.reshape(-1, a.shape[-1]))
+        return acc.view(*a.shape[:-1], acc.shape[-1])
 
     def _matmul(self, mm, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a @ b.T`` of two activations on the INT unit (Q.K^T, attention.V)."""
         kw = {"a_bits": mm.spec.bits, "w_bits": mm.spec.bits}
         if self.integer_only:
+            if kernels.fast("int_matmul"):    # exact float product (golden.int_matmul_values)
+                acc = golden.int_matmul_values(a.to(torch.float32), b.to(torch.float32), **kw)
+                return acc.to(torch.int64)
             return kernels.call("int_matmul", mm.site, a, b, None, **kw)
         return golden.int_matmul(a, b, None, check=False, **kw)
+
+    @staticmethod
+    def _unchecked(op: str, owned: bool = False) -> dict:
+        """Keyword arguments for operation ``op`` through :func:`kernels.call_op`: while it is
+        the golden operation (:func:`kernels.fast`) its operand checks are skipped (every
+        operand has its declared width by construction: the constants were checked when built,
+        the activations come from the previous operation; the checks only raise). ``owned``:
+        the first operand is an accumulator just made by a matmul; while the matmul kernels are
+        the golden ones too (nobody else can hold it), the golden requantizer may overwrite it
+        with its result (the same integers)."""
+        if not kernels.fast(op):
+            return {}
+        if owned and all(kernels.fast(k) for k in kernels.KERNELS):
+            return {"check": False, "overwrite": True}
+        return {"check": False}
 
     @staticmethod
     def _ref_linear(m: QuantLinear, x: torch.Tensor) -> torch.Tensor:
@@ -230,7 +265,8 @@ class IntegerTransformer(Transformer):
             name = f"{m.site.name}.linear"
             c = self._const(name, consts)
             return kernels.call_op("requantize", name, self._accumulate(m, x, c), c["mult"],
-                                   c["shift"], out_bits=ACT_BITS, relu=relu)
+                                   c["shift"], out_bits=ACT_BITS, relu=relu,
+                                   **self._unchecked("requantize", owned=True))
         if m.act is not in_act:   # the packed model stores each layer's input range
             m.act.amax.copy_(in_act.amax)
         ref = self._ref_linear(m, x)
@@ -251,6 +287,10 @@ class IntegerTransformer(Transformer):
             src = x if kv is None else kv
             k = attn._split(self._linear(attn.k_proj, src, kv_act, attn.qk.b_act))
             v = attn._split(self._linear(attn.v_proj, src, kv_act, attn.av.b_act))
+            if self.integer_only and kernels.fast("int_matmul"):
+                # the operands of _matmul's float products (8-bit integers, exact in float32)
+                # converted once: the cache keeps and reorders them at half the bytes of int64
+                k, v = k.to(torch.float32), v.to(torch.float32)
             if cache is not None:
                 if not static_kv and "k" in cache:
                     k = torch.cat([cache["k"], k], dim=2)
@@ -279,8 +319,10 @@ class IntegerTransformer(Transformer):
             name = f"{qk.site.name}.softmax"
             c = self._const(name, consts)
             z = kernels.call_op("requantize", f"{qk.site.name}.scores", self._matmul(qk, q, k),
-                                c["mult"], c["shift"], out_bits=16)
-            return kernels.call_op("softmax", name, z, mask, out_bits=PROB_BITS)
+                                c["mult"], c["shift"], out_bits=16,
+                                **self._unchecked("requantize", owned=True))
+            return kernels.call_op("softmax", name, z, mask, out_bits=PROB_BITS,
+                                   **self._unchecked("softmax"))
         scores = (q @ k.transpose(-1, -2)) * attn.scaling
         if mask is not None:
             scores = scores.masked_fill(mask, float("-inf"))
@@ -307,7 +349,7 @@ class IntegerTransformer(Transformer):
             c = self._const(name, consts)
             acc = self._matmul(av, probs, v.transpose(-1, -2))
             return kernels.call_op("requantize", name, acc, c["mult"], c["shift"],
-                                   out_bits=ACT_BITS)
+                                   out_bits=ACT_BITS, **self._unchecked("requantize", owned=True))
         ref = probs @ v
         out_act.observe(ref)
         c = consts()
@@ -335,10 +377,11 @@ class IntegerTransformer(Transformer):
             c = self._const(f"{m.site.name}.residual", sum_consts)
             t = kernels.call_op("residual_add", f"{m.site.name}.residual", x, c["mult_x"],
                                 c["shift_x"], self._accumulate(m, h, c), c["mult"], c["shift"],
-                                out_bits=SUM_BITS)
+                                out_bits=SUM_BITS, **self._unchecked("residual_add"))
             n = self._const(f"{m.site.name}.layernorm", norm_consts)
             return kernels.call_op("layernorm", f"{m.site.name}.layernorm", t, n["g"], n["b"],
-                                   n["shift"], n["eps"], in_bits=SUM_BITS, out_bits=ACT_BITS)
+                                   n["shift"], n["eps"], in_bits=SUM_BITS, out_bits=ACT_BITS,
+                                   **self._unchecked("layernorm"))
         f_ref = self._ref_linear(m, h)
         acc = self._accumulate(m, _ints(h, m.act), self._acc_consts(m, _scale(m.act)))
         p = self.config.dropout if self.training else 0.0
@@ -383,7 +426,8 @@ class IntegerTransformer(Transformer):
         if self.integer_only:
             c = self._const(f"{name}.embedding", consts)
             return kernels.call_op("embedding", f"{name}.embedding", ids, c["table"], c["mult"],
-                                   c["shift"], c["pos"], offset, out_bits=ACT_BITS)
+                                   c["shift"], c["pos"], offset, out_bits=ACT_BITS,
+                                   **self._unchecked("embedding"))
         ref = (self.model.shared(ids) * self.embed_scale
                + self.positions[offset:offset + ids.shape[1]].to(torch.float32))
         act.observe(ref)
@@ -410,7 +454,8 @@ class IntegerTransformer(Transformer):
         if self.integer_only:
             c = self._const("lm_head.scores", consts)
             return kernels.call_op("requantize", "lm_head.scores", self._accumulate(head, y, c),
-                                   c["mult"], c["shift"], out_bits=gops.SCORE_BITS)
+                                   c["mult"], c["shift"], out_bits=gops.SCORE_BITS,
+                                   **self._unchecked("requantize", owned=True))
         if head.act is not y_act:
             head.act.amax.copy_(y_act.amax)
         ref = self._ref_linear(head, y) + self.final_logits_bias

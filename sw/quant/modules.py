@@ -547,8 +547,9 @@ class QuantEmbedding(nn.Module):
     decoded from the owner's integer weights at lookup time. For the XNOR unit's binary codes
     (mixed, bmt*) a lookup gathers each id's packed sign words, plane scales ``alpha`` and row
     scale -- the very tensors the output layer's XNOR matmul uses -- and decodes only those
-    rows: ``row = scale * sum_i alpha_i * unpack(words_i)``; no float table is kept. Other units
-    keep the dequantized table (``table``), i.e. host-side lookup plus dequantization.
+    rows: ``row = scale * sum_i alpha_i * unpack(words_i)``; the fast path decodes every row
+    once, on the first lookup, and looks up the decoded rows afterwards (the same floats). Other
+    units keep the dequantized table (``table``), i.e. host-side lookup plus dequantization.
     """
 
     def __init__(self, emb: nn.Embedding, owner: QuantLinear):
@@ -576,6 +577,7 @@ class QuantEmbedding(nn.Module):
             dev = self.weight.device
             self.register_buffer("row_group", group.to(dev), persistent=False)
             self.register_buffer("row_index", index.to(dev), persistent=False)
+            self.register_buffer("decoded", None, persistent=False)   # made on first lookup
         else:
             self.register_buffer("table", owner.qweight.dequantize().to(self.weight.device),
                                  persistent=False)
@@ -597,10 +599,26 @@ class QuantEmbedding(nn.Module):
             out[sel] = values.to(torch.float64) * getattr(ints, f"scale{j}")[rows].unsqueeze(-1)
         return out
 
+    def _decoded_table(self) -> torch.Tensor | None:
+        """Every row decoded once (:meth:`_gather_packed` of all ids, float64), kept for the
+        lookups of the fast path: a row is computed elementwise from its own codes, so a lookup
+        in it gives the same floats. None under ``LOWBIT_REFERENCE_KERNELS=1`` (the lookup
+        decodes its rows, as the kernels' path always did)."""
+        if kernels.reference_forced():
+            return None
+        table = getattr(self, "decoded", None)
+        if table is None or table.device != self.row_group.device:
+            ids = torch.arange(self.num_embeddings, device=self.row_group.device)
+            self.register_buffer("decoded", self._gather_packed(ids), persistent=False)
+            table = self.decoded
+        return table
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.mode == "int":
             if self.packed:
-                rows = self._gather_packed(ids.reshape(-1))
+                table = self._decoded_table()
+                rows = (self._gather_packed(ids.reshape(-1)) if table is None
+                        else table.index_select(0, ids.reshape(-1)))
                 return rows.reshape(*ids.shape, self.embedding_dim).to(self.weight.dtype)
             return F.embedding(ids, self.table, self.padding_idx)
         if not self.owner.enabled:
