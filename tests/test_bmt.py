@@ -167,3 +167,35 @@ def test_retraining_replaces_the_dropout(tmp_path):
     for bad in (1.0, -0.1):
         with pytest.raises(LowbitError, match=rf"--dropout must be in \[0, 1\), not {bad}"):
             TrainOptions(dropout=bad)
+
+
+def test_bmt1a1_continues_from_a_bmt1_model():
+    """The progressive recipe: a bmt1 model (1-bit weights, 8-bit inputs) retrained with its
+    inputs binarized keeps every weight, bias and norm, and quantizes the inputs of the
+    binarized layers to 1 bit (the output layer keeps its 8-bit inputs and its word planes)."""
+    model = _prepared("bmt1", 96, seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    head, shared = model.lm_head, model.model.shared
+    out = qat.prepare_model(model, get_scheme("bmt1a1"))
+    assert out is model and model.config.extra["qat"]["scheme"] == "bmt1a1"
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    acts = {n: m.act.kind for n, m in qat.quant_modules(model) if isinstance(m, QuantLinear)}
+    assert acts.pop("lm_head") == "token" and set(acts.values()) == {"sign"}
+    assert model.lm_head is head and model.model.shared is shared   # the tied pair untouched
+    # its forward is now the bmt1a1 model's with the same weights
+    ref = _prepared("bmt1a1", 96, seed=3)
+    ref.load_state_dict(after)
+    src = torch.randint(3, 96, (2, 7))
+    tgt = torch.randint(3, 96, (2, 5))
+    with torch.no_grad():
+        assert torch.equal(model(src, tgt), ref(src, tgt))
+        assert not torch.equal(model(src, tgt), _prepared("bmt1", 96, seed=3)(src, tgt))
+
+
+@pytest.mark.parametrize("old, new", [("bmt1", "int8"), ("bmt1", "bmt1a1-nonorm"), ("mixed", "bmt1")])
+def test_only_an_input_quantizer_change_continues_another_scheme(old, new):
+    model = _prepared(old, 96)
+    with pytest.raises(LowbitError, match=rf"already quantized with scheme '{old}', not '{new}'"):
+        qat.prepare_model(model, get_scheme(new))

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn as nn
 
@@ -55,8 +57,7 @@ def prepare_model(model, scheme: Scheme | str):
         scheme = get_scheme(scheme, old if old and old.get("scheme") == scheme else None)
     if old:
         if old["scheme"] != scheme.name:
-            raise LowbitError(f"the model is already quantized with scheme {old['scheme']!r}, "
-                              f"not {scheme.name!r}")
+            return _switch_inputs(model, get_scheme(old["scheme"], old), scheme)
         if quant_modules(model):
             return model
     if scheme.bmt_norms and not cfg.bmt_norms:
@@ -82,6 +83,29 @@ def prepare_model(model, scheme: Scheme | str):
     if scheme.quantizes_output:
         model.model.shared = QuantEmbedding(model.model.shared, model.lm_head)
     cfg.extra = dict(cfg.extra, qat={"scheme": scheme.name, **scheme.options})
+    return model
+
+
+def _switch_inputs(model, old: Scheme, new: Scheme):
+    """``model``, quantized with ``old``, requantized for ``new`` where the two schemes differ in
+    the input quantizers of their linear layers alone (e.g. ``bmt1`` -> ``bmt1a1``: the same
+    1-bit weights, 1-bit instead of 8-bit inputs): a progressive recipe retrains the one model
+    with its activations binarized. Any other pair of schemes is refused."""
+    same = (old.bmt_norms == new.bmt_norms and old.attention == new.attention
+            and old.options == new.options and old.linears.keys() == new.linears.keys()
+            and all(dataclasses.replace(old.linears[b], act=new.linears[b].act,
+                                        a_bits=new.linears[b].a_bits) == new.linears[b]
+                    for b in old.linears))
+    if not same or not quant_modules(model):
+        raise LowbitError(f"the model is already quantized with scheme {old.name!r}, not "
+                          f"{new.name!r} (only a change of the linear layers' input quantizers, "
+                          f"e.g. bmt1 -> bmt1a1, can continue from it)")
+    for name, module in quant_modules(model):
+        if isinstance(module, QuantLinear):
+            spec = new.linear_spec(block_of(name))
+            if spec != module.spec:  # takes over weight, bias; per-word planes are re-assigned
+                _set_module(model, name, QuantLinear(module, spec, name))
+    model.config.extra = dict(model.config.extra, qat={"scheme": new.name, **new.options})
     return model
 
 
