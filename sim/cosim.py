@@ -105,7 +105,7 @@ class CosimReport:
         return self.mismatch is None and self.identical == self.sentences
 
 
-def _encode(tokenizer, sentences, limit: int, warn) -> list:
+def encode_sentences(tokenizer, sentences, limit: int, warn) -> list:
     """Token ids of each sentence (None for an empty line), truncated as translate() does."""
     out = []
     for i, s in enumerate(sentences):
@@ -202,10 +202,11 @@ class _Worker:
 
 
 class _SeqWorker:
-    """A job of the sequencer engine: each sentence decoded greedily on one Verilated
-    sequencer top (:func:`lowbit.sim.seq_compile.sequencer_greedy`, its scratchpad checked
-    against the compiled golden chain after the encoder pass and the first step) and by the
-    golden greedy decode; ``stats()`` has one entry per command kind."""
+    """A job of the sequencer engine: each batch decoded greedily on one Verilated sequencer
+    top (:func:`lowbit.sim.seq_compile.sequencer_greedy_batch`: one matmul row per sentence
+    in the decoder step's linear layers, its scratchpad checked against the compiled golden
+    chain after every encoder pass and the first step) and each sentence by the golden
+    greedy decode; ``stats()`` has one entry per command kind."""
 
     def __init__(self, model_dir: str, opts: CosimOptions):
         from lowbit.sw.checkpoint import load_model
@@ -220,38 +221,31 @@ class _SeqWorker:
     def batch(self, encoded: list, plant_fault: int | None = None) -> tuple[list, list]:
         from lowbit.sw.decode import DecodeOptions, greedy_search
 
-        from .seq_compile import ModelCompiler, sequencer_for, sequencer_greedy
+        from .seq_compile import ModelCompiler, sequencer_for, sequencer_greedy_batch
 
-        rtl, gold, self.last_programs = [], [], {}
-        for ids in encoded:
-            src = torch.tensor([ids])
-            gold.append(greedy_search(self.model, src, DecodeOptions())[0])
-            if self.seq is None:
-                probe = ModelCompiler(self.model, src_len=len(ids), max_tgt=1).program
-                self.seq = sequencer_for(probe, **self.array)
-            run = sequencer_greedy(self.model, ids, seq=self.seq, check=True)
-            if run.mismatch is not None:
-                raise CosimMismatch(run.mismatch)
-            rtl.append(run.tokens)
-            for name, n, cycles in (("encoder pass", 1, run.encoder_cycles),
-                                    ("decoder step", len(run.step_cycles),
-                                     sum(run.step_cycles))):
-                have = self.last_programs.setdefault(name, [0, 0])
-                have[0] += n
-                have[1] += cycles
-            share = run.seconds / max(1, sum(c for _, c in run.ops.values()))
-            for op, (calls, cycles) in run.ops.items():
-                st = self._stats.setdefault(op, UnitStats(op, {
-                    "engine": "sequencer", "array": f"{self.array['mm_rows']}x"
-                                                   f"{self.array['mm_cols']}"}))
-                st.calls += calls
-                st.cycles += cycles
-                st.sim_seconds += cycles * share
-                if op == "matmul":
-                    st.macs += run.macs
-                    st.ideal_cycles += run.macs / (self.array["mm_rows"]
-                                                   * self.array["mm_cols"])
-        return rtl, gold
+        gold = [greedy_search(self.model, torch.tensor([ids]), DecodeOptions())[0]
+                for ids in encoded]
+        if self.seq is None:
+            probe = ModelCompiler(self.model, src_len=1, max_tgt=1).program
+            self.seq = sequencer_for(probe, **self.array)
+        run = sequencer_greedy_batch(self.model, encoded, seq=self.seq, check=True)
+        if run.mismatch is not None:
+            raise CosimMismatch(run.mismatch)
+        self.last_programs = {"encoder pass": [len(encoded), sum(run.encoder_cycles)],
+                              "decoder step": [len(run.step_cycles), sum(run.step_cycles)]}
+        share = run.seconds / max(1, sum(c for _, c in run.ops.values()))
+        for op, (calls, cycles) in run.ops.items():
+            st = self._stats.setdefault(op, UnitStats(op, {
+                "engine": "sequencer", "array": f"{self.array['mm_rows']}x"
+                                               f"{self.array['mm_cols']}"}))
+            st.calls += calls
+            st.cycles += cycles
+            st.sim_seconds += cycles * share
+            if op == "matmul":
+                st.macs += run.macs
+                st.ideal_cycles += run.macs / (self.array["mm_rows"]
+                                               * self.array["mm_cols"])
+        return run.tokens, gold
 
     def stats(self) -> list:
         return list(self._stats.values())
@@ -388,13 +382,12 @@ def cosim_split(model_dir: str, sentences: list[str], opts: CosimOptions, *, pro
     from lowbit.sim.verilator import harness_memo
     opts.harnesses = harness_memo()
     limit = min(256, model.config.max_position_embeddings)
-    encoded = _encode(tokenizer, sentences, limit, warn)
+    encoded = encode_sentences(tokenizer, sentences, limit, warn)
     empty = sum(1 for e in encoded if e is None)
     report.identical += empty           # an empty line translates to "" without the model
     if progress and empty:
         progress(empty)
-    # the sequencer decodes one sentence at a time
-    batches = make_batches(encoded, 1 if opts.engine == "sequencer" else opts.batch_size)
+    batches = make_batches(encoded, opts.batch_size)
     t0 = time.perf_counter()
     if opts.ray is not None:
         del model

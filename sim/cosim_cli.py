@@ -1,7 +1,8 @@
 """``lowbit cosim`` (translate a split through the Verilated units, checked against the golden
 kernels) and ``lowbit bench cosim`` (its speed, projected to the full 1000-sentence split).
 
-Both are registered by :mod:`lowbit.sim.cli`; the work is done by :mod:`lowbit.sim.cosim`.
+Their flags and handlers (listed in :data:`lowbit.commands.COMMANDS`); the work is done by
+:mod:`lowbit.sim.cosim`.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ def _add_common(p, *, jobs_default) -> None:
                    help=f"worker processes, each with its own Verilated units (default "
                         f"{jobs_default}: the CPU cores)")
     p.add_argument("--beam", type=int, default=1, help="beam size (default 1: greedy)")
-    p.add_argument("--batch-size", type=int, default=64,
+    p.add_argument("--batch-size", type=int,
                    help="sentences decoded together; every matmul covers the whole batch "
-                        "(default 64)")
+                        "(default 64; with --engine sequencer the array's --rows)")
     p.add_argument("--rows", type=int,
                    help="PE array rows of every unit (default 8; with --engine sequencer 4)")
     p.add_argument("--cols", type=int,
@@ -48,7 +49,7 @@ def _add_common(p, *, jobs_default) -> None:
     p.add_argument("--engine", choices=("units", "sequencer"), default="units",
                    help="units (default): each operation on its own Verilated unit; sequencer: "
                         "whole sentences greedily on the Verilated sequencer top, the host "
-                        "sending only token ids (integer-only packages; one sentence per batch)")
+                        "sending only token ids (integer-only packages)")
     p.add_argument("--ray", metavar="ADDRESS", nargs="?", const="", default=None,
                    help="send the batches to --jobs Ray workers: the cluster at ADDRESS, or "
                         "without one a local Ray instance (docs/regress.md)")
@@ -56,15 +57,7 @@ def _add_common(p, *, jobs_default) -> None:
     p.add_argument("--crash-once", metavar="MARKER", help=argparse_suppress())
 
 
-def register_cosim(subparsers) -> None:
-    p = subparsers.add_parser(
-        "cosim", help="translate a split with every quantized matmul run on the Verilated RTL",
-        description="Decode a test split with a packed model while every quantized matmul runs "
-                    "on the Verilated matmul unit of its scheme (INT, log-shift or XNOR-popcount) "
-                    "and on the golden kernel; every result is compared with equality, and the "
-                    "final tokens with a pure golden decode. The last line is 'identical: N/N "
-                    "sentences'; the exit status is 1 on any mismatch (the first mismatching "
-                    "matmul is named with its layer, shapes and element), 2 on a bad argument.")
+def cosim_arguments(p) -> None:
     _add_common(p, jobs_default=os.cpu_count() or 1)
     p.add_argument("--limit", type=int, help="only the first N sentences")
     p.add_argument("--output", help="write the RTL's translations to this file")
@@ -75,20 +68,13 @@ def register_cosim(subparsers) -> None:
     # Test hook (docs/cosim.md): build every unit as a faulty RTL variant (lowbit.hw.faults,
     # e.g. drop-lsb: every PE product loses bit 0); the run must report the first mismatch.
     p.add_argument("--rtl-fault", metavar="FAULT", help=argparse_suppress())
-    p.set_defaults(func=_cmd_cosim)
 
 
-def register_cosim_bench(bench_sub) -> None:
-    p = bench_sub.add_parser(
-        "cosim", help="co-simulation speed: sentences/s, simulated cycles/s, utilisation",
-        description="Co-simulate the first N sentences of a split (bit-exact check included) "
-                    "and report sentences/s, simulated cycles/s, array utilisation and the "
-                    "projected time for the full 1000-sentence split.")
+def bench_cosim_arguments(p) -> None:
     _add_common(p, jobs_default=os.cpu_count() or 1)
     p.add_argument("--sentences", type=int, default=100,
                    help="sentences measured (default 100; 1000 = the whole split)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
-    p.set_defaults(func=_cmd_bench)
 
 
 def argparse_suppress():
@@ -106,11 +92,13 @@ def _options(args):
     if args.engine == "sequencer" and args.beam != 1:
         raise LowbitError(f"--engine sequencer decodes greedily (--beam 1), not --beam "
                           f"{args.beam}")
-    # The sequencer decodes one sentence at a time (matmuls of one row per decode step): its
-    # default array is wide rather than tall.
+    # The sequencer's decoder step has one matmul row per sentence of a batch: its default
+    # array is wide rather than tall, and a batch fills its rows.
     default = SEQUENCER_ARRAY if args.engine == "sequencer" else UNITS_ARRAY
     args.rows = default[0] if args.rows is None else args.rows
     args.cols = default[1] if args.cols is None else args.cols
+    if args.batch_size is None:     # the sequencer: one matmul row per sentence of a batch
+        args.batch_size = args.rows if args.engine == "sequencer" else 64
     if args.engine == "sequencer":
         from lowbit.hw.sequencer import check_array
         from lowbit.sim.cosim import SEQUENCER_NOT_ON_RAY
@@ -146,7 +134,8 @@ def _rtl_fault(name):
     return name
 
 
-def _read(args, limit):
+def read_sentences(args, limit):
+    """The first ``limit`` source sentences of ``--split`` in ``--data-dir`` (all if None)."""
     from lowbit.sw.data import read_parallel, resolve_data_dir
 
     if limit is not None and limit < 1:
@@ -158,7 +147,8 @@ def _read(args, limit):
     return src
 
 
-def _model_dir(name: str) -> str:
+def packed_model_dir(name: str) -> str:
+    """The directory of packed model ``name`` (shipped name or path); LowbitError otherwise."""
     from lowbit.sw.checkpoint import resolve_model_dir
     from lowbit.sw.quant.packed import is_packed
 
@@ -175,11 +165,11 @@ def _run(args, sentences, opts, desc):
     from lowbit.sim.cosim import cosim_split
     from lowbit.sw.quant.packed import read_manifest
 
-    model_dir = _model_dir(args.model)
+    model_dir = packed_model_dir(args.model)
     scheme = read_manifest(model_dir)["scheme"]
     mode = "greedy" if opts.beam == 1 else f"beam {opts.beam}"
     if opts.engine == "sequencer":
-        how = "one sentence at a time on the Verilated sequencer top"
+        how = f"batches of {opts.batch_size} on the Verilated sequencer top"
     else:
         how = f"batches of {opts.batch_size}, {opts.rows}x{opts.cols} arrays"
     print(f"model {args.model}: scheme {scheme}; {len(sentences)} sentences of {args.split}, "
@@ -294,17 +284,17 @@ def _check_outputs(args, *flags) -> None:
             check_output_file(path, flag, inputs=[model])
 
 
-def _cmd_cosim(args) -> int:
+def run_cosim(args) -> int:
     opts = _options(args)
-    _model_dir(args.model)
+    packed_model_dir(args.model)
     _check_outputs(args, "--output", "--json")
-    sentences = _read(args, args.limit)
+    sentences = read_sentences(args, args.limit)
     report, scheme = _run(args, sentences, opts, "cosim")
     summary = _print_report(report)
     if args.output:
         from lowbit.sw.checkpoint import load_model
 
-        _, tokenizer, _ = load_model(_model_dir(args.model))
+        _, tokenizer, _ = load_model(packed_model_dir(args.model))
         lines = [tokenizer.decode(report.translations[i], "target")
                  if i in report.translations else "" for i in range(len(sentences))]
         write_text_atomic(Path(args.output), "".join(line + "\n" for line in lines))
@@ -316,13 +306,13 @@ def _cmd_cosim(args) -> int:
     return _finish(report)
 
 
-def _cmd_bench(args) -> int:
+def run_bench_cosim(args) -> int:
     opts = _options(args)
     if args.sentences < 1:
         raise LowbitError(f"--sentences must be a positive integer, not {args.sentences}")
-    _model_dir(args.model)
+    packed_model_dir(args.model)
     _check_outputs(args, "--json")
-    sentences = _read(args, args.sentences)
+    sentences = read_sentences(args, args.sentences)
     t0 = time.perf_counter()
     report, scheme = _run(args, sentences, opts, "bench cosim")
     total = time.perf_counter() - t0
