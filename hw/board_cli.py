@@ -16,12 +16,14 @@ import time
 
 from lowbit import LowbitError
 from lowbit.argtypes import int_range, nonneg_int, positive_float, positive_int
+from lowbit.contract import ceil_div
 
 from .board import DEFAULT_BAUD
 from .uart import DEFAULT_MAX_PAYLOAD, MIN_DIVISOR
 from .unit_args import add_unit_flags, unit_params
 
-__all__ = ["register", "MAX_BOARD_ELEMENTS"]
+__all__ = ["board_matmul_arguments", "board_sim_arguments", "run_board_matmul", "run_board_sim",
+           "MAX_BOARD_ELEMENTS"]
 
 # Largest operand (elements of A, W or Y): at 115200 baud a UART moves about 11 kB/s, and a
 # million int8 elements already take minutes; the bound also keeps host memory small.
@@ -29,34 +31,16 @@ MAX_BOARD_ELEMENTS = 1 << 20
 _SIM_DIVISOR = 4    # lowbit.sim.board_sim.SIM_DIVISOR (not imported here: it loads the sim)
 
 
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "board", help="run a matmul on an FPGA board over its UART, or on the board design "
-                      "simulated in Verilator",
-        description="Run one random matmul through the accelerator's UART bridge and compare "
-                    "it with the golden kernel (docs/hardware.md, 'UART bridge'). The last "
-                    "line is 'bit-exact: MATCHED/TOTAL'; exit status 1 on any mismatch, 2 on "
-                    "a bad argument or a board error.")
-    sub = p.add_subparsers(dest="board_command", metavar="COMMAND")
-    sub.required = True
-
-    m = sub.add_parser(
-        "matmul", help="on a board loaded with `lowbit fpga --design uart` (needs pyserial)",
-        description="Run a random matmul on a board over its USB serial port. The unit and its "
-                    "parameters are read from the board's identification registers.")
+def board_matmul_arguments(m) -> None:
     m.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0 or COM3")
     m.add_argument("--baud", type=positive_int, default=DEFAULT_BAUD,
                    help=f"baud rate the design was built for (default {DEFAULT_BAUD})")
     m.add_argument("--timeout", type=positive_float, default=2.0,
                    help="seconds to wait for each reply (default 2)")
     _matmul_flags(m)
-    m.set_defaults(func=_board_matmul)
 
-    s = sub.add_parser(
-        "sim", help="on the whole board design simulated in Verilator",
-        description="Build (cached) the board design - the accelerator behind its UART bridge - "
-                    "with Verilator and run a random matmul through it from the host code "
-                    "that drives a real board, bytes over the simulated UART pins.")
+
+def board_sim_arguments(s) -> None:
     add_unit_flags(s, "matmul")
     _matmul_flags(s)
     s.add_argument("--divisor", type=int_range(MIN_DIVISOR, 1 << 16), default=_SIM_DIVISOR,
@@ -67,7 +51,6 @@ def register(subparsers) -> None:
     s.add_argument("--timeout-cycles", type=positive_int, default=None,
                    help="simulated cycles to wait for each reply (default: enough for the "
                         "longest reply)")
-    s.set_defaults(func=_board_sim)
 
 
 def _matmul_flags(p) -> None:
@@ -105,7 +88,7 @@ def _check_k(k: int, hw, whose: str, hint: str = "") -> None:
         raise LowbitError(f"--k {k} exceeds {whose} max_k {hw.max_k}{hint}")
 
 
-def _board_matmul(args) -> int:
+def run_board_matmul(args) -> int:
     from .board_host import Board, BoardLink, FaultyPort, open_serial
 
     _check(args)
@@ -117,7 +100,7 @@ def _board_matmul(args) -> int:
         serial.close()
 
 
-def _board_sim(args) -> int:
+def run_board_sim(args) -> int:
     from lowbit.sim.board_sim import SimulatedBoard
 
     from .board_host import Board, BoardLink, FaultyPort
@@ -159,7 +142,7 @@ def _run(args, port, where: str, BoardLink, Board, FaultyPort) -> int:
     _check_k(args.k, hw, "the board's")
     rng = np.random.default_rng(args.seed)
     kw = random_operands(hw, rng, args.m, args.k, args.n, relu=args.relu, raw=args.raw)
-    tiles = -(-args.m // hw.rows) * -(-args.n // hw.cols)
+    tiles = ceil_div(args.m, hw.rows) * ceil_div(args.n, hw.cols)
     with tqdm(total=tiles, unit="tile", desc=f"board {args.m}x{args.k}x{args.n}",
               file=sys.stderr, disable=None) as bar:
         result = board.matmul(**kw, progress=bar.update)

@@ -1,4 +1,5 @@
-"""``lowbit hw ...``: hardware commands (Verilog generation and lint of the matmul units)."""
+"""``lowbit hw verilog``: the Verilog of a unit, linted on request (flags and work; the command is
+listed in :data:`lowbit.commands.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,7 @@ from .unit_args import add_unit_flags, unit_params
 from .units import ParameterError, describe
 
 
-def register(subparsers) -> None:
-    hw = subparsers.add_parser("hw", help="hardware: Verilog of the matmul units")
-    sub = hw.add_subparsers(dest="hw_command", metavar="HW_COMMAND")
-    sub.required = True
-    v = sub.add_parser("verilog", help="write a matmul unit as Verilog",
-                       description="Write the Verilog of one matmul unit (docs/hardware.md).")
+def verilog_arguments(v) -> None:
     add_unit_flags(v)
     v.add_argument("--name", help="top module name (default UNIT_matmul: int8_matmul, "
                                   "log_matmul, xnor_matmul)")
@@ -26,18 +22,9 @@ def register(subparsers) -> None:
     v.add_argument("--lint", action="store_true",
                    help="also run verilator --lint-only -Wall on the result")
     v.add_argument("-o", "--output", required=True, help="output .v file ('-' for stdout)")
-    v.set_defaults(func=_verilog)
-
-    from .fpga import register as register_fpga     # `lowbit fpga` (hw/fpga.py)
-    register_fpga(subparsers)
 
 
-def register_bench(subparsers) -> None:
-    from .fpga_bench import register_bench as register_fpga_bench  # `lowbit bench fpga`
-    register_fpga_bench(subparsers)
-
-
-def _verilog(args) -> int:
+def run_verilog(args) -> int:
     from .accel import Accelerator, accel_verilog
     from .verilog import lint_verilog, unit_source
 

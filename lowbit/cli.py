@@ -1,10 +1,10 @@
 """The ``lowbit`` command line.
 
-Each area of the toolkit registers its own sub-commands: a module listed in ``_COMMAND_MODULES``
-defines ``register(subparsers)`` (and optionally ``register_bench(subparsers)`` for
-``lowbit bench NAME`` benchmarks) which adds parsers whose ``func(args)`` does the work and
-returns an exit status (or None for 0). User errors are raised as :class:`lowbit.LowbitError`
-and reported as a single line with exit status 2, never a traceback.
+The commands are the table :data:`lowbit.commands.COMMANDS` (name, help, the function adding
+each command's flags and the function running it); this module builds the parsers from it and
+dispatches. A handler ``func(args)`` does the work and returns an exit status (or None for 0).
+User errors are raised as :class:`lowbit.LowbitError` and reported as a single line with exit
+status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,18 +14,7 @@ import importlib
 import sys
 
 from lowbit import LowbitError, __version__
-
-# Modules that contribute sub-commands, in the order they appear in ``lowbit --help``.
-_COMMAND_MODULES = [
-    "lowbit.sw.cli",
-    "lowbit.sw.data_cli",
-    "lowbit.sw.quant.cli",
-    "lowbit.hw.cli",
-    "lowbit.hw.board_cli",
-    "lowbit.sim.cli",
-    "lowbit.sim.accel_bench",
-    "lowbit.regress",
-]
+from lowbit.commands import COMMANDS, Command
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,28 +23,45 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _resolve(target: str):
+    """The function named by ``"module:function"``."""
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class _Handler:
+    """A command's ``func``: imports ``"module:function"`` when the command runs."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __call__(self, args):
+        return _resolve(self.target)(args)
+
+
+def _add_command(subparsers, command: Command) -> None:
+    if command.register:        # a module that still adds its own parser
+        _resolve(command.register)(subparsers)
+        return
+    p = subparsers.add_parser(command.name, help=command.help, description=command.description)
+    if command.arguments:
+        _resolve(command.arguments)(p)
+    if command.run:
+        p.set_defaults(func=_Handler(command.run))
+    if command.commands:
+        sub = p.add_subparsers(dest=command.dest, metavar=command.metavar, parser_class=_Parser)
+        sub.required = True
+        for inner in command.commands:
+            _add_command(sub, inner)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lowbit", description="Low-bit NMT hardware/software co-design toolkit.")
     parser.add_argument("--version", action="version", version=f"lowbit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    modules = []
-    for name in _COMMAND_MODULES:
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:  # an area not built yet
-            if e.name == name:
-                continue
-            raise
-    for module in modules:
-        module.register(sub)
-    # `lowbit bench NAME`: benchmarks from every area, each module may add its own.
-    bench = sub.add_parser("bench", help="run a benchmark and print its table")
-    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCH", parser_class=_Parser)
-    bench_sub.required = True
-    for module in modules:
-        if hasattr(module, "register_bench"):
-            module.register_bench(bench_sub)
+    for command in COMMANDS:
+        _add_command(sub, command)
     return parser
 
 

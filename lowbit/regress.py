@@ -233,14 +233,7 @@ def regress(cfg: RegressConfig, address: str | None = None, cpus: int | None = N
     return cells
 
 
-def register(sub) -> None:
-    p = sub.add_parser(
-        "regress", help="run a regression matrix (packages x splits x checks) on Ray",
-        description="Run every cell of the matrix in CONFIG.toml (golden BLEU, CPU/GPU token "
-                    "identity, co-simulation) as Ray tasks, on a local Ray instance or the "
-                    "cluster at --ray ADDRESS. Results go to the config's output JSON and a "
-                    "Markdown table beside it, rewritten after every cell; a re-run skips "
-                    "finished cells. Exit status 1 if any cell failed.")
+def regress_arguments(p) -> None:
     p.add_argument("config", help="TOML file with a [regress] table (docs/regress.md)")
     p.add_argument("--ray", metavar="ADDRESS", nargs="?", const="", default="",
                    help="Ray cluster address (ray://HOST:10001 or HOST:6379); none: start a "
@@ -250,10 +243,9 @@ def register(sub) -> None:
     p.add_argument("--data-dir", help="Multi30k directory (overrides the config's)")
     # Test hook (docs/regress.md): the first attempt of the first cell kills its worker.
     p.add_argument("--crash-once", metavar="MARKER", help=argparse.SUPPRESS)
-    p.set_defaults(func=_cmd_regress)
 
 
-def _cmd_regress(args) -> int:
+def run_regress(args) -> int:
     if args.cpus is not None and args.cpus < 1:
         raise LowbitError(f"--cpus must be a positive integer, not {args.cpus}")
     cfg = load_config(args.config, args.data_dir)

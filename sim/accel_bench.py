@@ -36,18 +36,7 @@ FPGA_RESULTS = Path(__file__).resolve().parents[1] / "bench" / "fpga.json"
 CPU_MODELS = ("multi30k-en-de", "multi30k-en-de-int8")   # FP32 and the INT8 golden decode
 
 
-def register(subparsers) -> None:
-    """No command of its own: ``lowbit bench accel`` only (:func:`register_bench`)."""
-
-
-def register_bench(bench_sub) -> None:
-    p = bench_sub.add_parser(
-        "accel", help="the integer-only accelerator: cycles per token, where they go, "
-                      "sentences/s against the CPU",
-        description="Co-simulate an integer-only package (every operation on RTL, checked) and "
-                    "report cycles per token and sentence, the share of each operation kind, "
-                    "weight traffic at a memory bandwidth, sentences/s at a clock, and the CPU "
-                    "decode of the same sentences for the ratio (docs/accelerator.md).")
+def bench_accel_arguments(p) -> None:
     p.add_argument("--model", default="multi30k-en-de-int8i",
                    help="integer-only package (default multi30k-en-de-int8i)")
     p.add_argument("--data-dir")
@@ -71,7 +60,6 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="co-simulation processes (default 1)")
     p.add_argument("--json", metavar="FILE", help="also write the numbers to this JSON file")
     p.add_argument("--plot", metavar="FILE", help="write a PNG of where the cycles go")
-    p.set_defaults(func=_cmd_bench_accel)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,17 +143,17 @@ def _cpu_speed(names, sentences, threads: int, batch_size: int, log) -> dict:
     return best
 
 
-def _cmd_bench_accel(args) -> int:
+def run_bench_accel(args) -> int:
     from lowbit.hw.units import unit_class
     from lowbit.sw.checkpoint import load_model
 
-    from .cosim import CosimOptions, _encode, cosim_split
+    from .cosim import CosimOptions, cosim_split, encode_sentences
     from .cosim_kernels import units_for_model
     from .cosim_ops import OP_UNITS
-    from .cosim_cli import _model_dir, _read, ops_line
+    from .cosim_cli import ops_line, packed_model_dir, read_sentences
 
     _check(args)
-    model_dir = _model_dir(args.model)
+    model_dir = packed_model_dir(args.model)
     inputs = [model_dir]
     for flag in ("--json", "--plot"):
         path = getattr(args, flag.lstrip("-"))
@@ -184,7 +172,7 @@ def _cmd_bench_accel(args) -> int:
                               f"{'/'.join(matmul_units)} array on {args.board}: build it with "
                               f"`lowbit bench fpga` or give --fmax MHZ")
         fmax, fmax_from = min(found), f"lowbit bench fpga, {args.board}"
-    sentences = _read(args, args.sentences)
+    sentences = read_sentences(args, args.sentences)
     opts = CosimOptions(rows=args.rows, cols=args.cols, vector_lanes=args.vector_lanes,
                         batch_size=args.batch_size, jobs=args.jobs)
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -215,7 +203,7 @@ def _cmd_bench_accel(args) -> int:
     batches = math.ceil(n / args.batch_size)
     tokens = sum(len(t) + 1 for t in report.translations.values())   # with the EOS
     enc_bytes, dec_bytes = weight_bytes(model)
-    src_tokens = sum(len(ids) for ids in _encode(tokenizer, sentences, 256, lambda m: None)
+    src_tokens = sum(len(ids) for ids in encode_sentences(tokenizer, sentences, 256, lambda m: None)
                      if ids is not None)
     # one embedding row (d_model 8-bit entries) per source and per output token
     mem_bytes = (batches * enc_bytes + steps * dec_bytes

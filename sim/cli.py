@@ -1,5 +1,6 @@
 """``lowbit verify`` (one random matmul through the Verilated RTL and the golden kernel) and
-``lowbit bench units`` (cycles, utilisation and simulation speed of every unit)."""
+``lowbit bench units`` (cycles, utilisation and simulation speed of every unit): their flags and
+their work (the commands are listed in :data:`lowbit.commands.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,9 @@ from lowbit import LowbitError
 MAX_OPERAND_ELEMENTS = 1 << 24
 
 
-def register(subparsers) -> None:
+def verify_arguments(p) -> None:
     from lowbit.hw.unit_args import add_unit_flags
 
-    p = subparsers.add_parser(
-        "verify", help="run one random matmul (or rows of a vector operation) through the "
-                       "Verilated unit and the golden kernel",
-        description="Build (cached) the Verilated unit, run one random matmul of the given "
-                    "shape (vector units: --m random rows of --k elements, then the unit's "
-                    "corner cases) through the RTL and through the golden kernel, and compare "
-                    "every element. The last line is 'bit-exact: MATCHED/TOTAL'; the exit "
-                    "status is 1 on any mismatch, 2 on a bad argument.")
     p.add_argument("--m", type=int, help="rows of A (tokens), >= 1; vector units: rows")
     p.add_argument("--k", type=int, help="reduction length, 1..max_k; vector units: row "
                                          "length, 1..max_len")
@@ -34,18 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--raw", action="store_true", help="compare raw accumulators (acc + bias)")
     p.add_argument("--backpressure", type=float, default=0.0,
                    help="probability of an idle input / refused output cycle (0..0.9)")
-    p.set_defaults(func=_verify)
-
-    from lowbit.sim.cosim_cli import register_cosim
-    register_cosim(subparsers)
 
 
-def register_bench(subparsers) -> None:
-    p = subparsers.add_parser(
-        "units", help="cycles, utilisation and simulation speed of the three matmul units",
-        description="For one mid-size matmul per unit: simulated cycles against the ideal "
-                    "M*K*N/(rows*cols), and simulation speed (cycles/s) in the Amaranth "
-                    "simulator, cocotb on Verilator, and the compiled Verilator harness.")
+def bench_units_arguments(p) -> None:
     p.add_argument("--m", type=int, default=32, help="M (default 32)")
     p.add_argument("--k", type=int, default=256, help="K of int8 and log (default 256)")
     p.add_argument("--k-xnor", type=int, default=8192,
@@ -60,10 +44,6 @@ def register_bench(subparsers) -> None:
                                               "amaranth, cocotb")
     p.add_argument("--json", metavar="FILE",
                    help="also write the table's rows to this JSON file (e.g. bench/units.json)")
-    p.set_defaults(func=_bench)
-
-    from lowbit.sim.cosim_cli import register_cosim_bench
-    register_cosim_bench(subparsers)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +106,7 @@ def _describe(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _verify(args) -> int:
+def run_verify(args) -> int:
     import numpy as np
     from tqdm import tqdm
 
@@ -174,7 +154,7 @@ def _verify(args) -> int:
     return 0 if matched == total else 1
 
 
-def _bench(args) -> int:
+def run_bench_units(args) -> int:
     from lowbit.sim.bench import bench_units, write_json
 
     units = [u.strip() for u in args.units.split(",") if u.strip()]

@@ -1,5 +1,5 @@
-"""``lowbit`` sub-commands of the NMT stack: train, translate, eval, models, import-hf, export-hf,
-demo, and the ``bench decode`` benchmark."""
+"""The flags and the work of the NMT stack's commands (train, translate, eval, models, import-hf,
+export-hf, export-ct2, demo and ``bench decode``), listed in :data:`lowbit.commands.COMMANDS`."""
 
 from __future__ import annotations
 
@@ -56,12 +56,7 @@ def _decode_options(args):
                          max_input_tokens=getattr(args, "max_input_tokens", 256))
 
 
-def register(sub) -> None:
-    from .checkpoint import DEFAULT_MODEL
-
-    p = sub.add_parser("train", help="train a translation model on Multi30k-style data",
-                       description="Train an English->German Transformer. Writes a checkpoint "
-                                   "directory usable with --model.")
+def train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz (default: $LOWBIT_DATA_DIR or "
                                       "~/.local/share/lowbit/multi30k)")
     p.add_argument("--out", required=True, help="output checkpoint directory")
@@ -107,17 +102,23 @@ def register(sub) -> None:
                    help="planes per word of the binary-coded embedding/output matrix (mixed, bmt*) "
                         "for the frequency clusters 1 : 4 : 16 : ..., most frequent first "
                         "(default 4,3,2,1)")
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("translate", help="translate stdin to stdout, one sentence per line")
+
+def _model_argument(p: argparse.ArgumentParser) -> None:
+    from .checkpoint import DEFAULT_MODEL
+
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
+
+
+def translate_arguments(p: argparse.ArgumentParser) -> None:
+    _model_argument(p)
     _add_decode_args(p, beam_default=5)
     p.add_argument("--max-input-tokens", type=_positive_int, default=256,
                    help="longer input lines are truncated with a warning (256)")
-    p.set_defaults(func=_cmd_translate)
 
-    p = sub.add_parser("eval", help="translate a split and print its sacreBLEU score")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
+
+def eval_arguments(p: argparse.ArgumentParser) -> None:
+    _model_argument(p)
     p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz")
     p.add_argument("--split", default="test_2016_flickr", help="split name (test_2016_flickr)")
     p.add_argument("--limit", type=_positive_int, help="only the first N sentences")
@@ -125,35 +126,37 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="append the result as a record to this JSON list "
                                                    "(read by `lowbit report`)")
     _add_decode_args(p, beam_default=5)
-    p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("models", help="list the shipped models")
-    p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("import-hf", help="convert a Hugging Face MarianMT directory to a lowbit checkpoint")
+def models_arguments(p: argparse.ArgumentParser) -> None:
+    """``lowbit models`` takes no flags."""
+
+
+def import_hf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dir", help="MarianMT directory (config.json, model.safetensors or pytorch_model.bin, "
                                "source.spm, target.spm, vocab.json)")
     p.add_argument("-o", "--out", required=True, help="output checkpoint directory")
-    p.set_defaults(func=_cmd_import_hf)
 
-    for name, what, description in (
-            ("export-hf", "a Hugging Face MarianMT directory",
-             "Write a model as a MarianMT directory for transformers. A packed model is written with "
-             "its golden weights, dequantized (its activation quantization has no MarianMT "
-             "equivalent)."),
-            ("export-ct2", "a CTranslate2 model directory",
-             "Write a model as a CTranslate2 model (needs the ctranslate2 package). Inputs are "
-             "SentencePiece pieces; decoding starts from the model's own start token.")):
-        p = sub.add_parser(name, help=f"write a model as {what}", description=description)
-        p.add_argument("--model", default=DEFAULT_MODEL, help=f"shipped name or directory ({DEFAULT_MODEL})")
-        p.add_argument("-o", "--out", required=True, help="output directory")
-        p.add_argument("--force", action="store_true", help=f"replace OUT if it holds {what}")
-        if name == "export-ct2":
-            p.add_argument("--quantization", help="CTranslate2 weight type: int8, int8_float32, int16, "
-                                                  "float16, bfloat16, ... (default: float32)")
-        p.set_defaults(func=_cmd_export, export_format=name)
 
-    p = sub.add_parser("demo", help="translate a few sentences with the shipped model and score it")
+def _export_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    _model_argument(p)
+    p.add_argument("-o", "--out", required=True, help="output directory")
+    p.add_argument("--force", action="store_true", help=f"replace OUT if it holds {what}")
+
+
+def export_hf_arguments(p: argparse.ArgumentParser) -> None:
+    _export_arguments(p, "a Hugging Face MarianMT directory")
+
+
+def export_ct2_arguments(p: argparse.ArgumentParser) -> None:
+    _export_arguments(p, "a CTranslate2 model directory")
+    p.add_argument("--quantization", help="CTranslate2 weight type: int8, int8_float32, int16, "
+                                          "float16, bfloat16, ... (default: float32)")
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    from .checkpoint import DEFAULT_MODEL
+
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz")
     p.add_argument("--split", default="test_2016_flickr")
@@ -164,11 +167,9 @@ def register(sub) -> None:
                    help="comma-separated packed models that also translate the examples, every "
                         "quantized matmul through the golden integer kernels ('' for none; "
                         f"default {','.join(DEMO_PACKED)})")
-    p.set_defaults(func=_cmd_demo)
 
 
-def register_bench(bench_sub) -> None:
-    p = bench_sub.add_parser("decode", help="decoding speed, greedy vs beam (sentences/s)")
+def bench_decode_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="shipped name or directory (default model)")
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test_2016_flickr")
@@ -190,12 +191,11 @@ def register_bench(bench_sub) -> None:
     p.add_argument("--repeats", type=_positive_int, default=1,
                    help="timed runs of each runtime with --peer or each model with --models, "
                         "alternating; the fastest counts (1)")
-    p.set_defaults(func=_cmd_bench_decode)
 
 
 # -- commands ---------------------------------------------------------------------------------
 
-def _cmd_train(args):
+def run_train(args):
     from .data import resolve_data_dir
     from .train import TrainOptions, train
 
@@ -252,7 +252,7 @@ def read_input_lines(stream) -> list[str]:
     return lines
 
 
-def _cmd_translate(args):
+def run_translate(args):
     from .checkpoint import load_model
     from .decode import translate
 
@@ -266,7 +266,7 @@ def _cmd_translate(args):
     sys.stdout.flush()
 
 
-def _cmd_eval(args):
+def run_eval(args):
     from .checkpoint import load_model, resolve_model_dir
     from .data import read_parallel, resolve_data_dir
     from .decode import corpus_bleu, translate
@@ -301,7 +301,7 @@ def _cmd_eval(args):
     print(score)
 
 
-def _cmd_models(args):
+def run_models(args):
     import json
 
     from .checkpoint import DEFAULT_MODEL, shipped_models
@@ -322,7 +322,7 @@ def _cmd_models(args):
         print(f"{name}{default}  {size:.1f} MiB  {note}".rstrip())
 
 
-def _cmd_import_hf(args):
+def run_import_hf(args):
     from .hf import import_hf
 
     check_output_dir(args.out, "--out", inputs=[args.dir])
@@ -330,21 +330,25 @@ def _cmd_import_hf(args):
     print(f"wrote {out}")
 
 
-def _cmd_export(args):
+def run_export_hf(args):
+    from .hf import export_hf, is_hf_export
+
+    _export(args, is_hf_export, "MarianMT export",
+            lambda m, t, out: export_hf(m, t, out, force=args.force))
+
+
+def run_export_ct2(args):
+    from .ct2 import check_quantization, export_ct2, is_ct2_export
+
+    check_quantization(args.quantization)
+    _export(args, is_ct2_export, "CTranslate2 model",
+            lambda m, t, out: export_ct2(m, t, out, args.quantization, force=args.force))
+
+
+def _export(args, replaceable, kind: str, export) -> None:
     """export-hf / export-ct2: the output directory is checked before the model is loaded."""
     from .checkpoint import load_model, resolve_model_dir
 
-    if args.export_format == "export-ct2":
-        from .ct2 import check_quantization, export_ct2, is_ct2_export
-
-        check_quantization(args.quantization)
-        replaceable, kind = is_ct2_export, "CTranslate2 model"
-        export = lambda m, t, out: export_ct2(m, t, out, args.quantization, force=args.force)  # noqa: E731
-    else:
-        from .hf import export_hf, is_hf_export
-
-        replaceable, kind = is_hf_export, "MarianMT export"
-        export = lambda m, t, out: export_hf(m, t, out, force=args.force)  # noqa: E731
     check_output_dir(args.out, "--out", inputs=[resolve_model_dir(args.model)], force=args.force,
                      replaceable=replaceable, kind=kind)
     model, tokenizer, _ = load_model(args.model)
@@ -354,7 +358,7 @@ def _cmd_export(args):
 DEMO_PACKED = ("multi30k-en-de-int8", "multi30k-en-de-mixed")
 
 
-def _cmd_demo(args):
+def run_demo(args):
     from .checkpoint import load_model
     from .data import FETCH_COMMAND, default_data_dir, read_parallel, resolve_data_dir
     from .decode import DecodeOptions, corpus_bleu, translate
@@ -394,7 +398,7 @@ def _cmd_demo(args):
     print(score)
 
 
-def _cmd_bench_decode(args):
+def run_bench_decode(args):
     import torch
 
     from .checkpoint import load_model

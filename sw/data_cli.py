@@ -1,4 +1,5 @@
-"""``lowbit data fetch``: download a dataset from its public source into lowbit's data directory."""
+"""``lowbit data fetch``: download a dataset from its public source into lowbit's data directory
+(flags and work; the command is listed in :data:`lowbit.commands.COMMANDS`)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,9 @@ from .data import DATA_ENV, SPLITS, default_data_dir
 from .datasets import MULTI30K_URL, fetch_multi30k, parse_splits
 
 
-def register(sub) -> None:
-    p = sub.add_parser("data", help="download datasets from their public source",
-                       description="Download datasets from their public source, every file "
-                                   "checked against a SHA-256 recorded in lowbit.")
-    data_sub = p.add_subparsers(dest="data_command", metavar="ACTION", parser_class=type(p))
-    data_sub.required = True
-    f = data_sub.add_parser(
-        "fetch", help="download Multi30k task 1 English-German (SPLIT.{en,de}.gz)",
-        description=f"Download Multi30k task 1 English-German from {MULTI30K_URL} and verify "
-                    "each file's SHA-256. Files already there and verified are skipped.")
+def fetch_arguments(f) -> None:
+    f.description = (f"Download Multi30k task 1 English-German from {MULTI30K_URL} and verify "
+                     "each file's SHA-256. Files already there and verified are skipped.")
     f.add_argument("dataset", choices=["multi30k"], help="dataset name (multi30k)")
     f.add_argument("--dest", metavar="DIR",
                    help=f"destination folder (default: ${DATA_ENV} if set, else "
@@ -31,10 +25,9 @@ def register(sub) -> None:
                    help="download again files that are present with a wrong checksum")
     f.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                    help="seconds to wait for a connection or for more data (60)")
-    f.set_defaults(func=_cmd_fetch)
 
 
-def _cmd_fetch(args):
+def run_fetch(args):
     splits = parse_splits(args.splits)
     dest = default_data_dir() if args.dest is None else args.dest
     result = fetch_multi30k(dest, splits, args.base_url, force=args.force, timeout=args.timeout)

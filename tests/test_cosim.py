@@ -139,14 +139,14 @@ def test_retiring_greedy_equals_greedy_search(model_name):
     """Co-simulation drops finished sentences from the batch; the tokens are greedy_search's
     (golden kernels, 48 real sentences in batches sorted by length, as cosim makes them), for a
     fake-quantized model and for the integer-only one (whose greedy picks golden_ops.argmax)."""
-    from lowbit.sim.cosim import _encode, make_batches
+    from lowbit.sim.cosim import encode_sentences, make_batches
     from lowbit.sw.checkpoint import load_model
     from lowbit.sw.data import read_parallel, resolve_data_dir
     from lowbit.sw.decode import DecodeOptions, decode_batch, greedy_search, pad_batch
 
     model, tok, _ = load_model(model_name)
     src, _ = read_parallel(resolve_data_dir(None), "test_2016_flickr", limit=48)
-    encoded = _encode(tok, src, 256, print)
+    encoded = encode_sentences(tok, src, 256, print)
     opts = DecodeOptions(beam=1, batch_size=16)
     checked = 0
     for batch in make_batches(encoded, 16):

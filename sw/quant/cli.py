@@ -1,4 +1,7 @@
-"""``lowbit quantize`` (write a packed model) and ``lowbit report`` (regenerate docs/results.md).
+"""The flags and the work of ``lowbit quantize`` (write a packed model), ``lowbit report``
+(regenerate docs/results.md), ``lowbit check-devices`` and ``lowbit check-integer`` (listed in
+:data:`lowbit.commands.COMMANDS`; the checks themselves are :mod:`.consistency` and
+:mod:`.intcheck`).
 
 ``lowbit train --qat SCHEME`` and ``lowbit eval --json`` live in :mod:`lowbit.sw.cli` and call
 :func:`qat_hooks` / :func:`lowbit.sw.quant.report.append_result` from here.
@@ -7,6 +10,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from pathlib import Path
 
 from lowbit import LowbitError
@@ -18,13 +22,7 @@ def _repo_docs() -> Path:
     return Path(__file__).resolve().parents[2] / "docs"
 
 
-def register(sub) -> None:
-    p = sub.add_parser("quantize", help="quantize a model and write it as a packed model",
-                       description="Quantize a float or QAT-trained model with a scheme and write "
-                                   "a packed model directory (integer weights at their real bit "
-                                   "width, scales, manifest). A model trained with --qat SCHEME "
-                                   "keeps its learned ranges; a float model is calibrated on "
-                                   "training batches (post-training quantization).")
+def quantize_arguments(p) -> None:
     p.add_argument("--model", required=True, help="shipped name or checkpoint directory")
     p.add_argument("--scheme", required=True,
                    help="int8, int6 (int2..int8), log1..log8, bmt1, bmt1a1, bmt1a1-nonorm, mixed, fp32")
@@ -39,20 +37,31 @@ def register(sub) -> None:
     p.add_argument("--calibrate-batches", type=positive_int, default=50,
                    help="training batches used to calibrate activation ranges when the model "
                         "has none (50)")
-    p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("report", help="regenerate docs/results.md from recorded eval results")
+
+def report_arguments(p) -> None:
     p.add_argument("--results", help="JSON list written by `lowbit eval --json` "
                                      "(default docs/results.json)")
     p.add_argument("--docs", help="output folder (default: the repository's docs/)")
     p.add_argument("--beam", type=positive_int, default=5, help="which beam size to tabulate (5)")
-    p.set_defaults(func=_cmd_report)
 
-    from .consistency import register as register_check
-    from .intcheck import register as register_integer_check
 
-    register_check(sub)
-    register_integer_check(sub)
+def check_devices_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="shipped name or directory")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test_2016_flickr")
+    p.add_argument("--limit", type=positive_int, help="only the first N sentences")
+    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="CPU worker processes (1)")
+
+
+def check_integer_arguments(p) -> None:
+    p.add_argument("--model", required=True, help="shipped name or directory")
+    p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz")
+    p.add_argument("--split", default="test_2016_flickr", help="split (test_2016_flickr)")
+    p.add_argument("--limit", type=int, default=50, help="only the first N sentences (50)")
+    p.add_argument("--beam", type=int, default=5, help="beam size, 1 = greedy (5)")
+    p.add_argument("--batch-size", type=int, default=50, help="sentences per batch (50)")
 
 
 def training_examples(tokenizer, data_dir, limit: int | None = None):
@@ -151,7 +160,7 @@ def qat_hooks(scheme: str, init: str | None, data_dir, phase_steps: int, log=pri
     return hooks.transform, hooks.after_step
 
 
-def _cmd_quantize(args):
+def run_quantize(args):
     from lowbit.sw.checkpoint import load_model, resolve_model_dir
 
     from .packed import is_packed, package_size, write_packed
@@ -177,7 +186,7 @@ def _cmd_quantize(args):
           f"{stats['integer_matmuls']}/{stats['matmuls']} matmuls on integer units")
 
 
-def _cmd_report(args):
+def run_report(args):
     from lowbit.hw.fpga_bench import report_section as fpga_report_section
 
     from .report import write_report
@@ -195,3 +204,42 @@ def _cmd_report(args):
         if data["records"]:
             plot_cost(data, PLOT_PATH)
     print(f"wrote {out}")
+
+
+def run_check_devices(args):
+    from lowbit.sw.data import read_parallel, resolve_data_dir
+
+    from .consistency import compare_devices
+
+    src, _ = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.limit)
+    same, total, first = compare_devices(args.model, src, args.beam, args.jobs)
+    if first is not None:
+        i, a, b = first
+        print(f"first difference: sentence {i + 1}: cpu {a} vs cuda {b}")
+    print(f"identical: {same}/{total} sentences")
+    sys.stdout.flush()
+    return 0 if same == total else 1
+
+
+def run_check_integer(args):
+    import torch
+
+    from lowbit.sw.checkpoint import load_model
+    from lowbit.sw.data import read_parallel, resolve_data_dir
+    from lowbit.sw.decode import DecodeOptions
+
+    from .intcheck import check_integer
+
+    for name in ("limit", "beam", "batch_size"):
+        value = getattr(args, name)
+        if value < 1:
+            raise LowbitError(f"--{name.replace('_', '-')} must be a positive integer, not {value}")
+    src, _ = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.limit)
+    opts = DecodeOptions(beam=args.beam, batch_size=args.batch_size)
+    torch.set_num_threads(1)
+    model, tokenizer, meta = load_model(args.model, "cpu")
+    print(f"model: {meta['path']}  split: {args.split} ({len(src)} sentences)  beam: {args.beam}")
+    ok, what = check_integer(model, tokenizer, src, opts)
+    print(f"integer-only: {'yes' if ok else 'no'} ({what})")
+    sys.stdout.flush()
+    return 0 if ok else 1

@@ -2,7 +2,7 @@
 
 ``lowbit check-devices --model PACKED --split S [--beam K] [--jobs J]`` decodes the split on the
 GPU and on the CPU (in ``J`` worker processes, one thread each) and compares the token ids of every
-sentence. The last line is ``identical: N/N sentences``; the exit status is 1 on any difference
+sentence (:func:`compare_devices`; the command is :func:`lowbit.sw.quant.cli.run_check_devices`). The last line is ``identical: N/N sentences``; the exit status is 1 on any difference
 (the first differing sentence is printed).
 
 Why they agree: every integer matmul is exact (docs/numerics.md), and the host arithmetic around
@@ -14,11 +14,9 @@ enough to change tokens.
 
 from __future__ import annotations
 
-import sys
 import time
 
 from lowbit import LowbitError
-from lowbit.argtypes import positive_int
 
 
 def sentence_ids(model_spec, sentences: list[str], device: str, beam: int, batch_size: int = 64):
@@ -75,29 +73,3 @@ def compare_devices(model_spec, sentences: list[str], beam: int = 1, jobs: int =
     same = sum(a == b for a, b in zip(on_cpu, on_gpu))
     first = next(((i, a, b) for i, (a, b) in enumerate(zip(on_cpu, on_gpu)) if a != b), None)
     return same, len(sentences), first
-
-
-def register(sub) -> None:
-    p = sub.add_parser("check-devices", help="decode a split on CPU and GPU, compare the tokens",
-                       description="Decode a split with a (packed) model on the CPU and on the GPU "
-                                   "and compare the token ids sentence by sentence.")
-    p.add_argument("--model", required=True, help="shipped name or directory")
-    p.add_argument("--data-dir")
-    p.add_argument("--split", default="test_2016_flickr")
-    p.add_argument("--limit", type=positive_int, help="only the first N sentences")
-    p.add_argument("--beam", type=positive_int, default=1, help="beam size (1 = greedy)")
-    p.add_argument("--jobs", type=positive_int, default=1, help="CPU worker processes (1)")
-    p.set_defaults(func=_cmd_check)
-
-
-def _cmd_check(args):
-    from lowbit.sw.data import read_parallel, resolve_data_dir
-
-    src, _ = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.limit)
-    same, total, first = compare_devices(args.model, src, args.beam, args.jobs)
-    if first is not None:
-        i, a, b = first
-        print(f"first difference: sentence {i + 1}: cpu {a} vs cuda {b}")
-    print(f"identical: {same}/{total} sentences")
-    sys.stdout.flush()
-    return 0 if same == total else 1

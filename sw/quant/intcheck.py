@@ -17,7 +17,6 @@ those inside composite functions (and counts them).
 from __future__ import annotations
 
 import contextlib
-import sys
 import traceback
 from pathlib import Path
 
@@ -25,8 +24,6 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-from lowbit import LowbitError
 
 from . import kernels
 
@@ -140,39 +137,3 @@ def check_integer(model, tokenizer, sentences: list[str], opts, log=print) -> tu
         return False, f"first floating-point operation: {e}"
     log(f"decoded {decoded} sentences, every tensor operation on integers")
     return True, f"{guard.count} tensor ops checked"
-
-
-def register(sub) -> None:
-    p = sub.add_parser("check-integer", help="decode under a guard against floating-point "
-                                             "tensor operations",
-                       description="Decode sentences of a split on the CPU with every tensor "
-                                   "operation checked, from the token ids to the decoded ids: "
-                                   "any floating-point tensor operation stops the decode and is "
-                                   "named (exit status 1).")
-    p.add_argument("--model", required=True, help="shipped name or directory")
-    p.add_argument("--data-dir", help="directory with SPLIT.{en,de}.gz")
-    p.add_argument("--split", default="test_2016_flickr", help="split (test_2016_flickr)")
-    p.add_argument("--limit", type=int, default=50, help="only the first N sentences (50)")
-    p.add_argument("--beam", type=int, default=5, help="beam size, 1 = greedy (5)")
-    p.add_argument("--batch-size", type=int, default=50, help="sentences per batch (50)")
-    p.set_defaults(func=_cmd_check_integer)
-
-
-def _cmd_check_integer(args):
-    from lowbit.sw.checkpoint import load_model
-    from lowbit.sw.data import read_parallel, resolve_data_dir
-    from lowbit.sw.decode import DecodeOptions
-
-    for name in ("limit", "beam", "batch_size"):
-        value = getattr(args, name)
-        if value < 1:
-            raise LowbitError(f"--{name.replace('_', '-')} must be a positive integer, not {value}")
-    src, _ = read_parallel(resolve_data_dir(args.data_dir), args.split, limit=args.limit)
-    opts = DecodeOptions(beam=args.beam, batch_size=args.batch_size)
-    torch.set_num_threads(1)
-    model, tokenizer, meta = load_model(args.model, "cpu")
-    print(f"model: {meta['path']}  split: {args.split} ({len(src)} sentences)  beam: {args.beam}")
-    ok, what = check_integer(model, tokenizer, src, opts)
-    print(f"integer-only: {'yes' if ok else 'no'} ({what})")
-    sys.stdout.flush()
-    return 0 if ok else 1
