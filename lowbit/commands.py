@@ -2,14 +2,15 @@
 
 A :class:`Command` names a command, its one-line help and description, the function that adds
 its flags to its parser and the function that runs it, both as ``"module:function"`` strings:
-the table imports no area of the toolkit, :mod:`lowbit.cli` builds the parsers from it and
-imports a handler only when its command runs. The flags and the work stay beside the code they
+the table imports no area of the toolkit; :mod:`lowbit.cli` builds the parsers from it and looks
+a handler up when its command runs. The flags and the work stay beside the code they
 concern (``lowbit.sw.cli``, ``lowbit.hw.cli``, ``lowbit.sim.cli``, ...), and no library module
 imports this table or the dispatcher.
 
 Adding a command is one entry here plus its two functions: ``NAME_arguments(parser)`` (the
-flags; nothing else) and ``run_NAME(args)`` (the work; returns the exit status, or None for 0,
-and raises :class:`lowbit.LowbitError` for bad input). docs/architecture.md says the same.
+flags, and the description where it is computed) and ``run_NAME(args)`` (the work; returns the
+exit status, or None for 0, and raises :class:`lowbit.LowbitError` for bad input).
+docs/architecture.md says the same.
 """
 
 from __future__ import annotations

@@ -37,15 +37,9 @@ __all__ = ["RtlKernels", "CosimMismatch", "UnitStats", "GoldenRecord", "describe
 def golden_kernels() -> dict:
     """``{kernel name: golden kernel}`` of every registered unit kind whose golden kernel a
     quantized model calls through :mod:`lowbit.sw.quant.kernels`."""
-    from lowbit.sw.quant.kernels import KERNELS
+    from lowbit.sw.quant.kernels import matmul_kernels
 
-    out = {}
-    for kind in unit_kinds():
-        target = unit_class(kind).golden
-        name = target.rpartition(":")[2] if isinstance(target, str) else target.__name__
-        if name in KERNELS:
-            out[name] = resolve(target)
-    return out
+    return {name: resolve(target) for name, target in matmul_kernels().items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,3 +217,26 @@ def test_accelerator_identifies_the_new_kind():
     found = decode_id(accel.id_values)
     assert found["unit"] == "ternary"
     assert found["params"] == describe("ternary", rows=2, cols=5, a_bits=3, max_k=1000).params
+
+
+def test_model_kernels_are_the_golden_kernels_of_the_matmul_kinds():
+    """A quantized model calls its matmuls by the golden kernel names of the registered matmul
+    unit kinds (sw/quant/kernels.py lists none of its own): the ternary kind registered by this
+    file's fixture brings its kernel, and the vector kinds' golden operations are not matmuls."""
+    from lowbit.hw.units import unregister_unit
+    from lowbit.sw import golden
+    from lowbit.sw.quant import kernels
+
+    names = ("int_matmul", "log_matmul", "xnor_matmul")
+    assert tuple(kernels.matmul_kernels()) == names + ("ternary_matmul",)
+    for name in names:
+        assert kernels.kernel(name) is getattr(golden, name)
+    assert kernels.kernel("ternary_matmul") is ternary_matmul
+    with kernels.use_kernels(ternary_matmul=np.matmul):
+        assert kernels.kernel("ternary_matmul") is np.matmul
+    with pytest.raises(ValueError, match="unknown kernel 'softmax'"):
+        kernels.kernel("softmax")
+    unregister_unit("ternary")
+    assert tuple(kernels.matmul_kernels()) == names
+    with pytest.raises(ValueError, match="unknown kernel 'ternary_matmul'"):
+        kernels.kernel("ternary_matmul")

@@ -197,12 +197,7 @@ class IntegerTransformer(Transformer):
     def _accumulate(self, m: QuantLinear, a: torch.Tensor, c: dict) -> torch.Tensor:
         """``a @ W.T + bias`` of ``m`` on its unit (through the kernel seam in integer mode)."""
         bias = c.get("bias")
-        if m.spec.unit == "int":
-            kw = {"a_bits": m.spec.a_bits, "w_bits": m.spec.w_bits}
-            name = "int_matmul"
-        else:
-            kw = {"bits": m.spec.w_bits, "a_bits": m.spec.a_bits}
-            name = "log_matmul"
+        name, kw = m.site.kernel, m.site.params
         if self.integer_only:
             if kernels.fast(name):
                 return self._prepared_product(m, name, a, c, kw)
@@ -243,7 +238,7 @@ class IntegerTransformer(Transformer):
         with its result (the same integers)."""
         if not kernels.fast(op):
             return {}
-        if owned and all(kernels.fast(k) for k in kernels.KERNELS):
+        if owned and all(kernels.fast(k) for k in kernels.matmul_kernels()):
             return {"check": False, "overwrite": True}
         return {"check": False}
 

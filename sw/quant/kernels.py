@@ -2,10 +2,10 @@
 
 Every integer matmul of a quantized model (in integer mode) goes through :func:`call`, which
 
-* looks up the kernel by name (``"int_matmul"``, ``"log_matmul"``, ``"xnor_matmul"``): the golden
-  kernel of :mod:`lowbit.sw.golden` unless :func:`use_kernels` substituted another callable with
-  the same signature (co-simulation runs the Verilated unit there and compares with the golden
-  result);
+* looks up the kernel by name (``"int_matmul"``, ``"log_matmul"``, ``"xnor_matmul"``: the golden
+  kernels of the matmul unit kinds, :func:`matmul_kernels`): the golden kernel unless
+  :func:`use_kernels` substituted another callable with the same signature (co-simulation runs
+  the Verilated unit there and compares with the golden result);
 * makes the calling site visible through :func:`current_site` while the kernel runs (the site
   names the module, the unit and its parameters, so a mismatch can be reported as "layer, shape,
   element");
@@ -46,12 +46,26 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from lowbit import LowbitError
+from lowbit.hw.units import resolve, unit_class, unit_kinds
 from lowbit.sw import golden
 from lowbit.sw import golden_ops
 
 REFERENCE_ENV = "LOWBIT_REFERENCE_KERNELS"
 
-KERNELS = ("int_matmul", "log_matmul", "xnor_matmul")
+
+
+def matmul_kernels() -> dict:
+    """``{kernel name: golden kernel}`` (``"int_matmul": "lowbit.sw.golden:int_matmul"``) of every
+    unit kind of the family ``"matmul"`` registered now (lowbit.hw.units), in registration
+    order: the names a quantized model calls its matmuls by. A new matmul unit kind brings its
+    kernel with its description."""
+    out = {}
+    for kind in unit_kinds("matmul"):
+        target = unit_class(kind).golden
+        out[target.rpartition(":")[2] if isinstance(target, str) else target.__name__] = target
+    return out
+
+
 UNIT_KERNEL = {"int": "int_matmul", "log": "log_matmul", "xnor": "xnor_matmul"}
 # The integer-only model's operations between the matmuls: the module of each golden function
 # (looked up by name at each call, as the kernels are)
@@ -103,9 +117,10 @@ class OpSite:
 
 def kernel(name: str):
     """The callable currently used for kernel ``name`` (golden unless overridden)."""
-    if name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; kernels are {', '.join(KERNELS)}")
-    return _overrides.get(name) or getattr(golden, name)
+    known = matmul_kernels()
+    if name not in known:
+        raise ValueError(f"unknown kernel {name!r}; kernels are {', '.join(known)}")
+    return _overrides.get(name) or resolve(known[name])
 
 
 def reference_forced() -> bool:
@@ -170,10 +185,11 @@ def use_kernels(**fns):
 
     Each substitute takes the golden function's arguments and must return its result.
     """
-    unknown = sorted(set(fns) - set(KERNELS) - set(OPS))
+    known = tuple(matmul_kernels()) + tuple(OPS)
+    unknown = sorted(set(fns) - set(known))
     if unknown:
         raise ValueError(f"unknown kernel(s) {', '.join(unknown)}; kernels are "
-                         f"{', '.join(KERNELS + tuple(OPS))}")
+                         f"{', '.join(known)}")
     saved = dict(_overrides)
     _overrides.update({k: v for k, v in fns.items() if v is not None})
     try:
