@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
                              signed_width)
 
-from .requant import arithmetic_shift, relu_saturate, rounding
+from .requant import Clamp, arithmetic_shift, clamp_select, relu_clamp, rounding
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
 
@@ -171,12 +171,22 @@ class ProcessingElements:
 
 
 class _IntPE(ProcessingElements):
-    """``a * w``: signed ``a_bits`` x signed ``w_bits``, one registered multiply (DSP-shaped)."""
-    latency = 1
+    """``a * w``: signed ``a_bits`` x signed ``w_bits``, one registered multiply (DSP-shaped).
+
+    ``dsp_register`` (set before elaboration, by FPGA builds that put the multipliers into
+    DSP blocks) registers the product once more: the DSP's output then reaches a flip-flop
+    that can sit beside the block, instead of crossing the array to its accumulator in the
+    same cycle as the block's own delay (latency 2 instead of 1).
+    """
 
     def __init__(self, a_bits: int, w_bits: int):
         self.a_bits, self.w_bits = a_bits, w_bits
         self.product_shape = signed(signed_width(int_max_product(a_bits, w_bits)))
+        self.dsp_register = False
+
+    @property
+    def latency(self) -> int:
+        return 2 if self.dsp_register else 1
 
     def elaborate(self, m, en, beat, rows, cols):
         prods = []
@@ -186,6 +196,11 @@ class _IntPE(ProcessingElements):
                 p = Signal(self.product_shape, name=f"prod_{r}_{c}")
                 with m.If(en):
                     m.d.sync += p.eq(beat.a[r] * beat.w[c])
+                if self.dsp_register:
+                    q = Signal(self.product_shape, name=f"prod_{r}_{c}_out")
+                    with m.If(en):
+                        m.d.sync += q.eq(p)
+                    p = q
                 row.append(p)
             prods.append(row)
         return prods
@@ -506,10 +521,10 @@ class MatmulUnit(wiring.Component):
 
     # Register stages from a row leaving the output bank to its y beat: the kind's own
     # (``drain_terms``), then bias, requantization multiply (partial products, their sum),
-    # rounding, shift, ReLU and saturation, and the y register.
+    # rounding, shift, ReLU and saturation (bit tests, then selection), and the y register.
     @property
     def drain_latency(self) -> int:
-        return self.pe.drain_latency + 7
+        return self.pe.drain_latency + 8
 
     def elaborate(self, platform):
         m = Module()
@@ -578,16 +593,22 @@ class MatmulUnit(wiring.Component):
 
         Stages: the kind's ``drain_terms`` stages (none for INT); D1 t = terms + bias;
         D2a the partial products of ``t * mult`` (one DSP-sized multiply per 16-bit slice of
-        t); D2 p = their sum; D3 p + 2^(shift-1); D4 >> shift; D5 ReLU and saturation; y
-        register: D5's value or raw t. The multiply and the sum of its slices, the shift and
-        the saturation's wide compares have a stage each, so that none of them limits the
-        clock, and the y register, whose enable comes from ``y.ready``, takes only a 2:1
-        multiplexer. All advance together when y can take a beat.
+        t); D2 p = their sum, and the rounding term 2^(shift-1); D3 p + that term; D4 >> shift;
+        D5 ReLU's and saturation's bit tests; D6 their selection, or raw t; then the y
+        register. The multiply and the sum of its
+        slices, the shift and the saturation have a stage each, so that none of them limits
+        the clock. All stages
+        advance together unless the skid register beside y holds a beat (a registered stall:
+        ``y.ready`` enables only the y and skid registers).
         """
         rows, cols, aw = self.rows, self.cols, self.acc_width
         bank, bank_full = tile.rows, tile.full
+        # The drain advances unless the skid register (below) holds a beat: a flip-flop, so
+        # y.ready reaches only the y and skid registers, not the drain's and the bank's wide
+        # enables.
+        skid_valid = Signal()
         drain_advance = Signal()
-        m.d.comb += drain_advance.eq(~self.y.valid | self.y.ready)
+        m.d.comb += drain_advance.eq(~skid_valid)
         draining = bank_full & cfg_valid
         row = Signal(range(max(rows, 2)), name="drain_row")  # >= 1 bit: no [-1:0] vectors
         last_row = row == rows - 1
@@ -610,9 +631,16 @@ class MatmulUnit(wiring.Component):
         s1 = _DrainStage(m, "d1", cols, aw)
         s2a = _DrainStage(m, "d2a", cols, aw)
         s2 = _DrainStage(m, "d2", cols, pw + 1)
+        round_term = [Signal(pw, name=f"d2_round_{c}") for c in range(cols)]
         s3 = _DrainStage(m, "d3", cols, pw + 1)
         s4 = _DrainStage(m, "d4", cols, pw + 1)
         s5 = _DrainStage(m, "d5", cols, pw + 1)
+        s6 = _DrainStage(m, "d6", cols, 1)
+        out = [Signal(signed(self.y_width), name=f"d6_out_{c}") for c in range(cols)]
+        sat_bits = min(self.out_bits, pw + 1)
+        clamps = [Clamp(low=Signal(signed(sat_bits), name=f"d5_low_{c}"),
+                        fits=Signal(name=f"d5_fits_{c}"), neg=Signal(name=f"d5_neg_{c}"),
+                        zero=Signal(name=f"d5_zero_{c}")) for c in range(cols)]
         with m.If(drain_advance):
             prev = None
             for stage in settings + [s1]:
@@ -642,12 +670,15 @@ class MatmulUnit(wiring.Component):
                     m.d.sync += part.eq(piece * s1.mult[c])
                     parts.append((part, lo))
                 m.d.sync += s2.value[c].eq(sum(part << lo for part, lo in parts))
+                # The rounding term depends on the shift alone: formed beside the multiply,
+                # so that D3 is the add alone (on the iCE40 the term's decoder and a 49-bit
+                # carry chain did not fit one 25 ns cycle together).
+                # |p| < 2^(pw-1): the clamped shift keeps p + 2^(shift-1) in pw + 1 bits.
+                shift, term = rounding(m, s2a.shift[c], pw, f"_{c}")
+                m.d.sync += [round_term[c].eq(term), s2.shift[c].eq(shift)]
             m.d.sync += s3.follow(s2)
             m.d.sync += [s3.raw_t[c].eq(s2.raw_t[c]) for c in range(cols)]
-            for c in range(cols):
-                # |p| < 2^(pw-1): the clamped shift keeps p + 2^(shift-1) in pw + 1 bits.
-                shift, term = rounding(m, s2.shift[c], pw, f"_{c}")
-                m.d.sync += [s3.value[c].eq(s2.value[c] + term), s3.shift[c].eq(shift)]
+            m.d.sync += [s3.value[c].eq(s2.value[c] + round_term[c]) for c in range(cols)]
 
             m.d.sync += s4.follow(s3)
             m.d.sync += [s4.raw_t[c].eq(s3.raw_t[c]) for c in range(cols)]
@@ -656,16 +687,35 @@ class MatmulUnit(wiring.Component):
 
             m.d.sync += s5.follow(s4)
             m.d.sync += [s5.raw_t[c].eq(s4.raw_t[c]) for c in range(cols)]
-            # The saturated value fits out_bits: registering it as out_bits sign-extended (not
-            # as the saturation's full-width multiplexer) leaves one distinct bit per output bit.
-            sat_bits = min(self.out_bits, pw + 1)
-            m.d.sync += [s5.value[c].eq(relu_saturate(m, s4.value[c], s4.relu, self.out_bits,
-                                                      f"_{c}")[:sat_bits].as_signed())
+            # ReLU and saturation in two stages: D5 the bit tests over the shifted value's
+            # top bits (a LUT tree as deep as the value is wide), D6 the selection of 0, the
+            # low bits or a bound, and raw t: the beat's y data.
+            for c in range(cols):
+                clamp = relu_clamp(s4.value[c], s4.relu, sat_bits)
+                m.d.sync += [reg.eq(v) for reg, v in zip(clamps[c].fields(), clamp.fields())]
+            m.d.sync += s6.follow(s5)
+            m.d.sync += [out[c].eq(Mux(s5.raw, s5.raw_t[c], clamp_select(clamps[c], sat_bits)))
                          for c in range(cols)]
 
-            m.d.sync += [self.y.valid.eq(s5.valid), self.y.payload.last.eq(s5.last)]
-            m.d.sync += [self.y.payload.data[c].eq(Mux(s5.raw, s5.raw_t[c], s5.value[c]))
-                         for c in range(cols)]
+
+        # The y register and a skid register beside it. While y is free the drain's last
+        # stage goes straight into y (no added latency); a beat that leaves the drain while y
+        # holds an untaken one waits in the skid register, which stops the drain until y
+        # takes it.
+        y_free = ~self.y.valid | self.y.ready
+        skid = [Signal(signed(self.y_width), name=f"skid_{c}") for c in range(cols)]
+        skid_last = Signal()
+        with m.If(y_free):
+            with m.If(skid_valid):
+                m.d.sync += [self.y.valid.eq(1), self.y.payload.last.eq(skid_last),
+                             skid_valid.eq(0)]
+                m.d.sync += [self.y.payload.data[c].eq(skid[c]) for c in range(cols)]
+            with m.Else():
+                m.d.sync += [self.y.valid.eq(s6.valid), self.y.payload.last.eq(s6.last)]
+                m.d.sync += [self.y.payload.data[c].eq(out[c]) for c in range(cols)]
+        with m.Elif(~skid_valid & s6.valid):
+            m.d.sync += [skid_valid.eq(1), skid_last.eq(s6.last)]
+            m.d.sync += [skid[c].eq(out[c]) for c in range(cols)]
 
 
 # The requantization multiply t * mult is cut into slices of t this wide: a slice (unsigned,

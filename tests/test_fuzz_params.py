@@ -172,7 +172,7 @@ def test_unit_constructors(unit, data):
     assert u.cfg_layout.size == p["cols"] * (width + 16 + 6) + 2
     assert u.y_layout.size == p["cols"] * u.y_width + 1
     assert u.accumulate_latency == 2
-    assert u.drain_latency == {"int8": 7, "log": 8, "xnor": 10}[unit]
+    assert u.drain_latency == {"int8": 8, "log": 9, "xnor": 11}[unit]
 
 
 def test_accumulator_width_corners():

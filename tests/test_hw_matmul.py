@@ -227,8 +227,8 @@ def test_int8_back_to_back_tiles_throughput():
     _, result, plan = run(u, a, w, *requant_args(rng, n, int(np.abs(a @ w.T).max())))
     assert plan.x_beats == m * k * n // 4 == 128
     # input register, PE, accumulator, bank, the drain's stages; then the second row
-    assert u.accumulate_latency + 1 + u.drain_latency == 10
-    assert result.cycles == plan.x_beats + 10 + 1, result.cycles
+    assert u.accumulate_latency + 1 + u.drain_latency == 11
+    assert result.cycles == plan.x_beats + 11 + 1, result.cycles
 
 
 def test_int8_tiles_with_different_k_in_one_stream():
@@ -515,3 +515,22 @@ def test_popcount_counts_ones(width, synthesis):
     sim.add_testbench(bench)
     sim.run()
     assert got == [bin(w).count("1") for w in words]
+
+
+def test_int8_dsp_register_is_bit_exact():
+    """The FPGA builds' DSP variant (one more product register, PE latency 2) gives the same
+    results, one cycle later."""
+    rng = np.random.default_rng(21)
+    m, k, n = 5, 7, 3
+    a, w = rand_signed(rng, 8, m, k), rand_signed(rng, 8, n, k)
+    a[0, :], w[0, :] = -128, -128
+    args = requant_args(rng, n, int(np.abs(a @ w.T).max()))
+    plain = IntMatmul(rows=2, cols=2)
+    _, base, _ = run(plain, a, w, *args)
+    u = IntMatmul(rows=2, cols=2)
+    u.pe.dsp_register = True
+    assert u.accumulate_latency == plain.accumulate_latency + 1 == 3
+    run(u, a, w, *args, y_ready=0.6)
+    run(u, a, w, rng.integers(-100, 100, n), raw=True)
+    _, result, _ = run(u, a, w, *args)
+    assert result.cycles == base.cycles + 1
