@@ -1,49 +1,28 @@
 // The sequencer core (hw/sequencer.py, SequencerCore) Verilated, with its scratchpad as a
 // memory model in C++: loaded by sim/seq_harness.py with ctypes.
 //
-// Each clock cycle: the core's read addresses settle, the memory answers them (asynchronous
-// reads, as the on-chip Memory of hw/sequencer.py's Sequencer), the write port's request of
-// that cycle is applied at the rising edge. The host reaches the memory directly (a DMA into
-// an external memory) and the program memory through the core's write port.
-//
-// sim/seq_harness.py defines SEQ_LANES (the core's read lanes beside the six slot ports,
-// rd_addr_lane / rd_data_lane: 32-bit addresses, 64-bit words) and SEQ_COLS (the words of its
-// write port, wr_data, one enable bit each in wr_en) before this file.
+// sim/seq_harness.py wraps the core in a Verilog module (sequencer_dpi) whose read ports are
+// answered by lbs_mem_read, a DPI-C function called from continuous assignments
+// (asynchronous reads, as the on-chip Memory of hw/sequencer.py's Sequencer), and whose write
+// port calls lbs_mem_write at the rising edge. The scratchpad is then no top-level input of
+// the Verilated model: a clock cycle is one evaluation of the design (at the rising edge: the
+// registers, then the combinational logic with its reads), not two (a read answered through
+// a top-level input makes every eval re-run all logic that depends on it). The host reaches
+// the memory directly (a DMA into an external memory) and the program memory through the
+// core's write port.
 
 #include <cstdint>
 #include <vector>
 
 #include "verilated.h"
 #include "Vseq.h"
-
-#ifndef SEQ_LANES
-#define SEQ_LANES 0
-#endif
-#ifndef SEQ_COLS
-#define SEQ_COLS 1
-#endif
+#include "Vseq__Dpi.h"
 
 namespace {
 
-// Field i of a port packed from 32-bit (addresses) or 64-bit (data) fields; Verilator keeps a
-// port of up to 64 bits in an integer, a wider one in a VlWide of 32-bit words.
-template <typename T>
-uint32_t field32(const T& port, int i) { return (uint32_t)((uint64_t)port >> (32 * i)); }
-template <std::size_t N>
-uint32_t field32(const VlWide<N>& port, int i) { return port[i]; }
-template <typename T>
-int64_t field64(const T& port, int) { return (int64_t)port; }
-template <std::size_t N>
-int64_t field64(const VlWide<N>& port, int i) {
-    return (int64_t)(((uint64_t)port[2 * i + 1] << 32) | port[2 * i]);
-}
-template <typename T>
-void set64(T& port, int, int64_t v) { port = (uint64_t)v; }
-template <std::size_t N>
-void set64(VlWide<N>& port, int i, int64_t v) {
-    port[2 * i] = (uint32_t)v;
-    port[2 * i + 1] = (uint32_t)((uint64_t)v >> 32);
-}
+struct Seq;
+// The sequencer being evaluated (one thread evaluates one model at a time).
+thread_local Seq* current = nullptr;
 
 struct Seq {
     VerilatedContext ctx;
@@ -52,47 +31,43 @@ struct Seq {
 
     explicit Seq(uint64_t depth) : mem(depth, 0) {
         top = new Vseq{&ctx, "seq"};
+        current = this;
         top->clk = 0;
         top->rst = 1;
         top->eval();
         cycle();
         cycle();
+        cycle();
         top->rst = 0;
+        cycle();
     }
     ~Seq() { top->final(); delete top; }
 
-    int64_t read(uint64_t addr) const { return addr < mem.size() ? mem[addr] : 0; }
-
-    // The read addresses come from registers only (never from read data), so they have
-    // settled with the rising edge's eval: one eval answers them with the falling edge, one
-    // more is the rising edge.
+    // One clock cycle: the falling edge (nothing but the inputs' logic runs), then the
+    // rising edge (writes, registers, then every read of the new addresses). The core's inputs
+// (reset, program port, start) pass through registers of the wrapper: no logic of the core
+// depends on a top-level input either, so the falling edge's eval runs nothing of it.
     void cycle() {
         top->clk = 0;
-        top->rd_data_0 = read(top->rd_addr_0);
-        top->rd_data_1 = read(top->rd_addr_1);
-        top->rd_data_2 = read(top->rd_addr_2);
-        top->rd_data_3 = read(top->rd_addr_3);
-        top->rd_data_4 = read(top->rd_addr_4);
-        top->rd_data_5 = read(top->rd_addr_5);
-#if SEQ_LANES > 0
-        for (int i = 0; i < SEQ_LANES; i++)
-            set64(top->rd_data_lane, i, read(field32(top->rd_addr_lane, i)));
-#endif
         top->eval();
-        uint64_t we = top->wr_en;
-        uint64_t wa = top->wr_addr;
-        int64_t wd[SEQ_COLS];
-        for (int c = 0; c < SEQ_COLS; c++) wd[c] = field64(top->wr_data, c);
         top->clk = 1;
         top->eval();
-        for (int c = 0; c < SEQ_COLS; c++)
-            if (((we >> c) & 1) && wa + c < mem.size()) mem[wa + c] = wd[c];
     }
 };
 
 }  // namespace
 
 extern "C" {
+
+long long lbs_mem_read(int addr) {
+    uint64_t a = (uint32_t)addr;
+    return a < current->mem.size() ? current->mem[a] : 0;
+}
+
+void lbs_mem_write(int addr, long long data) {
+    uint64_t a = (uint32_t)addr;
+    if (a < current->mem.size()) current->mem[a] = data;
+}
 
 void* lbs_create(uint64_t depth) { return new Seq(depth); }
 
@@ -103,6 +78,7 @@ int64_t* lbs_memory(void* h) { return static_cast<Seq*>(h)->mem.data(); }
 // n commands of `words` 32-bit words each (LSB first) through the program write port.
 void lbs_program(void* h, const uint32_t* data, int64_t n, int64_t words) {
     Seq* s = static_cast<Seq*>(h);
+    current = s;
     for (int64_t i = 0; i < n; i++) {
         s->top->prog_we = 1;
         s->top->prog_waddr = (uint32_t)i;
@@ -118,9 +94,11 @@ void lbs_program(void* h, const uint32_t* data, int64_t n, int64_t words) {
 int64_t lbs_run(void* h, uint64_t max_cycles, uint64_t* marks, int64_t max_marks,
                 int64_t* n_marks) {
     Seq* s = static_cast<Seq*>(h);
+    current = s;
     s->top->start = 1;
-    s->cycle();
+    s->cycle();         // the last program write and start reach the wrapper's registers
     s->top->start = 0;
+    s->cycle();         // the core starts (and counts this cycle as its first)
     uint32_t pc = s->top->pc;
     int64_t n = 0;
     uint64_t c = 1;

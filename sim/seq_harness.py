@@ -22,30 +22,102 @@ waits for ``done`` and reads every region back; :meth:`VerilatedSequencer.load`,
 from __future__ import annotations
 
 import ctypes
-import tempfile
 import time
 import weakref
 from pathlib import Path
 
 import numpy as np
+from amaranth.lib import data
 
 from lowbit import LowbitError
+from lowbit.hw.sequencer import SLOTS
 
-__all__ = ["VerilatedSequencer", "pack_commands", "SEQ_HARNESS_SOURCE"]
+__all__ = ["VerilatedSequencer", "pack_commands", "dpi_wrapper", "SEQ_HARNESS_SOURCE"]
 
 SEQ_HARNESS_SOURCE = Path(__file__).with_name("seq_harness.cpp")
 
 
+def _pack(layout, value) -> int:
+    """The bits of ``value`` (a dict, list or int as :meth:`Layout.const` takes it) in
+    ``layout``: each field's value, wrapped to its width, at its offset."""
+    if isinstance(layout, data.StructLayout):
+        return sum(_pack(f.shape, value[name]) << f.offset for name, f in layout)
+    if isinstance(layout, data.ArrayLayout):
+        width = data.Layout.cast(layout.elem_shape).size \
+            if isinstance(layout.elem_shape, data.Layout) else layout.elem_shape.width
+        return sum(_pack(layout.elem_shape, v) << (i * width) for i, v in enumerate(value))
+    return int(value) & ((1 << layout.width) - 1)
+
+
 def pack_commands(layout, words: list) -> np.ndarray:
-    """Commands (dicts of :func:`~lowbit.hw.sequencer.command_layout`'s fields) as 32-bit
-    words, ``[len(words), ceil(bits / 32)]``, least significant first."""
+    """Commands (dicts of :func:`~lowbit.hw.sequencer.command_layout`'s fields, every field
+    present) as 32-bit words, ``[len(words), ceil(bits / 32)]``, least significant first."""
     n32 = (layout.size + 31) // 32
     out = np.zeros((len(words), n32), np.uint32)
     for i, w in enumerate(words):
-        bits = layout.const(w).as_bits()
+        bits = _pack(layout, w)
         for j in range(n32):
             out[i, j] = (bits >> (32 * j)) & 0xFFFFFFFF
     return out
+
+
+def dpi_wrapper(core) -> str:
+    """Verilog of ``sequencer_dpi``: ``core`` (module ``sequencer_core``) with its read ports
+    answered by the DPI-C function ``lbs_mem_read`` and its write port driving
+    ``lbs_mem_write`` at the rising edge (sim/seq_harness.cpp defines both on its memory
+    model); its ports are the core's program port, control and status, its inputs reach the
+    core one cycle later (through registers)."""
+    ab, lanes, cols = core.addr_bits, core.lanes, core.mm_cols
+    pbits = (core.program_depth - 1).bit_length()
+    cbits = core.cmd_layout.size
+    slots = range(SLOTS)
+    lines = [
+        "module sequencer_dpi(clk, rst, prog_we, prog_waddr, prog_wdata, start, busy, done, "
+        "cycles, pc);",
+        '  import "DPI-C" function longint lbs_mem_read(input int addr);',
+        '  import "DPI-C" function void lbs_mem_write(input int addr, input longint data);',
+        "  input clk;", "  input rst;", "  input prog_we;",
+        f"  input [{pbits - 1}:0] prog_waddr;", f"  input [{cbits - 1}:0] prog_wdata;",
+        "  input start;", "  output busy;", "  output done;", "  output [31:0] cycles;",
+        f"  output [{pbits - 1}:0] pc;",
+        f"  wire [{cols - 1}:0] wr_en;", f"  wire [{ab - 1}:0] wr_addr;",
+        f"  wire [{64 * cols - 1}:0] wr_data;",
+    ]
+    for s in slots:
+        lines += [f"  wire [{ab - 1}:0] rd_addr_{s};", f"  wire [63:0] rd_data_{s};",
+                  f"  assign rd_data_{s} = lbs_mem_read(32'(rd_addr_{s}));"]
+    ports = [f".rd_addr_{s}(rd_addr_{s}), .rd_data_{s}(rd_data_{s})" for s in slots]
+    if lanes:
+        lines += [f"  wire [{32 * lanes - 1}:0] rd_addr_lane;",
+                  f"  wire [{64 * lanes - 1}:0] rd_data_lane;",
+                  "  genvar i;",
+                  f"  for (i = 0; i < {lanes}; i = i + 1) begin : lane",
+                  "    assign rd_data_lane[64 * i +: 64] = "
+                  "lbs_mem_read(rd_addr_lane[32 * i +: 32]);",
+                  "  end"]
+        ports.append(".rd_addr_lane(rd_addr_lane), .rd_data_lane(rd_data_lane)")
+    # The core's inputs through registers: no logic of the core depends on a top-level
+    # input, so none of it is re-run when an input changes (the harness pulses start and
+    # writes the program one cycle earlier).
+    lines += ["  reg rst_q = 1'b1, start_q = 1'b0, prog_we_q = 1'b0;",
+              f"  reg [{pbits - 1}:0] prog_waddr_q;", f"  reg [{cbits - 1}:0] prog_wdata_q;",
+              "  always @(posedge clk) begin",
+              "    rst_q <= rst; start_q <= start; prog_we_q <= prog_we;",
+              "    prog_waddr_q <= prog_waddr; prog_wdata_q <= prog_wdata;",
+              "  end"]
+    lines += [
+        "  integer c;",
+        "  always @(posedge clk)",
+        f"    for (c = 0; c < {cols}; c = c + 1)",
+        "      if (wr_en[c]) lbs_mem_write(32'(wr_addr) + c, wr_data[64 * c +: 64]);",
+        "  sequencer_core core(.clk(clk), .rst(rst_q), .prog_we(prog_we_q), "
+        ".prog_waddr(prog_waddr_q), .prog_wdata(prog_wdata_q), .start(start_q), .busy(busy), "
+        ".done(done), .cycles(cycles), .pc(pc), .wr_en(wr_en), .wr_addr(wr_addr), "
+        ".wr_data(wr_data),",
+        "    " + ", ".join(ports) + ");",
+        "endmodule",
+    ]
+    return "\n" + "\n".join(lines) + "\n"
 
 
 class VerilatedSequencer:
@@ -67,13 +139,8 @@ class VerilatedSequencer:
         except ValueError as e:
             raise LowbitError(str(e)) from None
         self.core, self.depth, self.program_depth = core, depth, program_depth
-        # The harness source with the core's port counts (its read lanes, its write words).
-        with tempfile.TemporaryDirectory(prefix="lowbit-seq-") as tmp:
-            source = Path(tmp) / SEQ_HARNESS_SOURCE.name
-            source.write_text(f"#define SEQ_LANES {core.lanes}\n#define SEQ_COLS {mm_cols}\n"
-                              + SEQ_HARNESS_SOURCE.read_text())
-            self.library = build_library("Vseq", "sequencer_core",
-                                         flat_verilog(core, "sequencer_core"), source)
+        verilog = flat_verilog(core, "sequencer_core") + dpi_wrapper(core)
+        self.library = build_library("Vseq", "sequencer_dpi", verilog, SEQ_HARNESS_SOURCE)
         lib = ctypes.CDLL(str(self.library))
         lib.lbs_create.restype = ctypes.c_void_p
         lib.lbs_create.argtypes = [ctypes.c_uint64]

@@ -506,6 +506,108 @@ def test_greedy_sentence_on_sequencer():
     assert len(run.step_cycles) == len(want) + 1 and len(set(run.step_cycles)) == 1
 
 
+def test_batched_decoder_step_program():
+    """Three sources of different lengths compile into one decoder step program: its linear
+    layers are matmuls of one row per sentence; each sentence's attention is its own commands,
+    reading its own encoder output (K = its own source length) and its own block of the
+    key/value cache; leaving a retired sentence out drops exactly its own commands."""
+    from lowbit.hw.sequencer import OPCODES
+    from lowbit.sim.seq_compile import ModelCompiler, step_commands
+
+    model, _, _ = _load_model()
+    cfg = model.config
+    lens, B = [5, 9, 3], 3
+    H, dh = cfg.attention_heads, cfg.d_model // cfg.attention_heads
+    comp = ModelCompiler(model, src_len=lens, max_tgt=20)
+    p = comp.program
+    for b, n in enumerate(lens):
+        comp.encoder(np.arange(4, 4 + n), sentence=b)
+        p.take_commands()
+    comp.decoder_step()
+    step = p.take_commands()
+    mm = [c for c in step if c["op"] == OPCODES["matmul"]]
+    shared = [c for c in mm if "sentence" not in c]
+    layers = cfg.decoder_layers
+    assert len(shared) == 8 * layers + 1 and all(c["rows"] == B for c in shared)
+    for b, n in enumerate(lens):
+        own = [c for c in step if c.get("sentence") == b]
+        qk = [c for c in own if c["op"] == OPCODES["matmul"] and c["k"] == dh]
+        assert len(qk) == 2 * H * layers
+        assert sorted({c["length"] for c in qk}) == sorted({n, comp.cache_len})
+        for i in range(layers):
+            k = p.regions[f"s{b}.dec{i}.cross.k"]
+            cross = [c for c in qk if c["length"] == n][i * H:(i + 1) * H]
+            assert all(k.addr <= c["src"][1] < k.addr + k.size for c in cross)
+            # self-attention: sentence b's rows of the cache, one block of 4 rows per step
+            cache = p.regions[f"dec{i}.k.cache"]
+            own_self = [c for c in qk if c["length"] == comp.cache_len][i * H:(i + 1) * H]
+            assert [c["src"][1] - cache.addr for c in own_self] == \
+                [b * cfg.d_model + h * dh for h in range(H)]
+            assert {c["ldw"] for c in own_self} == {4 * cfg.d_model}
+        # embedding of its own token word
+        assert sum(c["op"] == OPCODES["embedding"] for c in own) == 1
+        rest = step_commands(step, [x for x in range(B) if x != b])
+        assert len(rest) == len(step) - len(own)
+        assert all(c.get("sentence") != b for c in rest)
+
+
+@pytest.mark.slow
+def test_batch_of_different_lengths_on_sequencer():
+    """Three test_2016_flickr sources of different lengths decoded as one batch on the
+    Verilated sequencer (4 x 16 array): each sentence's tokens equal greedy_search of that
+    sentence alone (a batch that mixed sentences up, or their cache rows, would differ), the
+    scratchpad equals the compiled golden chain after every encoder pass and the first step,
+    and a finished sentence retires (later steps take fewer cycles)."""
+    import torch
+
+    from lowbit.sim.seq_compile import ModelCompiler, sequencer_for, sequencer_greedy_batch
+    from lowbit.sw.decode import greedy_search
+
+    model, tokenizer, _ = _load_model()
+    sentences = ["A man is sleeping.", "Two men wearing hats are walking down a busy street "
+                 "in the city.", "A dog."]
+    batch = [tokenizer.encode(s, "source") for s in sentences]
+    want = [greedy_search(model, torch.tensor([ids]))[0] for ids in batch]
+    assert len({len(w) for w in want}) == 3 and len({len(i) for i in batch}) == 3
+    seq = sequencer_for(ModelCompiler(model, src_len=1, max_tgt=1).program, mm_rows=4,
+                        mm_cols=16)
+    run = sequencer_greedy_batch(model, batch, seq=seq, check=True)
+    seq.close()
+    assert run.mismatch is None
+    assert run.tokens == want
+    assert len(run.step_cycles) == max(len(w) for w in want) + 1
+    assert run.step_cycles[-1] < run.step_cycles[0]
+    for ids, memory in zip(batch, run.memory):
+        assert np.array_equal(memory, model.encode(torch.tensor([ids]))[0].numpy())
+
+
+def test_pack_commands_equals_layout_const():
+    """The harness' command packer gives the bits of Amaranth's ``Layout.const`` for random
+    commands (fixed seed) and for every field at its largest value."""
+    from lowbit.hw.sequencer import DYN_FIELDS, SCALARS, SLOTS, command_layout
+    from lowbit.sim.seq_harness import pack_commands
+
+    layout = command_layout(24)
+    rng = np.random.default_rng(5)
+
+    def command(top):
+        pick = (lambda bits: (1 << bits) - 1) if top else \
+            (lambda bits: int(rng.integers(0, 1 << bits)))
+        return {"op": pick(4), "rows": pick(16), "length": pick(16), "k": pick(16),
+                "dst": pick(24), "src": [pick(24) for _ in range(SLOTS)],
+                "stride": pick(SLOTS), "hold": pick(SLOTS),
+                "scalar": [pick(48) for _ in range(SCALARS)],
+                **{f: pick(24) for f in ("lda", "ldw", "kw", "ldd")},
+                "dyn": [{"reg": pick(2), "shift": pick(5)} for _ in range(DYN_FIELDS)]}
+
+    words = [command(True)] + [command(False) for _ in range(50)]
+    got = pack_commands(layout, words)
+    for w, row in zip(words, got):
+        bits = layout.const(w).as_bits()
+        assert [int(x) for x in row] == [(bits >> (32 * j)) & 0xFFFFFFFF
+                                         for j in range(len(row))]
+
+
 def _tiny_split(tmp_path, sentences):
     """A split of ``sentences`` (English; the German side is not read by the comparison)."""
     import gzip
@@ -526,13 +628,14 @@ def _seq_cosim(capsys, *argv):
 
 @pytest.mark.slow
 def test_cosim_on_the_sequencer_engine(tmp_path, capsys):
-    """`lowbit cosim --engine sequencer`: two sentences in two worker processes, each decoded
-    on its own Verilated sequencer top and checked against the golden greedy decode; the
+    """`lowbit cosim --engine sequencer --batch-size 1`: two sentences in two worker
+    processes, each decoded on its own Verilated sequencer top and checked against the
+    golden greedy decode; the
     table's sentence cycles are the encoder passes' and decoder steps' sum, and the command
     kinds' cycles add up to it."""
     data = _tiny_split(tmp_path, ["A man is sleeping.", "Two men wearing hats."])
     status, out, _ = _seq_cosim(capsys, "--model", "multi30k-en-de-int8i", *data,
-                                "--jobs", "2")
+                                "--jobs", "2", "--batch-size", "1")
     assert status == 0, out
     assert out[-1] == "identical: 2/2 sentences"
     rows = {}
