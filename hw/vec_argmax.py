@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 
-from lowbit.contract import MAX_ROW
+from lowbit.contract import MAX_ROW, ceil_div
 
 from .units import Param, register_unit
 from .vector import VectorDescription, VectorUnit, cfg_layout, max_len_param, x_layout, y_layout
@@ -39,7 +39,7 @@ class ArgmaxDescription(VectorDescription):
                 y_layout(None, unsigned(self.index_width)))
 
     def cycles_per_row(self, length):
-        return -(-length // self.lanes) + 1
+        return ceil_div(length, self.lanes) + 1
 
     def random_rows(self, rng, rows, length):
         lo, hi = -(1 << (self.in_bits - 1)), (1 << (self.in_bits - 1)) - 1

@@ -22,6 +22,7 @@ from amaranth.lib import data
 from amaranth.lib.memory import Memory
 
 from lowbit.contract import EXP2_TABLE, EXP_INDEX_BITS, EXP_ONE_BITS, MAX_ROW, SOFTMAX_FRAC_BITS
+from lowbit.contract import ceil_div
 from lowbit.contract import SOFTMAX_RECIP_BITS as RECIP_BITS
 
 from .matmul import _adder_tree
@@ -72,7 +73,7 @@ class SoftmaxDescription(VectorDescription):
         return self.out_bits + 15
 
     def cycles_per_row(self, length):
-        w = -(-length // self.lanes)
+        w = ceil_div(length, self.lanes)
         return 3 * w + self.recip_width + 7
 
     # --- operands -------------------------------------------------------------------------------
@@ -118,7 +119,7 @@ class SoftmaxDescription(VectorDescription):
         d = np.minimum(np.arange(entries) << max(0, self.frac_bits - EXP_INDEX_BITS), hi - lo)
         if n > 1:
             run = min(n - 1, 3)
-            d = np.resize(d, -(-entries // run) * run).reshape(-1, run)
+            d = np.resize(d, ceil_div(entries, run) * run).reshape(-1, run)
             d = np.concatenate([np.zeros((len(d), 1), np.int64), d], axis=1)
             cases.append(("every_table_entry", {"z": hi - d, "keep": np.ones(d.shape, bool)}))
         # d from 0 to past 16 * 2**F (exponentials reaching 0) in steps of 2**F / 8 + 1

@@ -3,10 +3,10 @@
 Every command that writes checks each output path *before* its work starts
 (:func:`check_output_file`, :func:`check_output_dir`), so a long run is never lost at its last
 step, and writes through :func:`write_text_atomic` / :func:`write_bytes_atomic` /
-:func:`atomic_dir`, so a reader never sees half a file and a failed write leaves what was there
-before. Nothing here deletes anything it did not create, except a directory that the caller was
-explicitly told to replace (``lowbit quantize --force``). Written files get the permissions the
-user's umask gives (``mkstemp`` alone would leave 0600).
+:func:`atomic_file` / :func:`atomic_dir`, so a reader never sees half a file and a failed write
+leaves what was there before. Nothing here deletes anything it did not create, except a directory
+that the caller was explicitly told to replace (``lowbit quantize --force``). Written files get
+the permissions the user's umask gives (``mkstemp`` alone would leave 0600).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 from lowbit import LowbitError
 
 __all__ = ["check_output_file", "check_output_dir", "check_build_dir", "write_text_atomic",
-           "write_bytes_atomic", "atomic_dir"]
+           "write_bytes_atomic", "atomic_file", "atomic_dir"]
 
 
 def _umask() -> int:
@@ -145,12 +145,17 @@ def check_build_dir(path, flag: str | None = None) -> Path:
     return p
 
 
-def _write_atomic(path, data: bytes) -> None:
+@contextlib.contextmanager
+def atomic_file(path):
+    """A temporary file in ``path``'s folder for writers that want a file name (``torch.save``,
+    safetensors): yields its path; on success it replaces ``path`` (``os.replace``, readable like
+    any file the user creates), so readers see the old file or the new one, never half of one; on
+    failure it is removed and ``path`` is untouched."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
@@ -160,14 +165,14 @@ def _write_atomic(path, data: bytes) -> None:
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``:
-    readers see the old file or the new one, never half of one."""
-    _write_atomic(path, data)
+    """Write ``data`` to ``path`` through :func:`atomic_file`."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_text_atomic(path, text: str) -> None:
     """:func:`write_bytes_atomic` for UTF-8 text."""
-    _write_atomic(path, text.encode("utf-8"))
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 @contextlib.contextmanager

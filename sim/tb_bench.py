@@ -15,6 +15,7 @@ import time
 import cocotb
 from cocotb.utils import get_sim_time
 
+from lowbit.io import write_text_atomic
 from lowbit.sim.operands import random_operands
 from lowbit.sim.tb_matmul import TIMEOUT_MS, MatmulTB, config
 
@@ -31,8 +32,5 @@ async def bench_matmul(dut):
     matched = await tb.matmul(f"bench {m}x{k}x{n}", kw)
     seconds, cycles = time.perf_counter() - t0, (get_sim_time("ns") - c0) // CLOCK_NS
     out = os.environ["LOWBIT_TB_BENCH_OUT"]
-    tmp = out + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"cycles": int(cycles), "seconds": seconds, "matched": matched,
-                   "total": m * n}, f)
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps({"cycles": int(cycles), "seconds": seconds,
+                                       "matched": matched, "total": m * n}))

@@ -25,7 +25,7 @@ import torch
 
 from lowbit import LowbitError
 
-from lowbit.io import write_text_atomic
+from lowbit.io import atomic_file, write_text_atomic
 from .model import Transformer, TransformerConfig, check_fits
 from .tokenizer import Tokenizer
 
@@ -63,15 +63,6 @@ def resolve_model_dir(spec: str | os.PathLike | None) -> Path:
     raise LowbitError(f"model {spec!r} is neither a shipped model ({names}) nor a directory")
 
 
-def _publish(tmp: Path, path: Path) -> None:
-    """Move a finished temporary file into place, readable like any file the user creates
-    (safetensors writes owner-only files)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
 def state_dict_for_saving(model: Transformer, dtype: torch.dtype = torch.float32) -> dict:
     """The model's persistent tensors, contiguous, in ``dtype`` (a tied lm_head is left out)."""
     state = model.state_dict()
@@ -88,9 +79,8 @@ def save_checkpoint(model: Transformer, tokenizer: Tokenizer, directory: str | o
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "model.safetensors.tmp"
-    save_file(state_dict_for_saving(model, dtype), str(tmp), metadata={"format": "pt"})
-    _publish(tmp, directory / "model.safetensors")
+    with atomic_file(directory / "model.safetensors") as tmp:
+        save_file(state_dict_for_saving(model, dtype), str(tmp), metadata={"format": "pt"})
     write_text_atomic(directory / "config.json", model.config.to_json())
     tokenizer.save(directory)
     if meta is not None:

@@ -32,7 +32,9 @@ from lowbit.contract import EXACT_LIMIT as _EXACT_LIMIT  # noqa: E402
 from lowbit.contract import check_bits as _check_bits  # noqa: E402
 
 
-def _as_int(name: str, t: torch.Tensor) -> torch.Tensor:
+def as_int(name: str, t: torch.Tensor) -> torch.Tensor:
+    """``t`` as int64; TypeError naming ``name`` if it is not an integer tensor (no range
+    check: :func:`check_range` adds one)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, not {type(t).__name__}")
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
@@ -42,7 +44,7 @@ def _as_int(name: str, t: torch.Tensor) -> torch.Tensor:
 
 def check_range(name: str, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Return ``t`` as int64 after checking ``lo <= t <= hi`` elementwise."""
-    t = _as_int(name, t)
+    t = as_int(name, t)
     if t.numel() and (int(t.min()) < lo or int(t.max()) > hi):
         raise ValueError(f"{name} has values outside {lo}..{hi} "
                          f"(min {int(t.min())}, max {int(t.max())})")
@@ -113,7 +115,7 @@ def _add_bias(acc: torch.Tensor, bias: torch.Tensor | None, bound: int,
               check: bool = True) -> torch.Tensor:
     if bias is None:
         return acc
-    bias = check_range("bias", bias, -bound, bound) if check else _as_int("bias", bias)
+    bias = check_range("bias", bias, -bound, bound) if check else as_int("bias", bias)
     if bias.dim() != 1 or bias.shape[0] != acc.shape[-1]:
         raise ValueError(f"bias must be [N] with N={acc.shape[-1]}, not {tuple(bias.shape)}")
     return acc + bias.to(acc.device)
@@ -144,8 +146,8 @@ def int_matmul(a: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = Non
     """
     _check_bits("a_bits", a_bits, 2, 8)
     _check_bits("w_bits", w_bits, 2, 8)
-    a = check_signed("activations", a, a_bits) if check else _as_int("activations", a)
-    w = check_signed("weights", w, w_bits) if check else _as_int("weights", w)
+    a = check_signed("activations", a, a_bits) if check else as_int("activations", a)
+    w = check_signed("weights", w, w_bits) if check else as_int("weights", w)
     k = _check_shapes(a, w, max_k)
     pmax = int_max_product(a_bits, w_bits)
     acc = _exact_matmul(a, w, k * pmax)
@@ -167,7 +169,7 @@ def log_code_fields(codes: torch.Tensor, bits: int, zero_code: bool = False, che
     """
     depth = log_depth(bits, zero_code)
     codes = (check_range("log codes", codes, 0, (1 << bits) - 1) if check
-             else _as_int("log codes", codes))
+             else as_int("log codes", codes))
     sign = codes >> (bits - 1)
     e = codes & ((1 << (bits - 1)) - 1)
     top = depth if zero_code else depth - 1
@@ -203,7 +205,7 @@ def log_matmul(a: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None =
     ``check`` as in :func:`int_matmul`.
     """
     _check_bits("a_bits", a_bits, 2, 8)
-    a = check_signed("activations", a, a_bits) if check else _as_int("activations", a)
+    a = check_signed("activations", a, a_bits) if check else as_int("activations", a)
     w = log_weight_values(codes, bits, zero_code, check)
     k = _check_shapes(a, w, max_k)
     pmax = log_max_product(a_bits, bits, zero_code)
@@ -280,7 +282,7 @@ def pack_bits(signs: torch.Tensor) -> torch.Tensor:
     if signs.dtype == torch.bool:
         bits = signs.to(torch.int64)
     else:
-        s = _as_int("signs", signs)
+        s = as_int("signs", signs)
         if s.numel() and not bool(((s == 1) | (s == -1)).all()):
             raise ValueError("signs must be +1 or -1")
         bits = (s > 0).to(torch.int64)
@@ -483,9 +485,9 @@ def requantize(acc: torch.Tensor, mult: torch.Tensor, shift: torch.Tensor, *,
     the result has its shape), and returns it: no new tensor per operation.
     """
     _check_bits("out_bits", out_bits, 2, 32)
-    acc = _as_int("accumulator", acc)
+    acc = as_int("accumulator", acc)
     if not check:
-        mult, shift = _as_int("mult", mult).to(acc.device), _as_int("shift", shift).to(acc.device)
+        mult, shift = as_int("mult", mult).to(acc.device), as_int("shift", shift).to(acc.device)
         return _requantize(acc, mult, shift, out_bits, relu, overwrite)
     mult = check_range("mult", mult, 0, (1 << MULT_BITS) - 1).to(acc.device)
     shift = check_range("shift", shift, 0, SHIFT_MAX).to(acc.device)

@@ -36,7 +36,8 @@ import torch
 
 from lowbit.contract import (EXP2_TABLE, EXP_INDEX_BITS, EXP_ONE_BITS, LN_BETA_BITS, LN_EPS_MAX,
                              LN_GAMMA_BITS, LN_MAX_D, LN_NORM_BITS, LN_RECIP_BITS, LN_SHIFT_MAX,
-                             LN_SQRT_SHIFT, MAX_ROW, SOFTMAX_FRAC_BITS, SOFTMAX_RECIP_BITS)
+                             LN_SQRT_SHIFT, MAX_ROW, SOFTMAX_FRAC_BITS, SOFTMAX_RECIP_BITS,
+                             check_bits)
 from lowbit.sw import golden
 
 # ---------------------------------------------------------------------------------------------
@@ -61,7 +62,7 @@ def exp2_table(device=None) -> torch.Tensor:
 
 
 def _check(name: str, t: torch.Tensor, bits: int, check: bool) -> torch.Tensor:
-    return golden.check_signed(name, t, bits) if check else golden._as_int(name, t)
+    return golden.check_signed(name, t, bits) if check else golden.as_int(name, t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ def isqrt(v: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     the root) decreases monotonically to the root; six steps reach it for every 63-bit value
     (five at most are needed), and ``min`` keeps the root once it is reached.
     """
-    v = golden._as_int("isqrt operand", v)
+    v = golden.as_int("isqrt operand", v)
     if check and v.numel() and int(v.min()) < 0:
         raise ValueError(f"isqrt operand must be non-negative, not {int(v.min())}")
     x = torch.ones_like(v) << ((bit_length(v) + 1) >> 1)
@@ -101,8 +102,8 @@ def log2_fixed(s: torch.Tensor, frac_bits: int = SCORE_FRAC_BITS, *,
     and a result of 2 or more gives bit 1 and ``m <- m >> 1``. Truncating ``m*m`` makes the
     result at most the true value and at most ``frac_bits`` units of the last place below it.
     """
-    golden._check_bits("frac_bits", frac_bits, 0, 30)
-    s = golden._as_int("log2 operand", s)
+    check_bits("frac_bits", frac_bits, 0, 30)
+    s = golden.as_int("log2 operand", s)
     if check and s.numel() and (int(s.min()) < 1 or int(s.max()) >= 1 << 31):
         raise ValueError(f"log2 operand must lie in 1..2**31-1 (min {int(s.min())}, "
                          f"max {int(s.max())})")
@@ -128,7 +129,7 @@ def exp2_neg(d: torch.Tensor, frac_bits: int = SOFTMAX_FRAC_BITS) -> torch.Tenso
     (``r = (d >> (F-8)) & 255``; for F < 8 the fraction shifted up); result
     ``E[r] >> min(q, 16)`` (0 from q = 16 on: every entry is below 2**16).
     """
-    golden._check_bits("frac_bits", frac_bits, 0, 30)
+    check_bits("frac_bits", frac_bits, 0, 30)
     q = d >> frac_bits
     if frac_bits >= EXP_INDEX_BITS:
         r = (d >> (frac_bits - EXP_INDEX_BITS)) & 255
@@ -157,7 +158,7 @@ def softmax(z: torch.Tensor, mask: torch.Tensor | None = None, *,
     ``p = (e * R + 2**30) >> 31`` (product < 2**38, round half up). A row whose every position
     is excluded gives all zeros.
     """
-    golden._check_bits("out_bits", out_bits, 2, 16)
+    check_bits("out_bits", out_bits, 2, 16)
     z = _check("softmax scores", z, 32, check)
     if z.dim() < 1 or not 1 <= z.shape[-1] <= MAX_ROW:
         raise ValueError(f"softmax rows must have 1..{MAX_ROW} elements, not shape {tuple(z.shape)}")
@@ -213,7 +214,7 @@ def log_softmax_terms(z: torch.Tensor, frac_bits: int = SCORE_FRAC_BITS, *,
 
 def argmax(z: torch.Tensor, *, check: bool = True) -> torch.Tensor:
     """Index of the largest element of each row of ``z`` [..., V]; ties go to the lowest index."""
-    z = golden._as_int("scores", z)
+    z = golden.as_int("scores", z)
     if check and (z.dim() < 1 or z.shape[-1] < 1):
         raise ValueError(f"argmax needs rows of at least one element, not shape {tuple(z.shape)}")
     n = z.shape[-1]
@@ -244,8 +245,8 @@ def layernorm(t: torch.Tensor, g: torch.Tensor, b: torch.Tensor, shift, eps=0, *
     S = 0; ``|n*g + b| < 2**48``); saturated to signed ``out_bits``. ``n`` is the normalized
     value times ``2**31 / sqrt(D)``, so a zero-variance row gives ``y = round(b / 2**S)``.
     """
-    golden._check_bits("in_bits", in_bits, 2, 16)
-    golden._check_bits("out_bits", out_bits, 2, 32)
+    check_bits("in_bits", in_bits, 2, 16)
+    check_bits("out_bits", out_bits, 2, 32)
     t = _check("LayerNorm input", t, in_bits, check)
     d = t.shape[-1]
     if not 1 <= d <= LN_MAX_D:
@@ -319,7 +320,7 @@ def embedding(ids: torch.Tensor, table: torch.Tensor, mult: torch.Tensor, shift:
     bits), the integer position row (signed ``out_bits``, same scale) is added, and the sum is
     saturated to signed ``out_bits``.
     """
-    ids = golden._as_int("token ids", ids)
+    ids = golden.as_int("token ids", ids)
     n_pos = positions.shape[0]
     if offset < 0 or offset + ids.shape[-1] > n_pos:
         raise ValueError(f"positions {offset}..{offset + ids.shape[-1] - 1} are outside the "
@@ -352,7 +353,7 @@ def residual_add(a: torch.Tensor, mult_a, shift_a, b: torch.Tensor, mult_b, shif
     [N]) into the sum's scale, round half up, saturated to ``out_bits + 1`` bits; their sum
     (``out_bits + 2`` bits) is saturated to signed ``out_bits``.
     """
-    golden._check_bits("out_bits", out_bits, 2, 31)
+    check_bits("out_bits", out_bits, 2, 31)
     ra = golden.requantize(a, mult_a, shift_a, out_bits=out_bits + 1, check=check)
     rb = golden.requantize(b, mult_b, shift_b, out_bits=out_bits + 1, check=check)
     lo, hi = golden.int_range(out_bits)

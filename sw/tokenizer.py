@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
+import shutil
 from pathlib import Path
 
 from lowbit import LowbitError
 
-from lowbit.io import write_text_atomic
+from lowbit.io import atomic_file, write_bytes_atomic, write_text_atomic
 
 PAD, UNK, EOS = "<pad>", "<unk>", "</s>"
 
@@ -36,9 +36,7 @@ def train_sentencepiece(sentences, out_path: Path, vocab_size: int = 8000, model
         pad_piece=PAD, unk_piece=UNK, eos_piece=EOS, num_threads=1, shuffle_input_sentence=False,
         input_sentence_size=0, minloglevel=2)
     out_path = Path(out_path)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, out_path)
+    write_bytes_atomic(out_path, buf.getvalue())
     return out_path
 
 
@@ -102,14 +100,12 @@ class Tokenizer:
 
     def save(self, directory: Path) -> None:
         """Write the tokenizer files into a checkpoint ``directory``."""
-        import shutil
-
         directory = Path(directory)
         if self.joint:
-            _copy_atomic(self.files["source"], directory / "spm.model", shutil)
+            _copy_atomic(self.files["source"], directory / "spm.model")
         else:
-            _copy_atomic(self.files["source"], directory / "source.spm", shutil)
-            _copy_atomic(self.files["target"], directory / "target.spm", shutil)
+            _copy_atomic(self.files["source"], directory / "source.spm")
+            _copy_atomic(self.files["target"], directory / "target.spm")
             write_text_atomic(directory / "vocab.json", json.dumps(self.vocab, ensure_ascii=False, indent=1))
 
     @classmethod
@@ -144,9 +140,8 @@ class Tokenizer:
         return cls(directory / "source.spm", target if target.is_file() else None, vocab)
 
 
-def _copy_atomic(src: Path, dst: Path, shutil) -> None:
+def _copy_atomic(src: Path, dst: Path) -> None:
     if Path(src).resolve() == Path(dst).resolve():
         return
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from lowbit import LowbitError
+from lowbit.io import atomic_file
 
 from .checkpoint import load_model, save_checkpoint
 from .data import read_parallel
@@ -155,9 +155,8 @@ def inverse_sqrt(step: int, warmup: int) -> float:
 
 
 def _torch_save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def average_states(paths: list[Path]) -> dict:
