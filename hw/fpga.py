@@ -490,8 +490,6 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
             top = ScanWrapper(unit)
         else:
             unit = make_unit(unit_name, **params)
-            if dsp == "auto" and hasattr(unit.pe, "dsp_register"):
-                unit.pe.dsp_register = True     # a flip-flop beside each DSP block's output
             top = ScanWrapper(unit)
     except (TypeError, ValueError) as e:
         raise LowbitError(str(e)) from None

@@ -171,22 +171,12 @@ class ProcessingElements:
 
 
 class _IntPE(ProcessingElements):
-    """``a * w``: signed ``a_bits`` x signed ``w_bits``, one registered multiply (DSP-shaped).
-
-    ``dsp_register`` (set before elaboration, by FPGA builds that put the multipliers into
-    DSP blocks) registers the product once more: the DSP's output then reaches a flip-flop
-    that can sit beside the block, instead of crossing the array to its accumulator in the
-    same cycle as the block's own delay (latency 2 instead of 1).
-    """
+    """``a * w``: signed ``a_bits`` x signed ``w_bits``, one registered multiply (DSP-shaped)."""
+    latency = 1
 
     def __init__(self, a_bits: int, w_bits: int):
         self.a_bits, self.w_bits = a_bits, w_bits
         self.product_shape = signed(signed_width(int_max_product(a_bits, w_bits)))
-        self.dsp_register = False
-
-    @property
-    def latency(self) -> int:
-        return 2 if self.dsp_register else 1
 
     def elaborate(self, m, en, beat, rows, cols):
         prods = []
@@ -196,11 +186,6 @@ class _IntPE(ProcessingElements):
                 p = Signal(self.product_shape, name=f"prod_{r}_{c}")
                 with m.If(en):
                     m.d.sync += p.eq(beat.a[r] * beat.w[c])
-                if self.dsp_register:
-                    q = Signal(self.product_shape, name=f"prod_{r}_{c}_out")
-                    with m.If(en):
-                        m.d.sync += q.eq(p)
-                    p = q
                 row.append(p)
             prods.append(row)
         return prods

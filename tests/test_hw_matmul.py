@@ -516,21 +516,3 @@ def test_popcount_counts_ones(width, synthesis):
     sim.run()
     assert got == [bin(w).count("1") for w in words]
 
-
-def test_int8_dsp_register_is_bit_exact():
-    """The FPGA builds' DSP variant (one more product register, PE latency 2) gives the same
-    results, one cycle later."""
-    rng = np.random.default_rng(21)
-    m, k, n = 5, 7, 3
-    a, w = rand_signed(rng, 8, m, k), rand_signed(rng, 8, n, k)
-    a[0, :], w[0, :] = -128, -128
-    args = requant_args(rng, n, int(np.abs(a @ w.T).max()))
-    plain = IntMatmul(rows=2, cols=2)
-    _, base, _ = run(plain, a, w, *args)
-    u = IntMatmul(rows=2, cols=2)
-    u.pe.dsp_register = True
-    assert u.accumulate_latency == plain.accumulate_latency + 1 == 3
-    run(u, a, w, *args, y_ready=0.6)
-    run(u, a, w, rng.integers(-100, 100, n), raw=True)
-    _, result, _ = run(u, a, w, *args)
-    assert result.cycles == base.cycles + 1
