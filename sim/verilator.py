@@ -35,6 +35,7 @@ from pathlib import Path
 
 from lowbit import LowbitError
 from lowbit.contract import ceil_div
+from lowbit.io import atomic_dir
 from lowbit.toolenv import activate_verilator, cache_dir, verilator_env
 
 HARNESS_SOURCE = Path(__file__).with_name("harness.cpp")
@@ -121,16 +122,10 @@ def _cached_build(key: str, product: str, build) -> Path:
     with _locked(root / f"{key}.lock"):
         if (final / product).exists():
             return final / product
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f"{key}.tmp"))
-        try:
+        with atomic_dir(final) as tmp:     # an incomplete final (no product) is replaced
             build(tmp)
             if not (tmp / product).exists():
                 raise LowbitError(f"Verilator build produced no {product} in {tmp}")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return final / product
 
 

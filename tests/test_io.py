@@ -51,3 +51,21 @@ def test_write_bytes_and_text(tmp_path):
     write_text_atomic(tmp_path / "t.txt", "Straße\n")
     assert (tmp_path / "b.bin").read_bytes() == bytes(range(256))
     assert (tmp_path / "t.txt").read_bytes() == "Straße\n".encode("utf-8")
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from lowbit.io import atomic_dir
+
+    final = tmp_path / "build"
+    final.mkdir()
+    (final / "partial.o").write_bytes(b"stale")         # an interrupted earlier build
+    with pytest.raises(RuntimeError):
+        with atomic_dir(final) as tmp:
+            (tmp / "lib.so").write_bytes(b"half")
+            raise RuntimeError("compiler died")
+    assert sorted(p.name for p in final.iterdir()) == ["partial.o"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
+    with atomic_dir(final) as tmp:
+        (tmp / "lib.so").write_bytes(b"done")
+    assert sorted(p.name for p in final.iterdir()) == ["lib.so"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["build"]
