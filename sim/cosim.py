@@ -343,16 +343,29 @@ def build_units(model, opts: CosimOptions, log=None) -> float:
 def build_sequencer(model, opts: CosimOptions, log=None) -> float:
     """Check that ``model`` runs on the sequencer and build (cached) its Verilated top before
     workers start; returns seconds."""
-    from .seq_compile import ModelCompiler, sequencer_for
+    from .seq_compile import PROGRAM_DEPTH, ModelCompiler, sequencer_for
 
     t0 = time.perf_counter()
     if not getattr(model, "integer_only", False):
         raise LowbitError("--engine sequencer runs an integer-only package (every operation "
                           "on integers, e.g. multi30k-en-de-int8i), not this one")
-    probe = ModelCompiler(model, src_len=1, max_tgt=1).program
+    # A decoder step of --batch-size sentences must fit the program memory (its length does
+    # not depend on the sources' lengths).
+    comp = ModelCompiler(model, src_len=[1] * opts.batch_size, max_tgt=1)
+    for b in range(opts.batch_size):
+        comp.encoder([model.config.eos_token_id], sentence=b)
+    comp.program.take_commands()
+    comp.decoder_step()
+    words = len(comp.program.command_words())
+    if words > PROGRAM_DEPTH:
+        raise LowbitError(f"--batch-size {opts.batch_size}: a decoder step of that many "
+                          f"sentences is {words} program words, the sequencer has "
+                          f"{PROGRAM_DEPTH}")
+    probe = comp.program
     if log:
         log(f"sequencer: {opts.rows}x{opts.cols} INT8 matmul array, scratchpad "
-            f"{probe.depth:,} words, max_len {probe.max_len}, score_len {probe.score_len}")
+            f"{probe.depth:,} words, max_len {probe.max_len}, score_len {probe.score_len}, "
+            f"decoder step of {opts.batch_size} sentence(s) {words - 1} commands")
     sequencer_for(probe, fault=opts.rtl_fault, mm_rows=opts.rows, mm_cols=opts.cols).close()
     return time.perf_counter() - t0
 

@@ -676,6 +676,9 @@ def test_sequencer_engine_reports_a_planted_fault(tmp_path, capsys):
     (["--model", "multi30k-en-de-int8i", "--cols", "3"],
      "--cols must be a power of two in 1..64, not 3"),
     (["--model", "multi30k-en-de-int8i", "--ray"], "not on Ray"),
+    (["--model", "multi30k-en-de-int8i", "--batch-size", "17"],
+     "--batch-size 17: a decoder step of that many sentences is 1026 program words, the "
+     "sequencer has 1024"),
 ])
 def test_sequencer_engine_refuses_bad_input(tmp_path, capsys, argv, message):
     status, out, err = _seq_cosim(capsys, *argv, *_tiny_split(tmp_path, ["A dog."]))
