@@ -23,7 +23,11 @@ from amaranth.lib import data as data_layout
 from .sequencer import (DYN_FIELDS, INDEX_REGS, OPCODES, SCALARS, SLOTS, Sequencer,
                         unit_descriptions)
 
-__all__ = ["Region", "View", "At", "Program", "SeqRun", "run_program"]
+__all__ = ["Region", "View", "At", "Program", "ScratchpadFull", "SeqRun", "run_program"]
+
+
+class ScratchpadFull(ValueError):
+    """A program's tensors do not fit its scratchpad."""
 
 
 @dataclass(frozen=True)
@@ -133,8 +137,8 @@ class Program:
             raise ValueError(f"region {name!r} exists already")
         r = Region(name, self.top, shape)
         if self.top + r.size > self.depth:
-            raise ValueError(f"scratchpad of {self.depth} words is full at {name!r} "
-                             f"({self.top} + {r.size} words)")
+            raise ScratchpadFull(f"scratchpad of {self.depth} words is full at {name!r} "
+                                 f"({self.top} + {r.size} words)")
         self.top += r.size
         self.regions[name] = r
         return r

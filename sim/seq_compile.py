@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lowbit.hw.seq_program import At, Program
+from lowbit import LowbitError
+from lowbit.hw.seq_program import At, Program, ScratchpadFull
 from lowbit.hw.sequencer import OPCODES
 from lowbit.sw.decode import DecodeOptions, max_lengths
 from lowbit.sw.quant.integer import ACT_BITS, PROB_BITS, SUM_BITS
@@ -459,12 +460,17 @@ def sequencer_greedy_batch(model, batch: list, opts: DecodeOptions | None = None
     comp = ModelCompiler(model, src_len=[src.shape[1] for src in srcs], max_tgt=max(limits))
     p, B = comp.program, len(srcs)
     encoders, encoder_regions = [], []
-    for b, src in enumerate(srcs):
-        before = set(p.regions)
-        comp.encoder(src[0].numpy(), sentence=b)
-        encoders.append(p.take_commands())
-        encoder_regions.append([n for n in p.regions if n not in before])
-    comp.decoder_step()
+    try:
+        for b, src in enumerate(srcs):
+            before = set(p.regions)
+            comp.encoder(src[0].numpy(), sentence=b)
+            encoders.append(p.take_commands())
+            encoder_regions.append([n for n in p.regions if n not in before])
+        comp.decoder_step()
+    except ScratchpadFull as e:
+        raise LowbitError(f"a batch of {B} sentence(s) of up to {max(comp.src_lens)} source "
+                          f"tokens does not fit the sequencer's scratchpad ({e}): use a "
+                          f"smaller --batch-size") from None
     step = p.take_commands()
     t0 = time.perf_counter()
     own = seq is None

@@ -581,6 +581,28 @@ def test_batch_of_different_lengths_on_sequencer():
         assert np.array_equal(memory, model.encode(torch.tensor([ids]))[0].numpy())
 
 
+def test_batch_too_large_for_the_scratchpad():
+    """Four sources of 256 tokens (the longest `lowbit cosim` passes on) do not fit one
+    scratchpad together: the batch is refused with a LowbitError naming --batch-size before
+    anything runs (one of them alone fits, test_longest_sentence_fits_the_sequencer)."""
+    from lowbit import LowbitError
+    from lowbit.sim.seq_compile import sequencer_greedy_batch
+
+    model, _, _ = _load_model()
+    cfg = model.config
+    rng = np.random.default_rng(1)
+    batch = []
+    for _ in range(4):
+        ids = rng.integers(4, cfg.vocab_size, 256)
+        ids[-1] = cfg.eos_token_id
+        batch.append(ids.tolist())
+    with pytest.raises(LowbitError, match=r"a batch of 4 sentence\(s\) of up to 256 source "
+                                          r"tokens does not fit the sequencer's scratchpad "
+                                          r"\(scratchpad of 16777216 words is full at .*\): "
+                                          r"use a smaller --batch-size"):
+        sequencer_greedy_batch(model, batch)
+
+
 def test_pack_commands_equals_layout_const():
     """The harness' command packer gives the bits of Amaranth's ``Layout.const`` for random
     commands (fixed seed) and for every field at its largest value."""
