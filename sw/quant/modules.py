@@ -394,18 +394,14 @@ class QuantLinear(nn.Module):
         return prep
 
     def _int_unit(self, x2: torch.Tensor) -> torch.Tensor:
-        prep = self._fast("int_matmul" if self.spec.unit == "int" else "log_matmul", x2)
+        """INT or log unit: the site's kernel with its parameters (``spec.site_params()``)."""
+        prep = self._fast(self.site.kernel, x2)
         if prep is not None:
             acc = prep(self.act.quantize_values(x2)[0])
             return _dequantize(acc, x2.dtype, self.ints.acc_scale.to(x2.dtype))
         a, _ = self.act.quantize(x2)
-        bias = getattr(self.ints, "bias_int", None)
-        if self.spec.unit == "int":
-            acc = kernels.call("int_matmul", self.site, a, self.ints.w, bias,
-                               a_bits=self.spec.a_bits, w_bits=self.spec.w_bits)
-        else:
-            acc = kernels.call("log_matmul", self.site, a, self.ints.w, bias,
-                               bits=self.spec.w_bits, a_bits=self.spec.a_bits)
+        acc = kernels.call(self.site.kernel, self.site, a, self.ints.w,
+                           getattr(self.ints, "bias_int", None), **self.site.params)
         return acc.to(x2.dtype) * self.ints.acc_scale.to(x2.dtype)
 
     def _xnor(self, x2: torch.Tensor) -> torch.Tensor:
