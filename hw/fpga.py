@@ -188,14 +188,60 @@ class ScanWrapper(Elaboratable):
             m.submodules.scan_out_buffer = pin_out = io.Buffer(
                 "o", platform.request("led", 0, dir="-"))
             m.d.comb += [self.scan_in.eq(pin_in.i), pin_out.o.eq(self.scan_out)]
-        chain = Signal(max(self.in_bits, 1), name="scan_chain")
-        m.d.sync += chain.eq(Cat(self.scan_in, chain[:-1]))
+        bits = self._input_bits(m)
         offset = 0
         for value in self._inputs:
-            m.d.comb += value.eq(chain[offset:offset + len(value)])
+            m.d.comb += value.eq(bits[offset:offset + len(value)])
             offset += len(value)
         m.d.sync += self.scan_out.eq(Cat(*self._outputs).xor())
         return m
+
+    def _input_bits(self, m) -> Value:
+        """The registers that drive the unit's inputs (bit ``i``: input bit ``i``)."""
+        chain = Signal(max(self.in_bits, 1), name="scan_chain")
+        m.d.sync += chain.eq(Cat(self.scan_in, chain[:-1]))
+        return chain
+
+
+class WordScanWrapper(ScanWrapper):
+    """:class:`ScanWrapper` for a design with thousands of input bits (the sequencer core's
+    scratchpad read ports): the inputs are ``WORD``-bit registers written through a short
+    shift register, not one shift register as long as the inputs.
+
+    A shift register of thousands of flip-flops is a chain of cells that Yosys' ``techmap``
+    sorts recursively, deeper than the stack of the WebAssembly build on PyPI allows. Here
+    ``scan_in`` shifts into a ``WORD + addr`` bit register, and every cycle its data part is
+    written into the input word its address part names: every input bit can still be set
+    from the pin, and none is constant. Outputs: the XOR tree of :class:`ScanWrapper`.
+    Cost: ``wrapper_ff`` exact (the words, the shift register, ``scan_out``); ``wrapper_lut``
+    an estimate (one address compare per word, 4-input LUTs).
+    """
+
+    WORD = 16
+
+    def __init__(self, unit):
+        super().__init__(unit)
+        self.words = max(1, math.ceil(self.in_bits / self.WORD))
+        self.addr_bits = max(1, (self.words - 1).bit_length())
+
+    @property
+    def wrapper_ff(self) -> int:
+        return self.words * self.WORD + self.WORD + self.addr_bits + 1
+
+    @property
+    def wrapper_lut(self) -> int:
+        compare = math.ceil(max(self.addr_bits - 1, 0) / 3) + 1
+        return self.words * compare + super().wrapper_lut
+
+    def _input_bits(self, m) -> Value:
+        shift = Signal(self.WORD + self.addr_bits, name="scan_shift")
+        m.d.sync += shift.eq(Cat(self.scan_in, shift[:-1]))
+        data, addr = shift[:self.WORD], shift[self.WORD:]
+        words = [Signal(self.WORD, name=f"scan_word{k}") for k in range(self.words)]
+        for k, word in enumerate(words):
+            with m.If(addr == k):
+                m.d.sync += word.eq(data)
+        return Cat(*words)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,7 +414,7 @@ _PREPASS = "hierarchy -top top; proc; flatten; opt; wreduce; booth {sel}; alumac
 # the XNOR unit's plane scale alpha * |C - 2X| at the drain.
 _PE_MULTIPLIERS = "t:$mul r:A_WIDTH<=8 %i r:B_WIDTH<=8 %i"
 DSP_MODES = ("auto", "requant", "off")
-DESIGNS = ("scan", "uart", "bare")  # what is built (build_unit's ``design``)
+DESIGNS = ("scan", "uart", "bare", "sequencer")  # what is built (build_unit's ``design``)
 
 
 def synth_options(board: Board, dsp: str) -> dict:
@@ -454,7 +500,9 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
         accelerator behind its UART bridge on the board's USB serial pins,
         :class:`lowbit.hw.board.BoardDesign`: a bitstream a host can use; no wrapper cost) or
         ``"bare"`` (one bare registered PE of the unit's kind,
-        :class:`lowbit.hw.fpga_bare.BarePE`, in the wrapper: the bench's reference).
+        :class:`lowbit.hw.fpga_bare.BarePE`, in the wrapper: the bench's reference) or
+        ``"sequencer"`` (the whole accelerator, :mod:`lowbit.hw.fpga_seq`: an int8 array of
+        ``params``' rows x cols with the sequencer and vector units, in the wrapper).
     baud : int, optional
         The uart design's baud rate (default :data:`lowbit.hw.board.DEFAULT_BAUD`).
     freq : float, optional
@@ -488,6 +536,10 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
             from .fpga_bare import BarePE
             unit = BarePE(unit_name, **params)
             top = ScanWrapper(unit)
+        elif design == "sequencer":
+            from .fpga_seq import sequencer_core
+            unit, params = sequencer_core(unit_name, params)
+            top = WordScanWrapper(unit)
         else:
             unit = make_unit(unit_name, **params)
             top = ScanWrapper(unit)
@@ -543,10 +595,13 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
         counts = netlist_cell_counts(os.path.join(build_dir, "top.json"))
         netlist_ff = sum(n for cell, n in counts.items() if cell.startswith("SB_DFF"))
     numbers = parse_report(report, board, netlist_ff=netlist_ff)
-    return FpgaResult(board=board.name, unit=unit_name, params=dict(unit.params), **numbers,
+    sequencer = design == "sequencer"   # the core's array: rows x cols INT8 MACs
+    return FpgaResult(board=board.name, unit=unit_name,
+                      params=dict(params if sequencer else unit.params), **numbers,
                       wrapper_lut=getattr(top, "wrapper_lut", 0),
                       wrapper_ff=getattr(top, "wrapper_ff", 0),
-                      macs_per_cycle=macs_per_cycle(unit), seconds=seconds,
+                      macs_per_cycle=(params["rows"] * params["cols"] if sequencer
+                                      else macs_per_cycle(unit)), seconds=seconds,
                       build_dir=build_dir, dsp_mode=dsp, design=design,
                       utilization={k: v for k, v in report["utilization"].items()
                                    if v.get("used")},
@@ -650,7 +705,9 @@ def register(subparsers) -> None:
                         "uart: the accelerator behind a UART bridge on the board's USB serial "
                         "port, a bitstream `lowbit board matmul` talks to (docs/hardware.md); "
                         "bare: one bare registered PE of the unit's kind (registered inputs and "
-                        "product, 24-bit accumulator), the reference of `lowbit bench fpga`")
+                        "product, 24-bit accumulator), the reference of `lowbit bench fpga`; "
+                        "sequencer: the whole accelerator (sequencer, INT8 array of --rows x "
+                        "--cols, vector units) with its scratchpad ports in the scan wrapper")
     p.add_argument("--baud", type=int, default=None,
                    help="--design uart: the serial port's baud rate (default 115200)")
     p.add_argument("--freq", type=float, default=None, metavar="MHZ",
@@ -686,6 +743,12 @@ def validate_args(args) -> tuple[str, str, dict]:
         raise LowbitError(f"--baud must be a positive integer, not {args.baud}"
                           if args.design == "uart" else "--baud applies to --design uart only")
     unit, params = unit_params(args, "matmul")
+    if args.design == "sequencer":
+        from .fpga_seq import sequencer_params
+        try:
+            params = sequencer_params(unit, params)
+        except ValueError as e:
+            raise LowbitError(str(e)) from None
     return board, unit, params
 
 
@@ -699,8 +762,13 @@ def default_build_dir(board: str, unit: str, params: dict, dsp: str = "auto") ->
 
 def _fpga_command(args) -> int:
     board, unit, params = validate_args(args)
-    build_dir = args.build_dir or (default_build_dir(board, unit, params, args.dsp)
-                                   + ("" if args.design == "scan" else f"-{args.design}"))
+    if args.design == "sequencer":     # the array's size names it; the rest is fixed
+        default = os.path.join("build", "fpga", f"{board}-sequencer-{params['rows']}x"
+                                                f"{params['cols']}")
+    else:
+        default = (default_build_dir(board, unit, params, args.dsp)
+                   + ("" if args.design == "scan" else f"-{args.design}"))
+    build_dir = args.build_dir or default
     check_build_dir(build_dir, "-o")
     out = sys.stderr if args.json else sys.stdout
     say = lambda line: print(line, file=out, flush=True)  # noqa: E731
