@@ -580,7 +580,9 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
                     raise LowbitError(f"{stage} took longer than {timeout:g} s "
                                       f"(log: {log_path})") from None
             if proc.returncode != 0:
-                _raise_failure(stage, build_dir, log_path, board, unit_name, unit)
+                _raise_failure(stage, build_dir, log_path, board,
+                               f"{unit_name} {params.get('rows', 1)}x{params.get('cols', 1)}"
+                               + ("" if design == "scan" else f" {design}"))
             if seed is not None:
                 best = _keep_best_seed(build_dir, seed, seed_fmax, best, say)
         if best is not None and stage == "place and route":
@@ -634,7 +636,7 @@ def _restore_seed(build_dir, best):
             os.replace(path + ".best", path)
 
 
-def _raise_failure(stage, build_dir, log_path, board, unit_name, unit):
+def _raise_failure(stage, build_dir, log_path, board, what):
     logs = [log_path]
     tool_log = os.path.join(build_dir, "top.tim" if stage == "place and route" else "top.rpt")
     if os.path.exists(tool_log):
@@ -646,7 +648,7 @@ def _raise_failure(stage, build_dir, log_path, board, unit_name, unit):
             what = ", ".join(f"{bel} {used}/{avail} ({100 * used / avail:.0f}%)"
                              for bel, (used, avail) in over.items())
             raise FpgaDoesNotFit(
-                f"{unit_name} {unit.rows}x{unit.cols} does not fit the {board.name} "
+                f"{what} does not fit the {board.name} "
                 f"({board.device}): needs {what}", over)
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
     detail = errors[0] if errors else "see the log"

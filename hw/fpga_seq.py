@@ -3,8 +3,12 @@
 :class:`~lowbit.hw.sequencer.SequencerCore` -- program memory, the R x C INT8 matmul array, the
 vector units and the sequencer -- is built as it runs the shipped integer-only model in
 ``lowbit cosim --engine sequencer``: a 2^24-word scratchpad behind its read and write ports
-(the external memory, e.g. the ULX3S's SDRAM, that the simulation models), 1024 program
-words, vector rows of up to 1024 elements and output-score rows of 8000 (the vocabulary).
+(the external memory, e.g. the ULX3S's SDRAM, that the simulation models), vector rows of up
+to 1024 elements and output-score rows of 8000 (the vocabulary) -- but 256 program words, not
+the simulation's 1024: the program memory is read in the cycle it is addressed, so it is
+distributed RAM (473-bit command words), and 1024 words of it need 107 % of the ECP5-85F's
+logic cells; 256 hold one sentence's programs (an encoder pass of 101 commands, a decoder
+step of 129), loaded by the host before each.
 The scratchpad ports go to :class:`~lowbit.hw.fpga.WordScanWrapper`, as a unit's
 ports do, so the count is the core's logic without a memory controller.
 """
@@ -14,8 +18,9 @@ from __future__ import annotations
 from .sequencer import SequencerCore, check_array
 
 # What `lowbit cosim --engine sequencer` builds for the shipped integer-only model
-# (sim/seq_compile.py: the scratchpad, PROGRAM_DEPTH, the compiler's max_len, the vocabulary).
-SEQUENCER_FPGA = {"depth": 1 << 24, "program_depth": 1024, "max_len": 1024, "score_len": 8000}
+# (sim/seq_compile.py: the scratchpad, the compiler's max_len, the vocabulary), with the program
+# memory of one sentence's programs (see above).
+SEQUENCER_FPGA = {"depth": 1 << 24, "program_depth": 256, "max_len": 1024, "score_len": 8000}
 
 
 def sequencer_params(unit: str, params: dict) -> dict:

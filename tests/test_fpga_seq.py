@@ -42,7 +42,7 @@ def test_sequencer_design_is_the_core_with_its_memory_ports_in_the_wrapper():
     # the scan chain drives every input: six operand slots, the array's read lanes (A rows
     # 1..R-1, W rows and bias words 1..C-1), program port, start
     lanes = (2 - 1) + 2 * (4 - 1)
-    prog = 1 + (1024 - 1).bit_length() + core.cmd_layout.size + 1
+    prog = 1 + (256 - 1).bit_length() + core.cmd_layout.size + 1
     assert top.in_bits == 6 * WORD_BITS + lanes * 64 + prog
     text = rtlil.convert(top, ports=[top.scan_in, top.scan_out])
     assert "scan_chain" in text
