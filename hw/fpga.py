@@ -636,7 +636,7 @@ def _restore_seed(build_dir, best):
             os.replace(path + ".best", path)
 
 
-def _raise_failure(stage, build_dir, log_path, board, what):
+def _raise_failure(stage, build_dir, log_path, board, design_name):
     logs = [log_path]
     tool_log = os.path.join(build_dir, "top.tim" if stage == "place and route" else "top.rpt")
     if os.path.exists(tool_log):
@@ -648,7 +648,7 @@ def _raise_failure(stage, build_dir, log_path, board, what):
             what = ", ".join(f"{bel} {used}/{avail} ({100 * used / avail:.0f}%)"
                              for bel, (used, avail) in over.items())
             raise FpgaDoesNotFit(
-                f"{what} does not fit the {board.name} "
+                f"{design_name} does not fit the {board.name} "
                 f"({board.device}): needs {what}", over)
     errors = [line.strip() for line in text.splitlines() if "ERROR" in line]
     detail = errors[0] if errors else "see the log"

@@ -79,3 +79,19 @@ def test_word_scan_wrapper_sets_every_input_from_the_pin():
     sim.run()
     last_mask = (1 << (top.in_bits - 16 * (top.words - 1))) - 1
     assert seen == {0: 0xA5C3, top.words - 1: 0x1234 & last_mask}
+
+
+def test_a_design_that_does_not_fit_is_named_with_what_it_needs(tmp_path):
+    from lowbit.hw import fpga
+
+    log = tmp_path / "place_and_route.log"
+    log.write_text("Info: Device utilisation:\n"
+                   "Info: \t         ICESTORM_LC: 239046/ 5280  4527%\n"
+                   "Info: \t        ICESTORM_DSP:    22/    8   275%\n"
+                   "ERROR: Unable to place cell 'x'\n")
+    with pytest.raises(fpga.FpgaDoesNotFit) as e:
+        fpga._raise_failure("place and route", str(tmp_path), str(log),
+                            fpga.get_board("icebreaker"), "int8 1x1 sequencer")
+    assert str(e.value) == ("int8 1x1 sequencer does not fit the icebreaker (iCE40UP5K): needs "
+                            "ICESTORM_LC 239046/5280 (4527%), ICESTORM_DSP 22/8 (275%)")
+    assert e.value.overflow == {"ICESTORM_LC": (239046, 5280), "ICESTORM_DSP": (22, 8)}
