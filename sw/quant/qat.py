@@ -103,8 +103,10 @@ def _switch_inputs(model, old: Scheme, new: Scheme):
     for name, module in quant_modules(model):
         if isinstance(module, QuantLinear):
             spec = new.linear_spec(block_of(name))
-            if spec != module.spec:  # takes over weight, bias; per-word planes are re-assigned
-                _set_module(model, name, QuantLinear(module, spec, name))
+            if spec != module.spec:  # takes over weight and bias, then the buffers (planes)
+                layer = QuantLinear(module, spec, name)
+                layer.load_state_dict(module.state_dict())
+                _set_module(model, name, layer)
     model.config.extra = dict(model.config.extra, qat={"scheme": new.name, **new.options})
     return model
 
