@@ -37,7 +37,8 @@ from .unit_args import add_unit_flags, unit_params
 from .units import describe, unit_class
 
 __all__ = ["BOARDS", "Board", "ScanWrapper", "FpgaResult", "FpgaDoesNotFit", "TOOL_DEFAULTS",
-           "tool_env", "check_tools", "build_unit", "parse_report", "format_table", "register"]
+           "tool_env", "check_tools", "build_unit", "parse_report", "format_table",
+           "fpga_arguments", "run_fpga"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -689,13 +690,9 @@ def format_table(results: list[FpgaResult], columns=TABLE_COLUMNS, row=table_row
 # CLI
 
 
-def register(subparsers) -> None:
-    """Add ``lowbit fpga`` to the top-level sub-parsers (called from lowbit.hw.cli)."""
-    p = subparsers.add_parser(
-        "fpga", help="synthesise and place-and-route a matmul unit on an FPGA board",
-        description="Build one matmul unit for an FPGA board with the YoWASP (PyPI) builds of "
-                    "Yosys and nextpnr and report LUT/FF/DSP/BRAM use and Fmax "
-                    "(docs/fpga.md).")
+def fpga_arguments(p) -> None:
+    """Add the flags of ``lowbit fpga`` to its parser (the command is listed in
+    :data:`lowbit.commands.COMMANDS`)."""
     p.add_argument("--board", required=True, help=f"one of {', '.join(BOARDS)}")
     add_unit_flags(p, "matmul")
     p.add_argument("--dsp", default="auto",
@@ -724,7 +721,6 @@ def register(subparsers) -> None:
                    help="seconds allowed per tool run (default: no limit)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object instead of the table (progress goes to stderr)")
-    p.set_defaults(func=_fpga_command)
 
 
 def validate_args(args) -> tuple[str, str, dict]:
@@ -762,7 +758,8 @@ def default_build_dir(board: str, unit: str, params: dict, dsp: str = "auto") ->
                         f"{board}-{unit}-{params['rows']}x{params['cols']}{extra}{suffix}")
 
 
-def _fpga_command(args) -> int:
+def run_fpga(args) -> int:
+    """``lowbit fpga``: build one design, then print its table (or JSON) and where it went."""
     board, unit, params = validate_args(args)
     if args.design == "sequencer":     # the array's size names it; the rest is fixed
         default = os.path.join("build", "fpga", f"{board}-sequencer-{params['rows']}x"

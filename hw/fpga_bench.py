@@ -36,7 +36,7 @@ from .units import XnorDescription, describe, unit_class, unit_kinds
 __all__ = ["Config", "default_configs", "fallback_configs", "run_bench", "fit_array_model",
            "fit_largest", "model_basis", "hardware_table", "report_section", "unit_cost",
            "cost_rows", "comparisons", "plot_points", "dsp_lut_equivalent", "render_markdown",
-           "plot_cost", "update_docs", "register_bench"]
+           "plot_cost", "update_docs", "bench_fpga_arguments", "run_bench_fpga"]
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_PATH = REPO / "bench" / "fpga.json"
@@ -1019,13 +1019,9 @@ def verify_largest(data: dict, *, results_path: Path, build_root: str,
 # CLI
 
 
-def register_bench(subparsers) -> None:
-    p = subparsers.add_parser(
-        "fpga", help="FPGA cost table of the matmul units (docs/fpga.md)",
-        description="Build every matmul unit at several sizes on each board (each build once: "
-                    "bench/fpga.json keeps the records), find the largest array of each unit "
-                    "per board, then print the tables and write them into docs/fpga.md with "
-                    "the plot docs/img/fpga_cost_per_mac.png.")
+def bench_fpga_arguments(p) -> None:
+    """Add the flags of ``lowbit bench fpga`` to its parser (the command is listed in
+    :data:`lowbit.commands.COMMANDS`)."""
     p.add_argument("--boards", nargs="+", default=list(BOARDS), metavar="BOARD",
                    help=f"boards to build for (default: {' '.join(BOARDS)})")
     p.add_argument("--quick", action="store_true",
@@ -1051,7 +1047,6 @@ def register_bench(subparsers) -> None:
                    help="run the builds as Ray tasks: on the cluster at ADDRESS, or without one "
                         "on a local Ray instance with --jobs CPUs (docs/regress.md); this "
                         "process alone writes the results file")
-    p.set_defaults(func=_bench_command)
 
 
 def _lock(results: Path):
@@ -1072,7 +1067,10 @@ def _lock(results: Path):
     return f
 
 
-def _bench_command(args) -> int:
+def run_bench_fpga(args) -> int:
+    """``lowbit bench fpga``: build the configurations the results file lacks (all with
+    ``--rebuild``, none with ``--render-only``), then print the tables and write them into the
+    docs with the plot."""
     for board in list(args.boards) + list(args.verify_on):
         if board not in BOARDS:
             raise LowbitError(f"unknown board {board!r} (choose from {', '.join(BOARDS)})")

@@ -40,9 +40,6 @@ class _Handler:
 
 
 def _add_command(subparsers, command: Command) -> None:
-    if command.register:        # a module that still adds its own parser
-        _resolve(command.register)(subparsers)
-        return
     p = subparsers.add_parser(command.name, help=command.help, description=command.description)
     if command.arguments:
         _resolve(command.arguments)(p)

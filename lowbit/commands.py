@@ -41,9 +41,6 @@ class Command:
         Sub-commands (``lowbit hw verilog``); one of them is required.
     dest, metavar : str
         Where the chosen sub-command is stored, and how ``--help`` names it.
-    register : str or None
-        ``"module:function(subparsers)"`` of a module that still adds its own parser (name,
-        help and flags); every other field is then unused.
     """
 
     name: str
@@ -54,7 +51,6 @@ class Command:
     commands: tuple[Command, ...] = ()
     dest: str | None = None
     metavar: str = "COMMAND"
-    register: str | None = None
 
 
 _SW, _QUANT, _HW, _SIM = "lowbit.sw.cli", "lowbit.sw.quant.cli", "lowbit.hw.cli", "lowbit.sim.cli"
@@ -112,7 +108,10 @@ COMMANDS: tuple[Command, ...] = (
                 _cmd("verilog", _HW, "write a matmul unit as Verilog",
                      "Write the Verilog of one matmul unit (docs/hardware.md)."),
             )),
-    Command("fpga", register="lowbit.hw.fpga:register"),
+    _cmd("fpga", "lowbit.hw.fpga",
+         "synthesise and place-and-route a matmul unit on an FPGA board",
+         "Build one matmul unit for an FPGA board with the YoWASP (PyPI) builds of Yosys and "
+         "nextpnr and report LUT/FF/DSP/BRAM use and Fmax (docs/fpga.md)."),
     Command("board", "run a matmul on an FPGA board over its UART, or on the board design "
                      "simulated in Verilator",
             description="Run one random matmul through the accelerator's UART bridge and "
@@ -160,7 +159,13 @@ COMMANDS: tuple[Command, ...] = (
             commands=(
                 _cmd("decode", _SW, "decoding speed, greedy vs beam (sentences/s)",
                      stem="bench_decode"),
-                Command("fpga", register="lowbit.hw.fpga_bench:register_bench"),
+                _cmd("fpga", "lowbit.hw.fpga_bench",
+                     "FPGA cost table of the matmul units (docs/fpga.md)",
+                     "Build every matmul unit at several sizes on each board (each build once: "
+                     "bench/fpga.json keeps the records), find the largest array of each unit "
+                     "per board, then print the tables and write them into docs/fpga.md with "
+                     "the plot docs/img/fpga_cost_per_mac.png.",
+                     stem="bench_fpga"),
                 _cmd("units", _SIM,
                      "cycles, utilisation and simulation speed of the three matmul units",
                      "For one mid-size matmul per unit: simulated cycles against the ideal "

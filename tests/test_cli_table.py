@@ -1,6 +1,6 @@
 """The command table (lowbit/commands.py) is the one place commands are registered: every entry
 resolves, ``lowbit --help`` lists exactly the table, in its order, and no other module makes a
-parser of its own (except the ones the table names as still doing so)."""
+parser of its own."""
 
 from __future__ import annotations
 
@@ -39,10 +39,9 @@ def _subcommands(parser) -> dict:
 
 def test_every_entry_names_functions_that_exist():
     for path, c in _walk(COMMANDS):
-        targets = [c.register] if c.register else [c.arguments, c.run]
-        assert c.register or c.help, path
-        assert c.register or c.run or c.commands, f"{' '.join(path)} has nothing to run"
-        for target in filter(None, targets):
+        assert c.help, path
+        assert c.run or c.commands, f"{' '.join(path)} has nothing to run"
+        for target in filter(None, (c.arguments, c.run)):
             assert callable(_function(target)), target
 
 
@@ -55,13 +54,9 @@ def test_the_parsers_are_the_table_in_its_order():
 
 
 def test_no_other_module_adds_a_command():
-    """``add_parser`` is called by lowbit/cli.py and by the modules the table still names with
-    ``register``; a new command in any other module fails here."""
+    """``add_parser`` is called by lowbit/cli.py alone; a command added in any other module
+    fails here."""
     allowed = {ROOT / "lowbit" / "cli.py"}
-    for _, c in _walk(COMMANDS):
-        if c.register:
-            module = importlib.import_module(c.register.partition(":")[0])
-            allowed.add(Path(module.__file__).resolve())
     makers = set()
     for folder in SOURCES:
         for path in folder.glob("*.py"):
