@@ -66,7 +66,8 @@ def _swar_masks(m, width: int) -> dict:
     return masks
 
 
-def _popcount(m, word, width: int, masks: dict, name: str, *, synthesis: bool = False):
+def _popcount(m, word, width: int, masks: dict, name: str, *, synthesis: bool = False,
+              en=None):
     """Number of ones in ``word[:width]`` (unsigned, ``width.bit_length()`` bits).
 
     Two forms of the same function. For synthesis (``synthesis=True``: elaborated for an FPGA
@@ -85,9 +86,24 @@ def _popcount(m, word, width: int, masks: dict, name: str, *, synthesis: bool = 
     a word-wide ``+`` of masked fields would become one ``width``-bit chain that no LUT can be
     merged into. The 3-bit counts of the 4-bit fields then go through a balanced tree of
     carry-chain adders.
+
+    With ``en``, the count is pipelined: partial counts are registered (when ``en`` is 1)
+    halfway, so the result is one cycle late. The partial counts are those of the 8-bit groups
+    (synthesis form: each group's sum of bits, 4 bits wide) or the 3-bit counts of the 4-bit
+    fields (the word-wide form, registered as one word).
     """
     if width <= 2 or not masks or synthesis:
-        return _adder_tree([word[i] for i in range(width)])
+        bits = [word[i] for i in range(width)]
+        if en is None:
+            return _adder_tree(bits)
+        parts = []
+        for g, lo in enumerate(range(0, width, _POPCOUNT_GROUP)):
+            group = bits[lo:lo + _POPCOUNT_GROUP]
+            part = Signal(len(group).bit_length(), name=f"{name}_group{g}")
+            with m.If(en):
+                m.d.sync += part.eq(_adder_tree(group))
+            parts.append(part)
+        return _adder_tree(parts)
     p = len(masks["pair"])
     x = Signal(p, name=f"{name}_w")
     m.d.comb += x.eq(word[:width])
@@ -95,8 +111,6 @@ def _popcount(m, word, width: int, masks: dict, name: str, *, synthesis: bool = 
     y = Signal(p, name=f"{name}_l1")
     half = x >> 1
     m.d.comb += y.eq(((x ^ half) & masks["pair"]) | (((x & half) & masks["pair"]) << 1))
-    if "low" not in masks:
-        return y[:2]
     # Level 2: the counts (s, c) at bits 4g, 4g+1 and (s', c') at 4g+2, 4g+3 add to 3 bits:
     # o0 = s ^ s', t = s & s' (carry), o1 = c ^ c' ^ t, o2 = c & c' | t & (c ^ c').
     z = Signal(p, name=f"{name}_l2")
@@ -107,7 +121,17 @@ def _popcount(m, word, width: int, masks: dict, name: str, *, synthesis: bool = 
     m.d.comb += z.eq((either & masks["low"])
                      | ((either & masks["mid"]) ^ t)
                      | ((((both & masks["mid"]) | (t & either)) & masks["mid"]) << 1))
+    if en is not None:
+        staged = Signal(p, name=f"{name}_l2_reg")
+        with m.If(en):
+            m.d.sync += staged.eq(z)
+        z = staged
     return _adder_tree([z[i:i + 3] for i in range(0, p, 4)])
+
+
+# The pipelined popcount's first stage counts groups of this many bits (a 4-bit count each: a
+# compressor tree a few LUT levels deep); the second adds the group counts.
+_POPCOUNT_GROUP = 8
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,21 +195,51 @@ class ProcessingElements:
 
 
 class _IntPE(ProcessingElements):
-    """``a * w``: signed ``a_bits`` x signed ``w_bits``, one registered multiply (DSP-shaped)."""
-    latency = 1
+    """``a * w``: signed ``a_bits`` x signed ``w_bits``, in two register stages.
+
+    Two forms of the same pipeline, chosen by where the multipliers go (the platform's
+    ``lowbit_multipliers``, set by the FPGA flow from ``--dsp``; simulation builds the first):
+
+    * ``"dsp"``: the operands are registered, then the product: the shape of a DSP block with
+      input and output registers (on the iCE40 Yosys folds both into the SB_MAC16; on the
+      ECP5 it uses neither register of the MULT18X18D, and merges the PEs' identical operand
+      registers into one per row and column).
+    * ``"lut"``: the weight is split into its low half (unsigned) and high half (signed); the
+      two partial products ``a * w_lo`` and ``a * w_hi`` are registered, and their sum
+      ``a * w_lo + (a * w_hi << h)``, which equals ``a * w`` exactly, is the product. Each
+      stage is half of the Booth multiplier's depth.
+    """
+    latency = 2
 
     def __init__(self, a_bits: int, w_bits: int):
         self.a_bits, self.w_bits = a_bits, w_bits
         self.product_shape = signed(signed_width(int_max_product(a_bits, w_bits)))
 
+    def multipliers(self) -> str:
+        """``"lut"`` or ``"dsp"``: which form :meth:`elaborate` builds."""
+        return getattr(self.platform, "lowbit_multipliers", "dsp")
+
     def elaborate(self, m, en, beat, rows, cols):
+        lut = self.multipliers() == "lut"
+        half = self.w_bits // 2
         prods = []
         for r in range(rows):
             row = []
             for c in range(cols):
+                a, w = beat.a[r], beat.w[c]
                 p = Signal(self.product_shape, name=f"prod_{r}_{c}")
-                with m.If(en):
-                    m.d.sync += p.eq(beat.a[r] * beat.w[c])
+                if lut:
+                    lo = Signal(signed(self.a_bits + half + 1), name=f"prod_lo_{r}_{c}")
+                    hi = Signal(signed(self.a_bits + self.w_bits - half),
+                                name=f"prod_hi_{r}_{c}")
+                    with m.If(en):
+                        m.d.sync += [lo.eq(a * w[:half]), hi.eq(a * w[half:].as_signed()),
+                                     p.eq(lo + (hi << half))]
+                else:
+                    a1 = Signal(signed(self.a_bits), name=f"a_{r}_{c}")
+                    w1 = Signal(signed(self.w_bits), name=f"w_{r}_{c}")
+                    with m.If(en):
+                        m.d.sync += [a1.eq(a), w1.eq(w), p.eq(a1 * w1)]
                 row.append(p)
             prods.append(row)
         return prods
@@ -299,8 +353,11 @@ class _XnorPE(ProcessingElements):
     ``w & mask``), so a PE is an XOR and a popcount. The beats of a tile that share a weight
     plane (the ``wplane`` field; with one weight plane, every beat) must carry the same
     ``alpha``: the tile uses the one of its last such beat.
+
+    The popcount takes two register stages (the counts of 8-bit groups, then their sum), so
+    that neither it nor the accumulator behind it limits the clock.
     """
-    latency = 1
+    latency = 2
     drain_latency = 3
 
     def __init__(self, description: XnorDescription):
@@ -347,20 +404,29 @@ class _XnorPE(ProcessingElements):
     def elaborate(self, m, en, beat, rows, cols):
         lanes = self.lanes
         a, w = beat.a, beat.w
-        # Per-beat operands of the tile state travel with the PE registers.
-        s1 = self._s1 = {
-            "alpha": [Signal(ALPHA_BITS, name=f"alpha_{c}") for c in range(cols)],
-            "amount": Signal(max(self.shift_bits, 1), name="plane_s1"),
-            "count": Signal(self.pop_bits, name="count_s1"),
-            "wplane": Signal(max((self.w_planes - 1).bit_length(), 1), name="wplane_s1"),
-        }
-        with m.If(en):
-            m.d.sync += [s1["alpha"][c].eq(beat.alpha[c]) for c in range(cols)]
-            m.d.sync += s1["count"].eq(beat.count)
-            if self.shift_bits:
-                m.d.sync += s1["amount"].eq(beat.plane[:self.shift_bits])
-            if self.w_planes > 1:
-                m.d.sync += s1["wplane"].eq(beat.wplane)
+        # Per-beat operands of the tile state travel beside the PE registers, one copy per PE
+        # stage: the last is the one beside the products.
+        stages = []
+        for k in range(self.latency):
+            stage = {
+                "alpha": [Signal(ALPHA_BITS, name=f"alpha_s{k}_{c}") for c in range(cols)],
+                "amount": Signal(max(self.shift_bits, 1), name=f"plane_s{k}"),
+                "count": Signal(self.pop_bits, name=f"count_s{k}"),
+                "wplane": Signal(max((self.w_planes - 1).bit_length(), 1), name=f"wplane_s{k}"),
+            }
+            prev = stages[-1] if stages else {
+                "alpha": [beat.alpha[c] for c in range(cols)], "count": beat.count,
+                "amount": beat.plane[:max(self.shift_bits, 1)],
+                "wplane": beat.wplane if self.w_planes > 1 else None}
+            with m.If(en):
+                m.d.sync += [stage["alpha"][c].eq(prev["alpha"][c]) for c in range(cols)]
+                m.d.sync += stage["count"].eq(prev["count"])
+                if self.shift_bits:
+                    m.d.sync += stage["amount"].eq(prev["amount"])
+                if self.w_planes > 1:
+                    m.d.sync += stage["wplane"].eq(prev["wplane"])
+            stages.append(stage)
+        s1 = self._s1 = stages[-1]
         masks = _swar_masks(m, lanes)     # shared by every PE
         prods = []
         for r in range(rows):
@@ -369,8 +435,9 @@ class _XnorPE(ProcessingElements):
                 pop = Signal(self.pop_bits, name=f"pop_{r}_{c}")
                 differ = Signal(lanes, name=f"differ_{r}_{c}")
                 m.d.comb += differ.eq(a[r] ^ w[c])
+                # Two stages: the partial counts, then their sum.
                 count = _popcount(m, differ, lanes, masks, f"pop_{r}_{c}",
-                                  synthesis=self.platform is not None)
+                                  synthesis=self.platform is not None, en=en)
                 with m.If(en):
                     m.d.sync += pop.eq(count)
                 p = Signal(self.product_shape, name=f"prod_{r}_{c}")

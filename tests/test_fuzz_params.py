@@ -171,7 +171,7 @@ def test_unit_constructors(unit, data):
     assert u.x_layout.size == x_width(unit, p)
     assert u.cfg_layout.size == p["cols"] * (width + 16 + 6) + 2
     assert u.y_layout.size == p["cols"] * u.y_width + 1
-    assert u.accumulate_latency == 2
+    assert u.accumulate_latency == {"int8": 3, "log": 2, "xnor": 3}[unit]
     assert u.drain_latency == {"int8": 8, "log": 9, "xnor": 11}[unit]
 
 

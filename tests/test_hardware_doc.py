@@ -225,7 +225,8 @@ def test_one_reset_cycle_suffices(unit_name, params, reset):
             ctx.set(unit.x.valid, 1)
             await ctx.tick().until(unit.x.ready)
         ctx.set(unit.x.valid, 0)
-        for _ in range(unit.drain_latency + 1):    # the drain pipeline fills, y.valid rises
+        # tile 0's last beat reaches the bank, the drain pipeline fills, y.valid rises
+        for _ in range(unit.accumulate_latency + 1 + unit.drain_latency):
             await ctx.tick()
         assert ctx.get(unit.y.valid)
         if reset:

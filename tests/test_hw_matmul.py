@@ -218,6 +218,26 @@ def test_int_narrow_widths(a_bits, w_bits, out_bits):
     run(u, a, w, rng.integers(-100, 100, n), raw=True)
 
 
+@pytest.mark.parametrize("a_bits, w_bits", [(8, 8), (8, 2), (2, 3), (5, 7), (8, 5)])
+def test_int_lut_form_of_the_pe(a_bits, w_bits):
+    """The PE form built for LUT logic (the weight's halves multiplied apart, their partial
+    products registered, then summed) gives the golden result, every corner of both operands
+    included."""
+    rng = np.random.default_rng(40 + a_bits * 10 + w_bits)
+    lo_a, lo_w = -(1 << (a_bits - 1)), -(1 << (w_bits - 1))
+    a_vals = np.array([lo_a, lo_a + 1, -1, 0, 1, -lo_a - 1])
+    w_vals = np.array([lo_w, lo_w + 1, -1, 0, 1, -lo_w - 1])
+    a = np.concatenate([np.repeat(a_vals, 6)[None].repeat(3, 0),
+                        rand_signed(rng, a_bits, 3, 8)], axis=1)    # every pair of corners
+    w = np.concatenate([np.tile(w_vals, 6)[None].repeat(2, 0),
+                        rand_signed(rng, w_bits, 2, 8)], axis=1)
+    u = IntMatmul(rows=2, cols=2, a_bits=a_bits, w_bits=w_bits, out_bits=32)
+    assert u.pe.multipliers() == "dsp"          # what simulation builds by default
+    u.pe.multipliers = lambda: "lut"
+    for k in range(1, a.shape[1] + 1, 7):       # tiles of one and of many beats
+        run(u, a[:, :k], w[:, :k], rng.integers(-100, 100, 2), raw=True, y_ready=0.8)
+
+
 def test_int8_back_to_back_tiles_throughput():
     """Drain overlaps accumulation: cycles = x beats + a fixed pipeline latency."""
     rng = np.random.default_rng(4)
@@ -226,9 +246,10 @@ def test_int8_back_to_back_tiles_throughput():
     a, w = rand_signed(rng, 8, m, k), rand_signed(rng, 8, n, k)
     _, result, plan = run(u, a, w, *requant_args(rng, n, int(np.abs(a @ w.T).max())))
     assert plan.x_beats == m * k * n // 4 == 128
-    # input register, PE, accumulator, bank, the drain's stages; then the second row
-    assert u.accumulate_latency + 1 + u.drain_latency == 11
-    assert result.cycles == plan.x_beats + 11 + 1, result.cycles
+    # input register, PE operands, product, accumulator, bank, the drain's stages; then the
+    # second row
+    assert u.accumulate_latency + 1 + u.drain_latency == 12
+    assert result.cycles == plan.x_beats + 12 + 1, result.cycles
 
 
 def test_int8_tiles_with_different_k_in_one_stream():
@@ -473,12 +494,13 @@ def test_assemble_checks_beats():
 
 # --- the XNOR PE's popcount (word-wide SWAR levels + adder tree) --------------------------------
 
+@pytest.mark.parametrize("pipelined", [False, True])
 @pytest.mark.parametrize("synthesis", [False, True])
-@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 31, 32, 33, 64, 100, 256])
-def test_popcount_counts_ones(width, synthesis):
-    """``_popcount`` (both forms) equals the number of ones for random words and the corner
-    words."""
-    from amaranth import Elaboratable, Module, Signal
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 8, 9, 31, 32, 33, 64, 100, 256])
+def test_popcount_counts_ones(width, synthesis, pipelined):
+    """``_popcount`` (both forms, combinational and with its register stage) equals the number
+    of ones for random words and the corner words."""
+    from amaranth import C, Elaboratable, Module, Signal
     from amaranth.sim import Simulator
 
     from lowbit.hw.matmul import _popcount, _swar_masks
@@ -492,7 +514,8 @@ def test_popcount_counts_ones(width, synthesis):
             m = Module()
             masks = _swar_masks(m, width)
             m.d.comb += self.count.eq(_popcount(m, self.word, width, masks, "pop",
-                                                synthesis=synthesis))
+                                                synthesis=synthesis,
+                                                en=C(1, 1) if pipelined else None))
             return m
 
     rng = np.random.default_rng(width)
@@ -506,13 +529,18 @@ def test_popcount_counts_ones(width, synthesis):
     sim.add_clock(1e-6)
     got = []
 
+    before = []
+
     async def bench(ctx):
         for word in words:
             ctx.set(dut.word, word)
+            before.append(ctx.get(dut.count))   # pipelined: still the previous word's count
             await ctx.tick()
             got.append(ctx.get(dut.count))
 
     sim.add_testbench(bench)
     sim.run()
-    assert got == [bin(w).count("1") for w in words]
+    counts = [bin(w).count("1") for w in words]
+    assert got == counts
+    assert before[1:] == (counts[:-1] if pipelined else counts[1:])
 
