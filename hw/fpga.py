@@ -528,8 +528,8 @@ def build_unit(board_name: str, unit_name: str, params: dict, *, build_dir: str,
     if design not in DESIGNS:
         raise LowbitError(f"--design must be one of {', '.join(DESIGNS)}, not {design!r}")
     platform = platform_cls()
-    # How the PEs build their multipliers: for DSP blocks or as LUT logic (lowbit.hw.matmul).
-    platform.lowbit_multipliers = "dsp" if dsp == "auto" else "lut"
+    # Where the multipliers go (the PEs' form in lowbit.hw.matmul, DSP blocks in lowbit.hw.dsp).
+    platform.lowbit_dsp = dsp
     try:
         if design == "uart":
             from .board import DEFAULT_BAUD, BoardDesign

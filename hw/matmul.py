@@ -23,6 +23,7 @@ from amaranth.lib.wiring import In, Out
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
                              signed_width)
 
+from .dsp import registered_product
 from .requant import Clamp, arithmetic_shift, clamp_select, relu_clamp, rounding
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
@@ -198,12 +199,13 @@ class _IntPE(ProcessingElements):
     """``a * w``: signed ``a_bits`` x signed ``w_bits``, in two register stages.
 
     Two forms of the same pipeline, chosen by where the multipliers go (the platform's
-    ``lowbit_multipliers``, set by the FPGA flow from ``--dsp``; simulation builds the first):
+    ``lowbit_dsp``, set by the FPGA flow from ``--dsp``: ``auto`` builds the first, as
+    simulation does; ``requant`` and ``off`` the second):
 
     * ``"dsp"``: the operands are registered, then the product: the shape of a DSP block with
       input and output registers (on the iCE40 Yosys folds both into the SB_MAC16; on the
-      ECP5 it uses neither register of the MULT18X18D, and merges the PEs' identical operand
-      registers into one per row and column).
+      ECP5 the product is the MULT18X18D's output register, :mod:`lowbit.hw.dsp`, and Yosys
+      merges the PEs' identical operand registers into one per row and column).
     * ``"lut"``: the weight is split into its low half (unsigned) and high half (signed); the
       two partial products ``a * w_lo`` and ``a * w_hi`` are registered, and their sum
       ``a * w_lo + (a * w_hi << h)``, which equals ``a * w`` exactly, is the product. Each
@@ -217,7 +219,7 @@ class _IntPE(ProcessingElements):
 
     def multipliers(self) -> str:
         """``"lut"`` or ``"dsp"``: which form :meth:`elaborate` builds."""
-        return getattr(self.platform, "lowbit_multipliers", "dsp")
+        return "dsp" if getattr(self.platform, "lowbit_dsp", "auto") == "auto" else "lut"
 
     def elaborate(self, m, en, beat, rows, cols):
         lut = self.multipliers() == "lut"
@@ -239,7 +241,9 @@ class _IntPE(ProcessingElements):
                     a1 = Signal(signed(self.a_bits), name=f"a_{r}_{c}")
                     w1 = Signal(signed(self.w_bits), name=f"w_{r}_{c}")
                     with m.If(en):
-                        m.d.sync += [a1.eq(a), w1.eq(w), p.eq(a1 * w1)]
+                        m.d.sync += [a1.eq(a), w1.eq(w)]
+                    registered_product(m, en, a1, w1, p, platform=self.platform,
+                                       name=f"pe_dsp_{r}_{c}")
                 row.append(p)
             prods.append(row)
         return prods
@@ -693,6 +697,7 @@ class MatmulUnit(wiring.Component):
         clamps = [Clamp(low=Signal(signed(sat_bits), name=f"d5_low_{c}"),
                         fits=Signal(name=f"d5_fits_{c}"), neg=Signal(name=f"d5_neg_{c}"),
                         zero=Signal(name=f"d5_zero_{c}")) for c in range(cols)]
+        products = []   # the multiplies' operands and registers, built outside this block
         with m.If(drain_advance):
             prev = None
             for stage in settings + [s1]:
@@ -719,7 +724,7 @@ class MatmulUnit(wiring.Component):
                     piece = s1.value[c][lo:lo + _SLICE_BITS]
                     piece = piece.as_signed() if lo + _SLICE_BITS >= aw else piece
                     part = Signal(signed(len(piece) + MULT_BITS + 1), name=f"d2a_part{j}_{c}")
-                    m.d.sync += part.eq(piece * s1.mult[c])
+                    products.append((piece, s1.mult[c], part, f"d2a_dsp{j}_{c}"))
                     parts.append((part, lo))
                 m.d.sync += s2.value[c].eq(sum(part << lo for part, lo in parts))
                 # The rounding term depends on the shift alone: formed beside the multiply,
@@ -748,6 +753,9 @@ class MatmulUnit(wiring.Component):
             m.d.sync += s6.follow(s5)
             m.d.sync += [out[c].eq(Mux(s5.raw, s5.raw_t[c], clamp_select(clamps[c], sat_bits)))
                          for c in range(cols)]
+        for a, b, product, name in products:
+            registered_product(m, drain_advance, a, b, product, platform=self.pe.platform,
+                               name=name)
 
 
         # The y register and a skid register beside it. While y is free the drain's last
