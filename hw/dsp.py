@@ -17,17 +17,23 @@ The FPGA flow (:mod:`lowbit.hw.fpga`) sets ``platform.lowbit_dsp`` to the ``--ds
 
 from __future__ import annotations
 
-from amaranth.hdl import ClockSignal, Const, Instance, ResetSignal, Signal, signed
+from amaranth.hdl import Cat, ClockSignal, Const, Instance, ResetSignal, Signal, signed
 
-__all__ = ["registered_product", "uses_dsp_primitive"]
+__all__ = ["paired_products", "pairs_products", "registered_product", "uses_dsp_primitive"]
 
 _ECP5_WIDTH = 18        # MULT18X18D operand width (signed operands)
+
+
+def _family(platform) -> str:
+    """The platform's FPGA family in lower case (Amaranth: ``"ecp5"``, ``"iCE40"``), or
+    ``""`` for none (simulation)."""
+    return str(getattr(platform, "family", "") or "").lower()
 
 
 def uses_dsp_primitive(platform, a_width: int, b_width: int) -> bool:
     """Whether :func:`registered_product` instantiates the platform's DSP block for operands
     of these widths (signed widths: an unsigned operand needs one bit more)."""
-    return (getattr(platform, "family", None) == "ecp5"
+    return (_family(platform) == "ecp5"
             and getattr(platform, "lowbit_dsp", "auto") != "off"
             and a_width <= _ECP5_WIDTH and b_width <= _ECP5_WIDTH)
 
@@ -71,3 +77,41 @@ def registered_product(m, en, a, b, out, *, platform, name: str) -> None:
         p_RESETMODE="SYNC",
         **ports)
     m.d.comb += out.eq(p.as_signed())
+
+
+def pairs_products(platform) -> bool:
+    """Whether the INT PEs' products go two to a DSP block (:func:`paired_products`): on the
+    iCE40 with DSP blocks for the PEs (``--dsp auto``)."""
+    return _family(platform) == "ice40" and getattr(platform, "lowbit_dsp", "auto") == "auto"
+
+
+def paired_products(m, en, a0, w0, a1, w1, p0, p1, *, name: str) -> None:
+    """``p0 = a0 * w0`` and ``p1 = a1 * w1`` (signed operands of at most 8 bits) in one iCE40
+    SB_MAC16 in its two-8x8 mode: the block's input registers take the operands and its
+    8x8 product registers the products when ``en`` is 1, so ``p0``, ``p1`` follow the
+    operands by two enabled cycles, as registered operands and a registered product do.
+
+    Yosys infers one 16x16 multiply per block; two products per block need the block's
+    ``MODE_8x8`` (the bottom multiplier takes the low bytes of A and B, the top one the high
+    bytes, each signed), which only an instance asks for.
+    """
+    ops = [Signal(signed(8), name=f"{name}_{x}") for x in ("a0", "w0", "a1", "w1")]
+    m.d.comb += [op.eq(v) for op, v in zip(ops, (a0, w0, a1, w1))]   # sign-extended
+    o = Signal(32, name=f"{name}_o")
+    reset = ResetSignal("sync", allow_reset_less=True)
+    m.submodules[name] = Instance(
+        "SB_MAC16",
+        p_NEG_TRIGGER=Const(0, 1), p_MODE_8x8=Const(1, 1),
+        p_A_SIGNED=Const(1, 1), p_B_SIGNED=Const(1, 1),
+        p_A_REG=Const(1, 1), p_B_REG=Const(1, 1), p_C_REG=Const(0, 1), p_D_REG=Const(0, 1),
+        p_TOP_8x8_MULT_REG=Const(1, 1), p_BOT_8x8_MULT_REG=Const(1, 1),
+        p_PIPELINE_16x16_MULT_REG1=Const(0, 1), p_PIPELINE_16x16_MULT_REG2=Const(0, 1),
+        p_TOPOUTPUT_SELECT=Const(2, 2), p_BOTOUTPUT_SELECT=Const(2, 2),
+        p_TOPADDSUB_LOWERINPUT=Const(0, 2), p_TOPADDSUB_UPPERINPUT=Const(0, 1),
+        p_TOPADDSUB_CARRYSELECT=Const(0, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+        p_BOTADDSUB_UPPERINPUT=Const(0, 1), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+        i_CLK=ClockSignal("sync"), i_CE=en,
+        i_A=Cat(ops[0], ops[2]), i_B=Cat(ops[1], ops[3]),
+        i_IRSTTOP=reset, i_IRSTBOT=reset,
+        o_O=o)
+    m.d.comb += [p0.eq(o[:16].as_signed()), p1.eq(o[16:].as_signed())]

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
                              signed_width)
 
-from .dsp import registered_product
+from .dsp import paired_products, pairs_products, registered_product
 from .requant import Clamp, arithmetic_shift, clamp_select, relu_clamp, rounding
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
@@ -203,9 +203,10 @@ class _IntPE(ProcessingElements):
     simulation does; ``requant`` and ``off`` the second):
 
     * ``"dsp"``: the operands are registered, then the product: the shape of a DSP block with
-      input and output registers (on the iCE40 Yosys folds both into the SB_MAC16; on the
-      ECP5 the product is the MULT18X18D's output register, :mod:`lowbit.hw.dsp`, and Yosys
-      merges the PEs' identical operand registers into one per row and column).
+      input and output registers. On the iCE40 two PEs share one SB_MAC16 in its two-8x8
+      mode, both registers inside the block; on the ECP5 the product is the MULT18X18D's
+      output register (Yosys merges the PEs' identical operand registers into one per row
+      and column). Both blocks are instantiated by :mod:`lowbit.hw.dsp`.
     * ``"lut"``: the weight is split into its low half (unsigned) and high half (signed); the
       two partial products ``a * w_lo`` and ``a * w_hi`` are registered, and their sum
       ``a * w_lo + (a * w_hi << h)``, which equals ``a * w`` exactly, is the product. Each
@@ -224,28 +225,32 @@ class _IntPE(ProcessingElements):
     def elaborate(self, m, en, beat, rows, cols):
         lut = self.multipliers() == "lut"
         half = self.w_bits // 2
-        prods = []
-        for r in range(rows):
-            row = []
-            for c in range(cols):
-                a, w = beat.a[r], beat.w[c]
-                p = Signal(self.product_shape, name=f"prod_{r}_{c}")
-                if lut:
-                    lo = Signal(signed(self.a_bits + half + 1), name=f"prod_lo_{r}_{c}")
-                    hi = Signal(signed(self.a_bits + self.w_bits - half),
-                                name=f"prod_hi_{r}_{c}")
-                    with m.If(en):
-                        m.d.sync += [lo.eq(a * w[:half]), hi.eq(a * w[half:].as_signed()),
-                                     p.eq(lo + (hi << half))]
-                else:
-                    a1 = Signal(signed(self.a_bits), name=f"a_{r}_{c}")
-                    w1 = Signal(signed(self.w_bits), name=f"w_{r}_{c}")
-                    with m.If(en):
-                        m.d.sync += [a1.eq(a), w1.eq(w)]
-                    registered_product(m, en, a1, w1, p, platform=self.platform,
-                                       name=f"pe_dsp_{r}_{c}")
-                row.append(p)
-            prods.append(row)
+        prods = [[Signal(self.product_shape, name=f"prod_{r}_{c}") for c in range(cols)]
+                 for r in range(rows)]
+        cells = [(r, c) for r in range(rows) for c in range(cols)]
+        paired = []
+        if not lut and pairs_products(self.platform):
+            # Two products per iCE40 SB_MAC16 (its two-8x8 mode): PEs in pairs, row by row.
+            paired, cells = cells[:len(cells) // 2 * 2], cells[len(cells) // 2 * 2:]
+        for k in range(0, len(paired), 2):
+            (r0, c0), (r1, c1) = paired[k], paired[k + 1]
+            paired_products(m, en, beat.a[r0], beat.w[c0], beat.a[r1], beat.w[c1],
+                            prods[r0][c0], prods[r1][c1], name=f"pe_mac_{r0}_{c0}")
+        for r, c in cells:
+            a, w, p = beat.a[r], beat.w[c], prods[r][c]
+            if lut:
+                lo = Signal(signed(self.a_bits + half + 1), name=f"prod_lo_{r}_{c}")
+                hi = Signal(signed(self.a_bits + self.w_bits - half), name=f"prod_hi_{r}_{c}")
+                with m.If(en):
+                    m.d.sync += [lo.eq(a * w[:half]), hi.eq(a * w[half:].as_signed()),
+                                 p.eq(lo + (hi << half))]
+            else:
+                a1 = Signal(signed(self.a_bits), name=f"a_{r}_{c}")
+                w1 = Signal(signed(self.w_bits), name=f"w_{r}_{c}")
+                with m.If(en):
+                    m.d.sync += [a1.eq(a), w1.eq(w)]
+                registered_product(m, en, a1, w1, p, platform=self.platform,
+                                   name=f"pe_dsp_{r}_{c}")
         return prods
 
 
