@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, ClockSignal, Const, Instance, ResetSignal, Signal, signed
 
-__all__ = ["paired_products", "pairs_products", "registered_product", "uses_dsp_primitive"]
+__all__ = ["dsp_mode", "paired_products", "pairs_products", "registered_product",
+           "uses_dsp_primitive"]
 
 _ECP5_WIDTH = 18        # MULT18X18D operand width (signed operands)
 
@@ -30,11 +31,17 @@ def _family(platform) -> str:
     return str(getattr(platform, "family", "") or "").lower()
 
 
+def dsp_mode(platform) -> str:
+    """The flow's ``--dsp`` mode for this platform (``platform.lowbit_dsp``): ``"auto"`` where
+    the flow set none (simulation, other platforms), ``"requant"`` or ``"off"``."""
+    return getattr(platform, "lowbit_dsp", "auto")
+
+
 def uses_dsp_primitive(platform, a_width: int, b_width: int) -> bool:
     """Whether :func:`registered_product` instantiates the platform's DSP block for operands
     of these widths (signed widths: an unsigned operand needs one bit more)."""
     return (_family(platform) == "ecp5"
-            and getattr(platform, "lowbit_dsp", "auto") != "off"
+            and dsp_mode(platform) != "off"
             and a_width <= _ECP5_WIDTH and b_width <= _ECP5_WIDTH)
 
 
@@ -82,7 +89,7 @@ def registered_product(m, en, a, b, out, *, platform, name: str) -> None:
 def pairs_products(platform) -> bool:
     """Whether the INT PEs' products go two to a DSP block (:func:`paired_products`): on the
     iCE40 with DSP blocks for the PEs (``--dsp auto``)."""
-    return _family(platform) == "ice40" and getattr(platform, "lowbit_dsp", "auto") == "auto"
+    return _family(platform) == "ice40" and dsp_mode(platform) == "auto"
 
 
 def paired_products(m, en, a0, w0, a1, w1, p0, p1, *, name: str) -> None:

@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
                              signed_width)
 
-from .dsp import paired_products, pairs_products, registered_product
+from .dsp import dsp_mode, paired_products, pairs_products, registered_product
 from .requant import Clamp, arithmetic_shift, clamp_select, relu_clamp, rounding
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
@@ -220,7 +220,7 @@ class _IntPE(ProcessingElements):
 
     def multipliers(self) -> str:
         """``"lut"`` or ``"dsp"``: which form :meth:`elaborate` builds."""
-        return "dsp" if getattr(self.platform, "lowbit_dsp", "auto") == "auto" else "lut"
+        return "dsp" if dsp_mode(self.platform) == "auto" else "lut"
 
     def elaborate(self, m, en, beat, rows, cols):
         lut = self.multipliers() == "lut"

@@ -18,21 +18,22 @@ from lowbit.hw.dsp import uses_dsp_primitive
 from lowbit.hw.matmul import make_unit
 
 
-def _instances(fragment):
+def _instances(fragment, platform):
+    """Every Instance below ``fragment``, submodules elaborated for ``platform``."""
     found = []
     for sub, _name, _loc in fragment.subfragments:
         if isinstance(sub, Instance):
             found.append(sub)
         else:
-            found += _instances(Fragment.get(sub, None) if not isinstance(sub, Fragment)
-                                else sub)
+            found += _instances(Fragment.get(sub, platform), platform)
     return found
 
 
 def _blocks(unit_name, family, dsp, **params):
     platform = SimpleNamespace(family=family, lowbit_dsp=dsp)
     unit = make_unit(unit_name, **params)
-    return [i for i in _instances(Fragment.get(unit, platform)) if i.type == "MULT18X18D"]
+    blocks = _instances(Fragment.get(unit, platform), platform)
+    return [i for i in blocks if i.type == "MULT18X18D"]
 
 
 @pytest.mark.parametrize("dsp, pe_blocks", [("auto", 6), ("requant", 0), ("off", None)])
@@ -52,7 +53,7 @@ def test_no_blocks_elsewhere():
     keep the Amaranth arithmetic."""
     assert _blocks("int8", "ice40", "auto", rows=2, cols=2) == []
     unit = make_unit("int8", rows=2, cols=2)
-    assert [i for i in _instances(Fragment.get(unit, None)) if i.type == "MULT18X18D"] == []
+    assert [i for i in _instances(Fragment.get(unit, None), None) if i.type == "MULT18X18D"] == []
 
 
 @pytest.mark.parametrize("rows, cols, dsp, pairs", [(2, 3, "auto", 3), (3, 3, "auto", 4),
@@ -62,7 +63,7 @@ def test_ice40_pairs(rows, cols, dsp, pairs):
     Yosys' inference); in LUT logic (requant) none."""
     platform = SimpleNamespace(family="iCE40", lowbit_dsp=dsp)
     unit = make_unit("int8", rows=rows, cols=cols)
-    macs = [i for i in _instances(Fragment.get(unit, platform)) if i.type == "SB_MAC16"]
+    macs = [i for i in _instances(Fragment.get(unit, platform), platform) if i.type == "SB_MAC16"]
     assert len(macs) == pairs
     for mac in macs:
         assert mac.parameters["MODE_8x8"].value == 1
