@@ -34,7 +34,7 @@ from .units import (MAX_K, ParameterTypeError, ParameterValueError, UnitDescript
 
 __all__ = ["Accelerator", "RegisterBusSignature", "Register", "Field", "REGISTERS", "REG",
            "ADDR_WIDTH", "DATA_WIDTH", "MAGIC", "VERSION", "decode_id", "register_table",
-           "generate_accel_verilog", "accel_verilog", "bus_read", "bus_write"]
+           "generate_accel_verilog", "accel_verilog", "bus_read", "bus_write", "JobGate"]
 
 ADDR_WIDTH = 6          # word addresses: a 64-word (256-byte) window
 DATA_WIDTH = 32
@@ -373,15 +373,28 @@ class Accelerator(wiring.Component):
         s = SimpleNamespace(soft_rst=Signal(name="soft_rst"))  # one cycle, registered from the CTRL write
         m.submodules.matmul = ResetInserter({"sync": s.soft_rst})(u)
         self._control(m, s)
-        self._streams(m, u, s)
+        # The streams pass through the job gate: ports -> gate -> unit -> gate -> ports.
+        s.gate = gate = JobGate(self.description)
+        m.submodules.gate = ResetInserter({"sync": s.soft_rst})(gate)
+        m.d.comb += [gate.closed.eq(s.soft_rst), gate.enable.eq(s.job_gate),
+                     gate.job_tiles.eq(s.job_tiles), gate.start.eq(s.start)]
+        wiring.connect(m, wiring.flipped(self.x), gate.x_in)
+        wiring.connect(m, wiring.flipped(self.cfg), gate.cfg_in)
+        wiring.connect(m, gate.y_out, wiring.flipped(self.y))
+        wiring.connect(m, gate.x_out, u.x)
+        wiring.connect(m, gate.cfg_out, u.cfg)
+        wiring.connect(m, u.y, gate.y_in)
+        s.do_x = self.x.valid & self.x.ready
+        s.do_cfg = self.cfg.valid & self.cfg.ready
+        s.do_y = self.y.valid & self.y.ready
+        s.tile_done = s.do_y & self.y.payload.last
         self._errors(m, u, s)
         self._counters(m, s)
-        # Soft reset: everything but CTRL's settings and JOB_TILES. Last in the sync domain,
-        # so it wins over the updates of the phases above.
+        # Soft reset: everything but CTRL's settings and JOB_TILES (the unit and the gate by
+        # their reset inserters). Last in the sync domain, so it wins over the updates above.
         with m.If(s.soft_rst):
             m.d.sync += [x.eq(0) for x in (
-                s.job_active, s.job_x, s.job_cfg, s.job_y, s.in_tile, s.x_tiles, s.cfg_tiles,
-                s.y_tiles, s.k_used, s.x_waiting, s.cfg_waiting, s.errors, s.pending,
+                s.k_used, s.x_waiting, s.cfg_waiting, s.errors, s.pending,
                 *s.counters.values())]
         self._read_side(m, s)
         return m
@@ -408,57 +421,6 @@ class Accelerator(wiring.Component):
         with m.If(s.written("JOB_TILES")):
             m.d.sync += s.job_tiles.eq(w)
 
-    def _streams(self, m, u, s) -> None:
-        """The unit's streams, gated by the job and closed during a soft reset; the job's
-        progress and the busy flag (work in flight, from tile counts modulo 2^8)."""
-        s.job_active = Signal(name="job_active")
-        s.job_x = Signal(COUNTER_WIDTH, name="job_x")   # tiles closed on x during the job
-        s.job_cfg = Signal(COUNTER_WIDTH, name="job_cfg")   # cfg beats accepted during the job
-        s.job_y = Signal(COUNTER_WIDTH, name="job_y")   # tiles out on y during the job
-        soft_rst, job_gate, job_tiles = s.soft_rst, s.job_gate, s.job_tiles
-        s.x_open = x_open = Signal(name="x_open")
-        s.cfg_open = cfg_open = Signal(name="cfg_open")
-        m.d.comb += [
-            x_open.eq(~soft_rst & (~job_gate | (s.job_active & (s.job_x < job_tiles)))),
-            cfg_open.eq(~soft_rst & (~job_gate | (s.job_active & (s.job_cfg < job_tiles)))),
-            u.x.payload.eq(self.x.payload),
-            u.x.valid.eq(self.x.valid & x_open),
-            self.x.ready.eq(u.x.ready & x_open),
-            u.cfg.payload.eq(self.cfg.payload),
-            u.cfg.valid.eq(self.cfg.valid & cfg_open),
-            self.cfg.ready.eq(u.cfg.ready & cfg_open),
-            self.y.payload.eq(u.y.payload),
-            self.y.valid.eq(u.y.valid & ~soft_rst),
-            u.y.ready.eq(self.y.ready & ~soft_rst),
-        ]
-        s.do_x = do_x = self.x.valid & self.x.ready
-        s.do_cfg = do_cfg = self.cfg.valid & self.cfg.ready
-        s.do_y = do_y = self.y.valid & self.y.ready
-        x_tile_closed = do_x & self.x.payload.last
-        s.tile_done = tile_done = do_y & self.y.payload.last
-
-        s.in_tile = Signal(name="in_tile")
-        s.x_tiles, s.cfg_tiles, s.y_tiles = (Signal(_OCCUPANCY_BITS, name=n)
-                                             for n in ("x_tiles", "cfg_tiles", "y_tiles"))
-        with m.If(do_x):
-            m.d.sync += s.in_tile.eq(~self.x.payload.last)
-        m.d.sync += [s.x_tiles.eq(s.x_tiles + x_tile_closed),
-                     s.cfg_tiles.eq(s.cfg_tiles + do_cfg), s.y_tiles.eq(s.y_tiles + tile_done)]
-        s.busy = Signal(name="busy")
-        m.d.comb += s.busy.eq(s.job_active | s.in_tile | (s.x_tiles != s.y_tiles)
-                              | (s.cfg_tiles != s.y_tiles))
-
-        s.job_finishing = Signal(name="job_finishing")
-        job_y_next = s.job_y + tile_done
-        m.d.comb += s.job_finishing.eq(s.job_active & (job_y_next >= job_tiles))
-        with m.If(s.start & ~s.job_active):
-            m.d.sync += [s.job_active.eq(1), s.job_x.eq(0), s.job_cfg.eq(0), s.job_y.eq(0)]
-        with m.Elif(s.job_active):
-            m.d.sync += [s.job_x.eq(s.job_x + x_tile_closed), s.job_cfg.eq(s.job_cfg + do_cfg),
-                         s.job_y.eq(job_y_next)]
-            with m.If(s.job_finishing):
-                m.d.sync += s.job_active.eq(0)
-
     def _errors(self, m, u, s) -> None:
         """Error detection, the sticky ERRORS and IRQ_PENDING flags (W1C) and the irq line."""
         # K budget per tile, saturating at budget + 1 so it cannot wrap back below the limit.
@@ -480,12 +442,12 @@ class Accelerator(wiring.Component):
             do_x & u.pe.bad_beat(self.x.payload, u.rows, u.cols),
             s.x_waiting & ~self.x.valid,
             s.cfg_waiting & ~self.cfg.valid,
-            s.start & s.job_active,
+            s.start & s.gate.job_active,
         ))
         # Sticky flags: events set, W1C writes clear.
         s.errors = Signal(len(error_events), name="errors")
         s.pending = Signal(3, name="pending")
-        pending_events = Cat(s.tile_done, s.job_finishing, error_events.any())
+        pending_events = Cat(s.tile_done, s.gate.finishing, error_events.any())
         m.d.sync += [
             s.errors.eq((s.errors & ~Mux(s.written("ERRORS"), s.w, 0)) | error_events),
             s.pending.eq((s.pending & ~Mux(s.written("IRQ_PENDING"), s.w, 0)) | pending_events),
@@ -495,9 +457,9 @@ class Accelerator(wiring.Component):
     def _counters(self, m, s) -> None:
         """The performance counters (and TILES_DONE), cleared by CLEAR_COUNTERS."""
         counted = {
-            "CYCLES": Const(1), "BUSY_CYCLES": s.busy, "X_BEATS": s.do_x, "CFG_BEATS": s.do_cfg,
+            "CYCLES": Const(1), "BUSY_CYCLES": s.gate.busy, "X_BEATS": s.do_x, "CFG_BEATS": s.do_cfg,
             "Y_BEATS": s.do_y, "X_STALLS": self.x.valid & ~self.x.ready,
-            "Y_STALLS": self.y.valid & ~self.y.ready, "X_IDLE": s.busy & ~self.x.valid,
+            "Y_STALLS": self.y.valid & ~self.y.ready, "X_IDLE": s.gate.busy & ~self.x.valid,
             "TILES_DONE": s.tile_done,
         }
         s.counters = {}
@@ -511,11 +473,12 @@ class Accelerator(wiring.Component):
         values = {name: Const(v, DATA_WIDTH) for name, v in self.id_values.items()}
         values.update({
             "CTRL": Cat(Const(0, 3), s.job_gate, Const(0, 4), s.irq_en),
-            "STATUS": Cat(s.busy, s.job_active, self.irq, s.in_tile, s.x_open),
+            "STATUS": Cat(s.gate.busy, s.gate.job_active, self.irq, s.gate.in_tile,
+                          s.gate.x_open),
             "IRQ_PENDING": s.pending,
             "ERRORS": s.errors,
             "JOB_TILES": s.job_tiles,
-            "JOB_DONE_TILES": s.job_y,
+            "JOB_DONE_TILES": s.gate.job_done,
             **s.counters,
         })
         assert set(values) == set(REG), set(REG) ^ set(values)
@@ -528,6 +491,77 @@ class Accelerator(wiring.Component):
                     m.d.sync += bus.r_data.eq(0)
         with m.Else():
             m.d.sync += bus.r_data.eq(0)
+
+
+class JobGate(wiring.Component):
+    """The unit's three streams on their way through the accelerator top, gated by the job.
+
+    ``x_in``/``cfg_in`` (from the top's ports) pass to ``x_out``/``cfg_out`` (to the unit), and
+    ``y_in`` (from the unit) to ``y_out``, payloads unchanged. With ``enable`` (CTRL.JOB_GATE)
+    low the gate is open; with it high, ``x`` and ``cfg`` pass only during a job (``start``
+    begins one unless one is active) and only until ``job_tiles`` tiles have gone in on each;
+    the job ends when that many tiles have come out on ``y``. ``closed`` (the soft reset)
+    closes all three. Outputs: ``job_active``, ``job_done`` (tiles out during the job),
+    ``finishing`` (the job's last tile leaves now), ``in_tile`` (x is inside a tile), ``busy``
+    (work in flight: tile counts modulo 2^8) and ``x_open``.
+    """
+
+    def __init__(self, description: UnitDescription):
+        d = description
+        super().__init__({
+            "x_in": In(stream.Signature(d.x_layout)), "x_out": Out(stream.Signature(d.x_layout)),
+            "cfg_in": In(stream.Signature(d.cfg_layout)),
+            "cfg_out": Out(stream.Signature(d.cfg_layout)),
+            "y_in": In(stream.Signature(d.y_layout)), "y_out": Out(stream.Signature(d.y_layout)),
+            "closed": In(1), "enable": In(1), "job_tiles": In(COUNTER_WIDTH), "start": In(1),
+            "job_active": Out(1), "job_done": Out(COUNTER_WIDTH), "finishing": Out(1),
+            "in_tile": Out(1), "busy": Out(1), "x_open": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        x, cfg, y = self.x_in, self.cfg_in, self.y_out
+        job_x = Signal(COUNTER_WIDTH, name="job_x")   # tiles closed on x during the job
+        job_cfg = Signal(COUNTER_WIDTH, name="job_cfg")   # cfg beats accepted during the job
+        job_y, active, job_tiles = self.job_done, self.job_active, self.job_tiles
+        closed, enable = self.closed, self.enable
+        cfg_open = Signal(name="cfg_open")
+        m.d.comb += [
+            self.x_open.eq(~closed & (~enable | (active & (job_x < job_tiles)))),
+            cfg_open.eq(~closed & (~enable | (active & (job_cfg < job_tiles)))),
+            self.x_out.payload.eq(x.payload),
+            self.x_out.valid.eq(x.valid & self.x_open),
+            x.ready.eq(self.x_out.ready & self.x_open),
+            self.cfg_out.payload.eq(cfg.payload),
+            self.cfg_out.valid.eq(cfg.valid & cfg_open),
+            cfg.ready.eq(self.cfg_out.ready & cfg_open),
+            y.payload.eq(self.y_in.payload),
+            y.valid.eq(self.y_in.valid & ~closed),
+            self.y_in.ready.eq(y.ready & ~closed),
+        ]
+        do_x, do_cfg = x.valid & x.ready, cfg.valid & cfg.ready
+        x_tile_closed = do_x & x.payload.last
+        tile_done = y.valid & y.ready & y.payload.last
+
+        x_tiles, cfg_tiles, y_tiles = (Signal(_OCCUPANCY_BITS, name=n)
+                                       for n in ("x_tiles", "cfg_tiles", "y_tiles"))
+        with m.If(do_x):
+            m.d.sync += self.in_tile.eq(~x.payload.last)
+        m.d.sync += [x_tiles.eq(x_tiles + x_tile_closed), cfg_tiles.eq(cfg_tiles + do_cfg),
+                     y_tiles.eq(y_tiles + tile_done)]
+        m.d.comb += self.busy.eq(active | self.in_tile | (x_tiles != y_tiles)
+                                 | (cfg_tiles != y_tiles))
+
+        job_y_next = job_y + tile_done
+        m.d.comb += self.finishing.eq(active & (job_y_next >= job_tiles))
+        with m.If(self.start & ~active):
+            m.d.sync += [active.eq(1), job_x.eq(0), job_cfg.eq(0), job_y.eq(0)]
+        with m.Elif(active):
+            m.d.sync += [job_x.eq(job_x + x_tile_closed), job_cfg.eq(job_cfg + do_cfg),
+                         job_y.eq(job_y_next)]
+            with m.If(self.finishing):
+                m.d.sync += active.eq(0)
+        return m
 
 
 # ---------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ class _DropLsbPE(ProcessingElements):
         self.bad_beat, self.beat_cost = inner.bad_beat, inner.beat_cost
         self.drain_latency = inner.drain_latency
         self.accumulator_shape, self.accumulate = inner.accumulator_shape, inner.accumulate
+        self.tile_layout = inner.tile_layout
         self.tile_state, self.drain_terms = inner.tile_state, inner.drain_terms
         self.input_beat = inner.input_beat
 

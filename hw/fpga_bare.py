@@ -7,6 +7,9 @@ output bank, no drain, no requantization, no tile protocol). Its LUTs are a floo
 the unit built by the same Yosys and nextpnr, so the bench can say how far a unit's per-PE cost
 is from it (docs/fpga.md).
 
+Each kind writes its bare product itself (``bare_operands`` and ``bare_product`` of its
+processing elements, :mod:`lowbit.hw.matmul`); the shipped kinds:
+
 * INT (``int8``): ``acc += a * w``, signed ``a_bits`` x ``w_bits``.
 * log (``log``): ``acc += +-(a << (D-1-e))``, 0 for an index ``e >= D``.
 * XNOR (``xnor``): ``acc += popcount(~(a ^ w))`` over ``lanes`` bits.
@@ -14,14 +17,13 @@ is from it (docs/fpga.md).
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from lowbit import LowbitError
-from lowbit.contract import log_depth
 
-from .units import describe
+from .units import describe, resolve, unit_kinds
 
 __all__ = ["BARE_ACC_BITS", "BarePE"]
 
@@ -34,7 +36,8 @@ class BarePE(wiring.Component):
     Parameters
     ----------
     unit : str
-        ``int8``, ``log`` or ``xnor``.
+        A matmul unit kind whose processing elements have a bare form (``int8``, ``log``,
+        ``xnor``).
     **params
         The kind's own parameters (``a_bits``, ``bits``, ``lanes``, ...; rows and cols are 1).
 
@@ -52,42 +55,30 @@ class BarePE(wiring.Component):
 
     def __init__(self, unit: str, **params):
         params = {k: v for k, v in params.items() if k not in ("rows", "cols")}
+        if unit not in unit_kinds("matmul"):
+            raise LowbitError(f"--design bare takes a matmul unit kind "
+                              f"({', '.join(unit_kinds('matmul'))}), not {unit}")
         try:
             d = describe(unit, rows=1, cols=1, **params)
         except (TypeError, ValueError) as e:
             raise LowbitError(str(e)) from None
-        if unit not in ("int8", "log", "xnor"):
-            raise LowbitError(f"--design bare has processing elements for int8, log and xnor, "
-                              f"not {unit}")
+        pe_class = resolve(type(d).rtl).pe_class
+        self.pe = pe_class(d) if pe_class is not None else None
+        shapes = self.pe.bare_operands() if self.pe is not None else None
+        if shapes is None:
+            raise LowbitError(f"--design bare: unit {unit} has no bare reference processing "
+                              f"element")
         self.kind, self.description, self.params = unit, d, d.params
         self.rows = self.cols = 1
-        if unit == "int8":
-            a, w = signed(d.a_bits), signed(d.w_bits)
-        elif unit == "log":
-            a, w = signed(d.a_bits), unsigned(d.bits)
-        else:
-            a = w = unsigned(d.lanes)
+        a, w = shapes
         super().__init__({"a": In(a), "w": In(w), "acc": Out(signed(BARE_ACC_BITS))})
 
     def elaborate(self, platform):
         m = Module()
-        d = self.description
         a = Signal.like(self.a, name="a_reg")
         w = Signal.like(self.w, name="w_reg")
         m.d.sync += [a.eq(self.a), w.eq(self.w)]
         product = Signal(signed(BARE_ACC_BITS), name="product")
-        if self.kind == "int8":
-            m.d.sync += product.eq(a * w)
-        elif self.kind == "log":
-            depth = log_depth(d.bits, d.zero_code)
-            e = w[:d.bits - 1] if d.bits > 1 else 0
-            amount = Signal(range(max(depth, 2)), name="amount")
-            m.d.comb += amount.eq(depth - 1 - e)
-            magnitude = a << amount if depth > 1 else a
-            zero = (e >= depth) if depth > 1 else 0
-            m.d.sync += product.eq(Mux(zero, 0, Mux(w[d.bits - 1], -magnitude, magnitude)))
-        else:
-            agree = ~(a ^ w)
-            m.d.sync += product.eq(sum(agree[i] for i in range(d.lanes)))
+        m.d.sync += product.eq(self.pe.bare_product(m, a, w))
         m.d.sync += self.acc.eq(self.acc + product)
         return m

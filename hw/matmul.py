@@ -14,10 +14,8 @@ contract's helpers in :mod:`lowbit.contract`. The interface is specified in docs
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from amaranth.hdl import C, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from lowbit.contract import (ALPHA_BITS, MULT_BITS, int_max_product, log_depth, log_max_product,
@@ -28,7 +26,8 @@ from .requant import Clamp, arithmetic_shift, clamp_select, relu_clamp, rounding
 from .units import (PLANE_BITS, SHIFT_BITS, IntDescription, LogDescription, UnitDescription,
                     XnorDescription, describe)
 
-__all__ = ["MatmulUnit", "ProcessingElements", "IntMatmul", "LogMatmul", "XnorMatmul",
+__all__ = ["MatmulUnit", "ProcessingElements", "Accumulation", "ConfigBuffer", "Drain",
+           "row_layout", "IntMatmul", "LogMatmul", "XnorMatmul",
            "make_unit"]
 
 
@@ -175,15 +174,21 @@ class ProcessingElements:
         """The accumulator's next value after adding ``prod``."""
         return acc + prod
 
-    def tile_state(self, m, step, close) -> None:
-        """Per-tile registers besides the accumulators: ``step`` when a product is accumulated,
-        ``close`` (implies ``step``) when that product is its tile's last (its sums enter the
-        output bank)."""
+    def tile_layout(self, description):
+        """Layout of the per-tile values the drain needs besides the output bank's rows (None:
+        none). They travel with the rows from the accumulation to the drain."""
+        return None
 
-    def drain_terms(self, m, en, row: list) -> list:
+    def tile_state(self, m, step, close, bank) -> None:
+        """Per-tile registers besides the accumulators: ``step`` when a product is accumulated,
+        ``close`` (implies ``step``) when that product is its tile's last; at ``close`` the
+        tile's values enter ``bank`` (a register of :meth:`tile_layout`, held while the tile
+        drains)."""
+
+    def drain_terms(self, m, en, row: list, tile) -> list:
         """Per column, the terms whose sum (plus the bias) is the contract's ``t``, from
-        ``row`` (the output bank's registers of the row that leaves now), registered
-        ``drain_latency`` times when ``en``."""
+        ``row`` (the output bank's row that leaves now) and ``tile`` (its tile's values of
+        :meth:`tile_layout`), registered ``drain_latency`` times when ``en``."""
         return [[v] for v in row]
 
     def bad_beat(self, beat, rows, cols):
@@ -193,6 +198,18 @@ class ProcessingElements:
     def beat_cost(self, beat):
         """What one x beat adds to its tile's K budget (ERRORS.K_OVERFLOW): one element."""
         return Const(1)
+
+    # The bare reference PE of the FPGA bench (lowbit.hw.fpga_bare): the simplest way to
+    # write one product of the kind, for the bench's measure of what the tools reach.
+
+    def bare_operands(self):
+        """Shapes ``(a, w)`` of one bare PE's operands, or None when the kind has no bare
+        reference PE."""
+        return None
+
+    def bare_product(self, m, a, w):
+        """The kind's product of the registered operands ``a`` and ``w``, written plainly."""
+        raise NotImplementedError
 
 
 class _IntPE(ProcessingElements):
@@ -214,9 +231,15 @@ class _IntPE(ProcessingElements):
     """
     latency = 2
 
-    def __init__(self, a_bits: int, w_bits: int):
-        self.a_bits, self.w_bits = a_bits, w_bits
+    def __init__(self, description: IntDescription):
+        a_bits, w_bits = self.a_bits, self.w_bits = description.a_bits, description.w_bits
         self.product_shape = signed(signed_width(int_max_product(a_bits, w_bits)))
+
+    def bare_operands(self):
+        return signed(self.a_bits), signed(self.w_bits)
+
+    def bare_product(self, m, a, w):
+        return a * w
 
     def multipliers(self) -> str:
         """``"lut"`` or ``"dsp"``: which form :meth:`elaborate` builds."""
@@ -279,6 +302,19 @@ class _LogPE(ProcessingElements):
         # The correction sum of a tile, taken modulo 2^acc_width like the accumulators.
         self.corr_bits = min((d.max_k << (self.depth - 1)).bit_length(), d.acc_width)
 
+    def bare_operands(self):
+        return signed(self.a_bits), unsigned(self.bits)
+
+    def bare_product(self, m, a, w):
+        # +-(a << (D-1-e)), 0 for an index e >= D
+        d, bits = self.depth, self.bits
+        e = w[:bits - 1] if bits > 1 else 0
+        amount = Signal(range(max(d, 2)), name="amount")
+        m.d.comb += amount.eq(d - 1 - e)
+        magnitude = a << amount if d > 1 else a
+        zero = (e >= d) if d > 1 else 0
+        return Mux(zero, 0, Mux(w[bits - 1], -magnitude, magnitude))
+
     def bad_beat(self, beat, rows, cols):
         if self.bits > 1:
             # Valid exponent indices: 0..D-1, and D itself with the zero code.
@@ -325,24 +361,24 @@ class _LogPE(ProcessingElements):
             prods.append(row)
         return prods
 
-    def tile_state(self, m, step, close):
-        self._corr_bank = []
+    def tile_layout(self, description):
+        return data.ArrayLayout(self.corr_bits, description.cols)
+
+    def tile_state(self, m, step, close, bank):
         for c, corr in enumerate(self._corr):
             total = Signal(self.corr_bits, name=f"corr_sum_{c}")
-            bank = Signal(self.corr_bits, name=f"corr_bank_{c}")
             new_total = (total + corr)[:self.corr_bits]
             with m.If(close):
-                m.d.sync += [bank.eq(new_total), total.eq(0)]
+                m.d.sync += [bank[c].eq(new_total), total.eq(0)]
             with m.Elif(step):
                 m.d.sync += total.eq(new_total)
-            self._corr_bank.append(bank)
 
-    def drain_terms(self, m, en, row):
+    def drain_terms(self, m, en, row, tile):
         terms = []
         for c, value in enumerate(row):
             t = Signal(signed(len(value)), name=f"corrected_{c}")
             with m.If(en):
-                m.d.sync += t.eq(value + self._corr_bank[c])
+                m.d.sync += t.eq(value + tile[c])
             terms.append([t])
         return terms
 
@@ -394,6 +430,13 @@ class _XnorPE(ProcessingElements):
 
     def beat_cost(self, beat):
         return beat.count << beat.plane
+
+    def bare_operands(self):
+        return unsigned(self.lanes), unsigned(self.lanes)
+
+    def bare_product(self, m, a, w):
+        agree = ~(a ^ w)
+        return sum(agree[i] for i in range(self.lanes))
 
     def _shifted(self, value, amount):
         return value << amount if self.shift_bits else value
@@ -473,28 +516,29 @@ class _XnorPE(ProcessingElements):
         return Cat((acc[i * n:(i + 1) * n] + Mux(hit, prod, 0))[:n]
                    for i, hit in enumerate(self._planes()))
 
-    def tile_state(self, m, step, close):
+    def tile_layout(self, description):
+        # Per weight plane: the tile's C_i and each column's alpha.
+        return data.StructLayout({
+            "count": data.ArrayLayout(self.sum_bits, self.w_planes),
+            "alpha": data.ArrayLayout(data.ArrayLayout(ALPHA_BITS, self.cols), self.w_planes)})
+
+    def tile_state(self, m, step, close, bank):
         s1, n, cols = self._s1, self.sum_bits, self.cols
         count = self._shifted(s1["count"], s1["amount"])
-        self._count_bank, self._alpha_bank = [], []
         for i, hit in enumerate(self._planes()):
             total = Signal(n, name=f"count_sum_{i}")
-            bank = Signal(n, name=f"count_bank_{i}")
             alpha = [Signal(ALPHA_BITS, name=f"alpha_{i}_{c}") for c in range(cols)]
-            alpha_bank = [Signal(ALPHA_BITS, name=f"alpha_bank_{i}_{c}") for c in range(cols)]
             new_total = (total + Mux(hit, count, 0))[:n]
             new_alpha = [Mux(hit, s1["alpha"][c], alpha[c]) for c in range(cols)]
             with m.If(step):
                 m.d.sync += [alpha[c].eq(new_alpha[c]) for c in range(cols)]
             with m.If(close):
-                m.d.sync += [bank.eq(new_total), total.eq(0)]
-                m.d.sync += [alpha_bank[c].eq(new_alpha[c]) for c in range(cols)]
+                m.d.sync += [bank.count[i].eq(new_total), total.eq(0)]
+                m.d.sync += [bank.alpha[i][c].eq(new_alpha[c]) for c in range(cols)]
             with m.Elif(step):
                 m.d.sync += total.eq(new_total)
-            self._count_bank.append(bank)
-            self._alpha_bank.append(alpha_bank)
 
-    def drain_terms(self, m, en, row):
+    def drain_terms(self, m, en, row, tile):
         # Three stages per column and weight plane: |C - 2X| and its sign; the unsigned
         # multiply by alpha (16 x sum_bits bits: one DSP block where the family has one); the
         # sign applied. The scaffold's first drain stage adds the terms to the bias.
@@ -505,7 +549,7 @@ class _XnorPE(ProcessingElements):
             for i in range(self.w_planes):
                 x = value[i * n:(i + 1) * n]
                 diff = Signal(signed(n + 2), name=f"scaled_diff_{i}_{c}")
-                m.d.comb += diff.eq(self._count_bank[i] - (x << 1))
+                m.d.comb += diff.eq(tile.count[i] - (x << 1))
                 mag = Signal(n, name=f"scaled_mag_{i}_{c}")
                 neg = [Signal(name=f"scaled_neg{k}_{i}_{c}") for k in range(2)]
                 alpha = Signal(ALPHA_BITS, name=f"scaled_alpha_{i}_{c}")
@@ -513,7 +557,7 @@ class _XnorPE(ProcessingElements):
                 term = Signal(signed(n + ALPHA_BITS + 1), name=f"scaled_term_{i}_{c}")
                 with m.If(en):
                     m.d.sync += [mag.eq(Mux(diff < 0, -diff, diff)), neg[0].eq(diff < 0),
-                                 alpha.eq(self._alpha_bank[i][c])]
+                                 alpha.eq(tile.alpha[i][c])]
                     m.d.sync += [prod.eq(mag * alpha), neg[1].eq(neg[0])]
                     m.d.sync += term.eq(Mux(neg[1], -prod, prod))
                 col.append(term)
@@ -537,8 +581,8 @@ class MatmulUnit(wiring.Component):
     description : UnitDescription
         The unit's description (:mod:`lowbit.hw.units`): array size, accumulator width,
         ``out_bits``, ``max_k`` and the payload layouts come from it.
-    pe : ProcessingElements
-        The unit kind's processing elements.
+    pe : ProcessingElements, optional
+        The unit kind's processing elements (default: ``pe_class(description)``).
 
     Attributes
     ----------
@@ -560,9 +604,12 @@ class MatmulUnit(wiring.Component):
     elements of K and ``|bias| <= max_k * Pmax``.
     """
 
-    def __init__(self, description: UnitDescription, pe: ProcessingElements):
+    # The kind's ProcessingElements class (built from the description when no ``pe`` is given).
+    pe_class = None
+
+    def __init__(self, description: UnitDescription, pe: ProcessingElements | None = None):
         d = self.description = description
-        self.pe = pe
+        self.pe = pe if pe is not None else self.pe_class(description)
         self.params = d.params
         for name, value in d.params.items():   # rows, cols, a_bits, lanes, ...
             setattr(self, name, value)
@@ -588,39 +635,72 @@ class MatmulUnit(wiring.Component):
         return self.pe.drain_latency + 8
 
     def elaborate(self, platform):
+        # Three sub-components joined by streams: accumulation (x -> the output bank's rows),
+        # a one-beat cfg buffer, and the drain (rows and cfg -> y).
         m = Module()
-        self.pe.platform = platform
-        bank = self._accumulate(m)
-        cfg, cfg_valid = self._config_buffer(m)
-        self._drain(m, bank, cfg, cfg_valid)
+        m.submodules.accumulation = acc = Accumulation(self.description, self.pe)
+        m.submodules.cfg_buffer = buf = ConfigBuffer(self.cfg_layout)
+        m.submodules.drain = drain = Drain(self.description, self.pe)
+        wiring.connect(m, wiring.flipped(self.x), acc.x)
+        wiring.connect(m, wiring.flipped(self.cfg), buf.i)
+        wiring.connect(m, acc.rows, drain.rows)
+        wiring.connect(m, buf.o, drain.cfg)
+        wiring.connect(m, drain.y, wiring.flipped(self.y))
         return m
 
-    def _accumulate(self, m) -> "_Bank":
-        """The accumulation pipeline: x beats -> PE products -> accumulators; the beat marked
-        ``last`` moves the tile's sums into the output bank (returned)."""
-        rows, cols, aw = self.rows, self.cols, self.acc_width
-        # One global advance signal: every stage moves together. The only stall is a finished
-        # tile whose sums cannot enter the output bank because the previous tile still drains.
+
+def row_layout(description: UnitDescription, pe: ProcessingElements) -> data.StructLayout:
+    """Payload of the stream from the accumulation to the drain: one row of the output bank
+    (``data`` per column), ``last`` on the tile's final row, and the tile's own values of the
+    PE kind (``tile``, :meth:`ProcessingElements.tile_layout`) when it has any."""
+    fields = {"data": data.ArrayLayout(pe.accumulator_shape(description), description.cols),
+              "last": 1}
+    tile = pe.tile_layout(description)
+    if tile is not None:
+        fields["tile"] = tile
+    return data.StructLayout(fields)
+
+
+class Accumulation(wiring.Component):
+    """The accumulation pipeline: ``x`` beats -> PE products -> accumulators; the beat marked
+    ``last`` moves the tile's sums into the output bank, which leaves on ``rows`` one row per
+    beat (row 0 first; ``last`` on row ``rows - 1``) while the next tile accumulates.
+
+    Ports: ``x`` (the unit's x stream), ``rows`` (:func:`row_layout`). The only stall: a
+    finished tile whose sums cannot enter the bank because the previous tile still drains.
+    """
+
+    def __init__(self, description: UnitDescription, pe: ProcessingElements):
+        self.description, self.pe = description, pe
+        super().__init__({"x": In(stream.Signature(description.x_layout)),
+                          "rows": Out(stream.Signature(row_layout(description, pe)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        d, pe = self.description, self.pe
+        pe.platform = platform
+        rows, cols = d.rows, d.cols
+        # One global advance signal: every stage moves together.
         advance = Signal()
-        beat = Signal(self.x_layout)
+        beat = Signal(d.x_layout)
         beat_valid = Signal()
         m.d.comb += self.x.ready.eq(advance)
         with m.If(advance):
-            m.d.sync += [beat.eq(self.pe.input_beat(m, self.x.payload, self.x_layout)),
+            m.d.sync += [beat.eq(pe.input_beat(m, self.x.payload, d.x_layout)),
                          beat_valid.eq(self.x.valid)]
 
-        prods = self.pe.elaborate(m, advance, beat, rows, cols)
+        prods = pe.elaborate(m, advance, beat, rows, cols)
         p_valid, p_last = beat_valid, beat.last
-        for stage in range(self.pe.latency):
+        for stage in range(pe.latency):
             v, l = Signal(name=f"pe_valid_{stage}"), Signal(name=f"pe_last_{stage}")
             with m.If(advance):
                 m.d.sync += [v.eq(p_valid), l.eq(p_last)]
             p_valid, p_last = v, l
 
-        shape = self.pe.accumulator_shape(self.description)
+        shape = pe.accumulator_shape(d)
         acc = [[Signal(shape, name=f"acc_{r}_{c}") for c in range(cols)] for r in range(rows)]
         bank = [[Signal(shape, name=f"bank_{r}_{c}") for c in range(cols)] for r in range(rows)]
-        bank_full = Signal()
+        bank_full = Signal(name="bank_full")
         m.d.comb += advance.eq(~(p_valid & p_last & bank_full))
 
         do_accumulate = advance & p_valid
@@ -628,67 +708,98 @@ class MatmulUnit(wiring.Component):
         # then the flip-flops' synchronous reset (a LUT per bit when nested inside the enable).
         closing = Signal()
         m.d.comb += closing.eq(do_accumulate & p_last)
-        self.pe.tile_state(m, do_accumulate, closing)
+        tile_layout = pe.tile_layout(d)
+        tile_bank = Signal(tile_layout, name="tile_bank") if tile_layout is not None else None
+        pe.tile_state(m, do_accumulate, closing, tile_bank)
         for r in range(rows):
             for c in range(cols):
-                total = self.pe.accumulate(acc[r][c], prods[r][c])
+                total = pe.accumulate(acc[r][c], prods[r][c])
                 with m.If(closing):
                     # Close the tile: sums to the bank, accumulators cleared for the next.
                     m.d.sync += [bank[r][c].eq(total), acc[r][c].eq(0)]
                 with m.Elif(do_accumulate):
                     m.d.sync += acc[r][c].eq(total)
-        return _Bank(rows=bank, full=bank_full, closing=closing)
 
-    def _config_buffer(self, m):
-        """One cfg beat held ahead (``cfg``, ``cfg_valid``); the drain releases it when its
-        tile's last row leaves the bank."""
-        cfg = Signal(self.cfg_layout)
-        cfg_valid = Signal()
-        m.d.comb += self.cfg.ready.eq(~cfg_valid)
-        with m.If(self.cfg.valid & self.cfg.ready):
-            m.d.sync += [cfg.eq(self.cfg.payload), cfg_valid.eq(1)]
-        return cfg, cfg_valid
+        # The bank leaves as a stream of rows. It is a shift register: row 0 always leaves
+        # next (no rows:1 multiplexer).
+        row = Signal(range(max(rows, 2)), name="drain_row")  # >= 1 bit: no [-1:0] vectors
+        last_row = row == rows - 1
+        out = self.rows
+        m.d.comb += [out.valid.eq(bank_full), out.payload.last.eq(last_row)]
+        m.d.comb += [out.payload.data[c].eq(bank[0][c]) for c in range(cols)]
+        if tile_bank is not None:
+            m.d.comb += out.payload.tile.eq(tile_bank)
+        with m.If(closing):
+            m.d.sync += bank_full.eq(1)
+        with m.If(out.valid & out.ready):
+            for r in range(rows - 1):
+                m.d.sync += [bank[r][c].eq(bank[r + 1][c]) for c in range(cols)]
+            m.d.sync += row.eq(Mux(last_row, 0, row + 1))
+            with m.If(last_row):
+                m.d.sync += bank_full.eq(0)
+        return m
 
-    def _drain(self, m, tile: "_Bank", cfg, cfg_valid) -> None:
-        """The drain and requantization pipeline: one bank row per y beat.
 
-        Stages: the kind's ``drain_terms`` stages (none for INT); D1 t = terms + bias;
-        D2a the partial products of ``t * mult`` (one DSP-sized multiply per 16-bit slice of
-        t); D2 p = their sum, and the rounding term 2^(shift-1); D3 p + that term; D4 >> shift;
-        D5 ReLU's and saturation's bit tests; D6 their selection, or raw t; then the y
-        register. The multiply and the sum of its
-        slices, the shift and the saturation have a stage each, so that none of them limits
-        the clock. All stages
-        advance together unless the skid register beside y holds a beat (a registered stall:
-        ``y.ready`` enables only the y and skid registers).
-        """
-        rows, cols, aw = self.rows, self.cols, self.acc_width
-        bank, bank_full = tile.rows, tile.full
+class ConfigBuffer(wiring.Component):
+    """One ``cfg`` beat held ahead (``i`` -> ``o``): taken while empty, released when the drain
+    takes it with its tile's last row."""
+
+    def __init__(self, layout):
+        super().__init__({"i": In(stream.Signature(layout)), "o": Out(stream.Signature(layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid)
+        with m.If(self.i.valid & self.i.ready):
+            m.d.sync += [self.o.payload.eq(self.i.payload), self.o.valid.eq(1)]
+        with m.Elif(self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        return m
+
+
+class Drain(wiring.Component):
+    """The drain and requantization pipeline: one row of ``rows`` and the tile's ``cfg`` beat
+    (taken with the last row) per ``y`` beat.
+
+    Stages: the kind's ``drain_terms`` stages (none for INT); D1 t = terms + bias;
+    D2a the partial products of ``t * mult`` (one DSP-sized multiply per 16-bit slice of
+    t); D2 p = their sum, and the rounding term 2^(shift-1); D3 p + that term; D4 >> shift;
+    D5 ReLU's and saturation's bit tests; D6 their selection, or raw t; then the y
+    register. The multiply and the sum of its slices, the shift and the saturation have a
+    stage each, so that none of them limits the clock. All stages advance together unless the
+    skid register beside y holds a beat (a registered stall: ``y.ready`` enables only the y
+    and skid registers).
+    """
+
+    def __init__(self, description: UnitDescription, pe: ProcessingElements):
+        self.description, self.pe = description, pe
+        super().__init__({"rows": In(stream.Signature(row_layout(description, pe))),
+                          "cfg": In(stream.Signature(description.cfg_layout)),
+                          "y": Out(stream.Signature(description.y_layout))})
+
+    def elaborate(self, platform):
+        m = Module()
+        d, pe = self.description, self.pe
+        pe.platform = platform
+        cols, aw, y_width, out_bits = d.cols, d.acc_width, d.y_width, d.out_bits
+        cfg = self.cfg.payload
         # The drain advances unless the skid register (below) holds a beat: a flip-flop, so
         # y.ready reaches only the y and skid registers, not the drain's and the bank's wide
         # enables.
         skid_valid = Signal()
         drain_advance = Signal()
         m.d.comb += drain_advance.eq(~skid_valid)
-        draining = bank_full & cfg_valid
-        row = Signal(range(max(rows, 2)), name="drain_row")  # >= 1 bit: no [-1:0] vectors
-        last_row = row == rows - 1
-        do_emit = drain_advance & draining
-
-        with m.If(tile.closing):
-            m.d.sync += bank_full.eq(1)
-        with m.If(do_emit):
-            # The bank is a shift register: row 0 always leaves next (no rows:1 multiplexer).
-            for r in range(rows - 1):
-                m.d.sync += [bank[r][c].eq(bank[r + 1][c]) for c in range(cols)]
-            m.d.sync += row.eq(Mux(last_row, 0, row + 1))
-            with m.If(last_row):
-                m.d.sync += [bank_full.eq(0), cfg_valid.eq(0)]
+        last_row = self.rows.payload.last
+        m.d.comb += [self.rows.ready.eq(drain_advance & self.cfg.valid),
+                     self.cfg.ready.eq(drain_advance & self.rows.valid & last_row)]
+        do_emit = self.rows.valid & self.rows.ready
+        tile = self.rows.payload.tile if pe.tile_layout(d) is not None else None
 
         pw = aw + MULT_BITS  # |t * mult| < 2^(aw-1) * 2^16
-        terms = self.pe.drain_terms(m, drain_advance, [bank[0][c] for c in range(cols)])
+        terms = pe.drain_terms(m, drain_advance, [self.rows.payload.data[c] for c in range(cols)],
+                               tile)
         # The tile's settings travel beside the kind's own drain stages.
-        settings = [_DrainStage(m, f"d0_{k}", cols, aw) for k in range(self.pe.drain_latency)]
+        settings = [_DrainStage(m, f"d0_{k}", cols, aw) for k in range(pe.drain_latency)]
         s1 = _DrainStage(m, "d1", cols, aw)
         s2a = _DrainStage(m, "d2a", cols, aw)
         s2 = _DrainStage(m, "d2", cols, pw + 1)
@@ -697,8 +808,8 @@ class MatmulUnit(wiring.Component):
         s4 = _DrainStage(m, "d4", cols, pw + 1)
         s5 = _DrainStage(m, "d5", cols, pw + 1)
         s6 = _DrainStage(m, "d6", cols, 1)
-        out = [Signal(signed(self.y_width), name=f"d6_out_{c}") for c in range(cols)]
-        sat_bits = min(self.out_bits, pw + 1)
+        out = [Signal(signed(y_width), name=f"d6_out_{c}") for c in range(cols)]
+        sat_bits = min(out_bits, pw + 1)
         clamps = [Clamp(low=Signal(signed(sat_bits), name=f"d5_low_{c}"),
                         fits=Signal(name=f"d5_fits_{c}"), neg=Signal(name=f"d5_neg_{c}"),
                         zero=Signal(name=f"d5_zero_{c}")) for c in range(cols)]
@@ -759,16 +870,14 @@ class MatmulUnit(wiring.Component):
             m.d.sync += [out[c].eq(Mux(s5.raw, s5.raw_t[c], clamp_select(clamps[c], sat_bits)))
                          for c in range(cols)]
         for a, b, product, name in products:
-            registered_product(m, drain_advance, a, b, product, platform=self.pe.platform,
-                               name=name)
-
+            registered_product(m, drain_advance, a, b, product, platform=platform, name=name)
 
         # The y register and a skid register beside it. While y is free the drain's last
         # stage goes straight into y (no added latency); a beat that leaves the drain while y
         # holds an untaken one waits in the skid register, which stops the drain until y
         # takes it.
         y_free = ~self.y.valid | self.y.ready
-        skid = [Signal(signed(self.y_width), name=f"skid_{c}") for c in range(cols)]
+        skid = [Signal(signed(y_width), name=f"skid_{c}") for c in range(cols)]
         skid_last = Signal()
         with m.If(y_free):
             with m.If(skid_valid):
@@ -781,21 +890,13 @@ class MatmulUnit(wiring.Component):
         with m.Elif(~skid_valid & s6.valid):
             m.d.sync += [skid_valid.eq(1), skid_last.eq(s6.last)]
             m.d.sync += [skid[c].eq(out[c]) for c in range(cols)]
+        return m
 
 
 # The requantization multiply t * mult is cut into slices of t this wide: a slice (unsigned,
 # or the signed top one) times the unsigned 16-bit mult fits one DSP multiplier of either
 # family (ECP5 MULT18X18D 18 x 18, iCE40 SB_MAC16 16 x 16 with per-operand signedness).
 _SLICE_BITS = 16
-
-
-@dataclass
-class _Bank:
-    """The output bank between accumulation and drain: ``rows[r][c]`` registers, ``full``
-    while a finished tile waits or drains, ``closing`` when a tile's sums enter it."""
-    rows: list
-    full: Signal
-    closing: object
 
 
 class _DrainStage:
@@ -855,9 +956,10 @@ class IntMatmul(MatmulUnit):
     The golden kernel is :func:`lowbit.sw.golden.int_matmul`; see docs/hardware.md for ports.
     """
 
+    pe_class = _IntPE
+
     def __init__(self, *, src_loc_at=0, **params):
-        d = IntDescription(**params)
-        super().__init__(d, _IntPE(d.a_bits, d.w_bits))
+        super().__init__(IntDescription(**params))
 
 
 class LogMatmul(MatmulUnit):
@@ -880,9 +982,10 @@ class LogMatmul(MatmulUnit):
     The golden kernel is :func:`lowbit.sw.golden.log_matmul`.
     """
 
+    pe_class = _LogPE
+
     def __init__(self, *, src_loc_at=0, **params):
-        d = LogDescription(**params)
-        super().__init__(d, _LogPE(d))
+        super().__init__(LogDescription(**params))
 
 
 class XnorMatmul(MatmulUnit):
@@ -903,9 +1006,10 @@ class XnorMatmul(MatmulUnit):
     The golden kernel is :func:`lowbit.sw.golden.xnor_matmul`.
     """
 
+    pe_class = _XnorPE
+
     def __init__(self, *, src_loc_at=0, **params):
-        d = XnorDescription(**params)
-        super().__init__(d, _XnorPE(d))
+        super().__init__(XnorDescription(**params))
 
 
 def make_unit(unit: str, **params) -> MatmulUnit:

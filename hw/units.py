@@ -212,7 +212,6 @@ class UnitDescription:
     need: dict = {}
     requantize = "lowbit.sw.golden:requantize"
     family = "matmul"                   # "matmul" or "vector" (lowbit.hw.vector)
-    flat_verilog = False                # Verilog as one flat module (a unit with submodules)
     fpga_base: dict | None = None       # parameters of the FPGA bench's size sweep
     fpga_sweep: tuple = ()              # (bits, parameters) of the FPGA bench's bit sweep
 

@@ -337,7 +337,6 @@ class VectorDescription(UnitDescription):
     ``lowbit verify`` and ``lowbit hw verilog``) need nothing else.
     """
     family = "vector"
-    flat_verilog = True         # divider, row buffer: submodules, flattened (hw/verilog.py)
     y_per_lane = True           # y carries lanes elements per beat; False: one beat per row
 
     def __init__(self, **params):

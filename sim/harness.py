@@ -103,11 +103,6 @@ class VerilatedStreams:
     def __del__(self):
         self.close()
 
-    @property
-    def total_cycles(self) -> int:
-        """Clock cycles simulated since the model was created (reset included)."""
-        return int(self._lib.lb_cycles(self._h))
-
     # --- raw beats --------------------------------------------------------------------------
 
     def run_beats(self, cfg: np.ndarray, x: np.ndarray, n_y: int, *, gaps: float = 0.0,
