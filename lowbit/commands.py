@@ -159,7 +159,7 @@ COMMANDS: tuple[Command, ...] = (
             commands=(
                 _cmd("decode", _SW, "decoding speed, greedy vs beam (sentences/s)",
                      stem="bench_decode"),
-                _cmd("fpga", "lowbit.hw.fpga_bench",
+                _cmd("fpga", "lowbit.hw.fpga_render",
                      "FPGA cost table of the matmul units (docs/fpga.md)",
                      "Build every matmul unit at several sizes on each board (each build once: "
                      "bench/fpga.json keeps the records), find the largest array of each unit "

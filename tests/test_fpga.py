@@ -16,11 +16,10 @@ from lowbit.cli import main
 from lowbit.hw import fpga
 from lowbit.hw.fpga import BOARDS, ScanWrapper, parse_overflow, parse_report
 from lowbit.hw.fpga import FpgaResult
-from lowbit.hw import fpga_bench
-from lowbit.hw.fpga_bench import (
-    Config, _config, base_params, comparisons, default_configs, fit_array_model, fit_largest,
-    plot_cost, plot_points, render_markdown, unit_cost,
-)
+from lowbit.hw import fpga_bench, fpga_fit, fpga_render
+from lowbit.hw.fpga_bench import Config, _config, base_params, default_configs
+from lowbit.hw.fpga_fit import comparisons, fit_array_model, fit_largest, unit_cost
+from lowbit.hw.fpga_render import plot_cost, plot_points, render_markdown
 from lowbit.hw.matmul import make_unit
 from lowbit.hw.units import describe
 
@@ -83,7 +82,7 @@ def test_bench_argument_errors(capsys, tmp_path):
 def test_bench_refuses_a_second_writer(capsys, tmp_path):
     """Two runs on one results file would lose records: the second is refused at once."""
     results = tmp_path / "fpga.json"
-    held = fpga_bench._lock(results)
+    held = fpga_render._lock(results)
     try:
         status, _, err = run_cli(capsys, "bench", "fpga", "--quick", "--results", str(results))
         assert status == 2
@@ -91,7 +90,7 @@ def test_bench_refuses_a_second_writer(capsys, tmp_path):
                                f"{results}; wait for it to finish")
     finally:
         held.close()
-    fpga_bench._lock(results).close()          # released: a later run may proceed
+    fpga_render._lock(results).close()          # released: a later run may proceed
 
 
 def test_tools_missing_names_every_variable():
@@ -346,7 +345,7 @@ def test_bench_render_only_cli(capsys, tmp_path):
     results.write_text(json.dumps({"records": _three_units()}))
     docs = tmp_path / "docs" / "fpga.md"
     docs.parent.mkdir()
-    docs.write_text("# FPGA\n\nbefore\n\n" + fpga_bench.BEGIN + "\nold\n" + fpga_bench.END
+    docs.write_text("# FPGA\n\nbefore\n\n" + fpga_render.BEGIN + "\nold\n" + fpga_render.END
                     + "\nafter\n")
     plot = tmp_path / "docs" / "img" / "p.png"
     status, out, err = run_cli(capsys, "bench", "fpga", "--render-only", "--results",
@@ -354,24 +353,24 @@ def test_bench_render_only_cli(capsys, tmp_path):
     assert status == 0, err
     assert "| icebreaker | log4 vs int8 | marginal: per-PE slope, per MAC" in out
     text = docs.read_text()
-    assert text.startswith("# FPGA\n\nbefore\n") and text.endswith(fpga_bench.END + "\nafter\n")
+    assert text.startswith("# FPGA\n\nbefore\n") and text.endswith(fpga_render.END + "\nafter\n")
     assert "old" not in text and "](img/p.png)" in text and plot.exists()
 
 
 def test_report_section_for_lowbit_report(tmp_path, monkeypatch):
-    """lowbit report appends fpga_bench.report_section(docs_dir) (sw/quant/cli.py)."""
+    """lowbit report appends fpga_render.report_section(docs_dir) (sw/quant/cli.py)."""
     path = tmp_path / "fpga.json"
     path.write_text(json.dumps({"records": _three_units()}))
-    monkeypatch.setattr(fpga_bench, "RESULTS_PATH", path)
-    text = fpga_bench.report_section(fpga_bench.DOCS_PATH.parent)
+    monkeypatch.setattr(fpga_render, "RESULTS_PATH", path)
+    text = fpga_render.report_section(fpga_render.DOCS_PATH.parent)
     assert text.startswith("## Hardware cost (FPGA)\n")
     assert "](img/fpga_cost_per_mac.png)" in text
     assert "| icebreaker | xnor vs int8 |" in text
     elsewhere = tmp_path / "out"
     elsewhere.mkdir()
-    link = os.path.relpath(fpga_bench.PLOT_PATH, elsewhere)
-    assert f"]({link})" in fpga_bench.report_section(elsewhere)
-    assert "No FPGA results yet" in fpga_bench.hardware_table(tmp_path / "missing.json")
+    link = os.path.relpath(fpga_render.PLOT_PATH, elsewhere)
+    assert f"]({link})" in fpga_render.report_section(elsewhere)
+    assert "No FPGA results yet" in fpga_render.hardware_table(tmp_path / "missing.json")
 
 
 def test_default_configs_cover_every_unit_on_every_board():
@@ -486,7 +485,7 @@ def test_fallback_shapes_replace_tool_failures():
     # The replacement shape counts as a model shape (per-PE slope stays a measured difference).
     recs = _linear_records("ulx3s-85f", "log", ((2, 2), (4, 2), (3, 3)), 300, 700, 150)
     results = [FpgaResult.from_dict(r["result"]) for r in recs.values()]
-    assert len(fpga_bench.model_basis(results)) == 3
+    assert len(fpga_fit.model_basis(results)) == 3
     assert unit_cost(results)["per_pe"]["LUT"] == pytest.approx(150)
 
 
@@ -510,15 +509,15 @@ def test_verify_largest_steps_to_the_largest_that_fits(monkeypatch, tmp_path):
 
     monkeypatch.setattr(fpga_bench, "_build_one", fake_build)
     path = tmp_path / "fpga.json"
-    data = fpga_bench.verify_largest({"records": records}, results_path=path,
-                                     build_root=str(tmp_path), timeout=None,
-                                     boards=("icebreaker",), jobs=2)
+    data = fpga_render.verify_largest({"records": records}, results_path=path,
+                                      build_root=str(tmp_path), timeout=None,
+                                      boards=("icebreaker",), jobs=2)
     # Both estimates are 3x3: log confirms 3x3 and fails 4x4; int8 fails 3x3 and has 2x2.
     assert sorted(built) == ["icebreaker|int8|3x3||dsp=requant|freq=40",
                              "icebreaker|log|3x3|bits=4|dsp=requant|freq=40",
                              "icebreaker|log|4x4|bits=4|dsp=requant|freq=40"]
     assert json.loads(path.read_text())["records"].keys() == data["records"].keys()
-    rows = {r["unit"]: r for r in fpga_bench.largest_table(data["records"])}
+    rows = {r["unit"]: r for r in fpga_fit.largest_table(data["records"])}
     assert (rows["log"]["fit"]["n"], rows["log"]["verified"]) == (3, "verified")
     assert (rows["int8"]["fit"]["n"], rows["int8"]["verified"]) == (2, "verified")
     assert rows["log"]["fit"]["limit"] == "ICESTORM_LC 6000/5280 at 4x4"
@@ -593,7 +592,7 @@ def test_units_against_their_bare_pe():
     bare_key = _config("icebreaker", "xnor", (1, 1), base_params("xnor"), "requant", "bare").key
     record = dict(record, key=bare_key, config=dict(record["config"], design="bare"))
     records[bare_key] = record
-    (row,) = fpga_bench.bare_comparisons(records)
+    (row,) = fpga_fit.bare_comparisons(records)
     assert row["bare"]["lut"] == 140 and row["per_pe"]["LUT"] == pytest.approx(160)
     assert row["lut_ratio"] == pytest.approx(160 / 140)
     assert row["lut_per_mac"] == pytest.approx(5.0) and row["bare_lut_per_mac"] == \
@@ -610,7 +609,7 @@ def test_negative_terms_are_never_a_cost():
                              80 * r * c) for r, c in shapes)
     model = fit_array_model([FpgaResult.from_dict(r["result"]) for r in recs.values()])
     assert model["LUT"]["per_row"] == 0 and model["FF"]["per_pe"] == pytest.approx(80)
-    assert 150 < model["LUT"]["per_pe"] < 160 and fpga_bench.negative_terms(model) == []
+    assert 150 < model["LUT"]["per_pe"] < 160 and fpga_fit.negative_terms(model) == []
     # a unit whose LUTs fall with more PEs (per PE -16): flagged, never printed as a cost
     bad = dict(_fake_record("ulx3s-85f", "log", r, c, 3000 + 1200 * c - 16 * r * c, 70 * r * c)
                for r, c in shapes)

@@ -82,7 +82,7 @@ def test_no_fp32_row_no_verdicts():
 
 def test_shipped_results_md_matches_its_records(tmp_path):
     """docs/results.md's quality section is what `lowbit report` makes of docs/results.json."""
-    from lowbit.hw.fpga_bench import report_section
+    from lowbit.hw.fpga_render import report_section
 
     out = write_report(ROOT / "docs" / "results.json", tmp_path,
                        sections=[report_section(ROOT / "docs")], bench_dir=ROOT / "bench")

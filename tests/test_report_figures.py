@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def fresh(tmp_path_factory):
-    from lowbit.hw.fpga_bench import report_section
+    from lowbit.hw.fpga_render import report_section
 
     out = tmp_path_factory.mktemp("report")
     shutil.copy(ROOT / "README.md", out / "README.md")

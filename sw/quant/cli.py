@@ -187,7 +187,7 @@ def run_quantize(args):
 
 
 def run_report(args):
-    from lowbit.hw.fpga_bench import report_section as fpga_report_section
+    from lowbit.hw.fpga_render import report_section as fpga_report_section
 
     from .report import write_report
 
@@ -198,7 +198,8 @@ def run_report(args):
                        bench_dir=bench if bench.is_dir() else None,
                        readme=None if args.docs else docs.parent / "README.md")
     if not args.docs:   # the hardware figure, from bench/fpga.json, with the rest
-        from lowbit.hw.fpga_bench import PLOT_PATH, RESULTS_PATH, load_results, plot_cost
+        from lowbit.hw.fpga_bench import RESULTS_PATH, load_results
+        from lowbit.hw.fpga_render import PLOT_PATH, plot_cost
 
         data = load_results(RESULTS_PATH)
         if data["records"]:

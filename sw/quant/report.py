@@ -7,7 +7,7 @@ by hand: every number comes from a record, and each record names the command's m
 beam, device and date.
 
 Other areas add sections: the caller passes their Markdown (``lowbit report`` appends the FPGA
-cost tables of :func:`lowbit.hw.fpga_bench.report_section`), so this module imports no other area.
+cost tables of :func:`lowbit.hw.fpga_render.report_section`), so this module imports no other area.
 """
 
 from __future__ import annotations
