@@ -8,6 +8,10 @@ bank in the same cycle (so the next tile accumulates at once) and are drained on
 beat on ``y``, after bias, requantization (``mult``, ``shift``, round half up, optional ReLU,
 saturation) or unchanged in raw mode, configured per tile by one ``cfg`` beat.
 
+The scaffold is three sub-components joined by streams: :class:`Accumulation` (``x`` -> the
+output bank's rows), :class:`ConfigBuffer` (one ``cfg`` beat held ahead) and :class:`Drain`
+(rows and ``cfg`` -> ``y``).
+
 The arithmetic is the contract of docs/numerics.md; the accumulator widths come from the
 contract's helpers in :mod:`lowbit.contract`. The interface is specified in docs/hardware.md.
 """

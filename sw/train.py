@@ -1,9 +1,12 @@
 """Training a translation model on Multi30k-style data.
 
-:func:`train` is the whole loop as one function: joint SentencePiece training (or the tokenizer of
-an ``init`` model), length-bucketed token batches, Adam with inverse-square-root warmup, label-
-smoothed cross-entropy, bfloat16 autocast on CUDA, a resumable training state after every epoch,
-and averaging of the last epochs' weights at the end. Two hooks serve quantization-aware training:
+:func:`train` runs the whole loop in phases: set-up (``_setup``: joint SentencePiece training or
+the tokenizer of an ``init`` model, the model, the encoded pairs), the optimizer and a resumed
+state (``_restore``: Adam with inverse-square-root warmup), one epoch of length-bucketed token
+batches (``_train_epoch``: label-smoothed cross-entropy, bfloat16 autocast on CUDA), the end of
+an epoch (``_end_epoch``: validation, the log, a resumable training state) and the end
+(``_finish``: averaging of the last epochs' weights, the checkpoint). Two hooks serve
+quantization-aware training:
 
 * ``transform_model(model) -> model`` runs once before training (after ``init`` weights are
   loaded, before a resumed state is restored): swap modules for quantized ones here;
@@ -190,6 +193,45 @@ def evaluate_loss(model, examples, pad: int, start: int, max_tokens: int, device
     return total / max(count, 1)
 
 
+@dataclass
+class _Run:
+    """What the phases of one training run share."""
+    opts: TrainOptions
+    dist: object                # sw/distributed.py context
+    dev: torch.device
+    amp: bool
+    log: object
+    out_dir: Path
+    model: Transformer
+    tokenizer: Tokenizer
+    cfg: TransformerConfig
+    teacher: Transformer | None
+    train_ex: list
+    val_ex: list
+    src_val: list
+    tgt_val: list
+    optimizer: object = None
+    scheduler: object = None
+    net: object = None          # the module that runs the forward pass (DDP-wrapped or model)
+    step: int = 0
+
+    @property
+    def pad(self) -> int:
+        return self.cfg.pad_token_id
+
+    @property
+    def start(self) -> int:
+        return self.cfg.decoder_start_token_id
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.out_dir / "snapshots"
+
+    @property
+    def state_path(self) -> Path:
+        return self.out_dir / "train_state.pt"
+
+
 def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None = None,
           opts: TrainOptions | None = None, *, init: str | None = None, resume: bool = False,
           device: str | None = None, transform_model=None, after_step=None, finalize=None,
@@ -215,7 +257,40 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
     opts = opts or TrainOptions()
     if init is None and not resume and not isinstance(config, TransformerConfig):
         resolve_config(config, opts.vocab_size)  # fail on a bad --config before any work
-    out_dir = Path(out_dir)
+    run, saved = _setup(Path(out_dir), data_dir, config, opts, init, resume, device,
+                        transform_model, log)
+    first_epoch = _restore(run, saved)
+    t0 = time.time()
+    stopped_early, last_epoch = False, first_epoch - 1
+    for epoch in range(first_epoch, opts.epochs + 1):
+        total_loss, total_tokens = _train_epoch(run, epoch, after_step)
+        last_epoch = epoch
+        stop = (opts.max_minutes is not None and time.time() - t0 > 60 * opts.max_minutes
+                and epoch < opts.epochs)
+        if run.dist.active:
+            stop = run.dist.agree(stop, run.dev)
+            if not run.dist.is_main:        # rank 0 evaluates and writes; the others wait
+                run.dist.barrier()
+                if stop:
+                    stopped_early = True
+                    break
+                continue
+        _end_epoch(run, epoch, total_loss, total_tokens, t0)
+        if stop:
+            run.log(f"stopping after epoch {epoch}: --max-minutes {opts.max_minutes} reached")
+            stopped_early = True
+            break
+    if not run.dist.is_main:
+        run.dist.close()
+        return {}
+    summary = _finish(run, init, finalize, last_epoch, stopped_early, t0)
+    run.dist.close()
+    return summary
+
+
+def _setup(out_dir: Path, data_dir, config, opts: TrainOptions, init, resume: bool, device,
+           transform_model, log) -> tuple[_Run, dict | None]:
+    """Devices, the saved state to resume from, data, tokenizer, model and encoded pairs."""
     dist = context(device)                      # torchrun: one rank per GPU (sw/distributed.py)
     if not dist.is_main:
         log = lambda message: None  # noqa: E731  (rank 0 speaks and writes for all)
@@ -239,37 +314,8 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
 
     src_train, tgt_train = read_parallel(data_dir, "train", limit=opts.limit)
     src_val, tgt_val = read_parallel(data_dir, "val", limit=opts.val_limit)
-
-    # Tokenizer and model.
-    if init is not None:
-        model, tokenizer, _ = load_model(init)
-        cfg = model.config
-        if dist.is_main:
-            tokenizer.save(out_dir)
-        dist.barrier()
-        tokenizer = Tokenizer.from_dir(out_dir)
-    else:
-        spm_path = out_dir / "spm.model"
-        if not (resume and spm_path.is_file()) and dist.is_main:
-            log(f"training SentencePiece ({opts.spm_type}, {opts.vocab_size} pieces) on "
-                f"{len(src_train)} + {len(tgt_train)} sentences")
-            train_sentencepiece(src_train + tgt_train, spm_path, opts.vocab_size, opts.spm_type)
-        dist.barrier()
-        tokenizer = Tokenizer(spm_path)
-        if saved is not None:
-            cfg = TransformerConfig.from_dict(saved["config"])
-        elif isinstance(config, TransformerConfig):
-            cfg = config
-        else:
-            cfg = resolve_config(config, len(tokenizer))
-        if cfg.vocab_size < len(tokenizer):
-            raise LowbitError(f"config vocab_size {cfg.vocab_size} is smaller than the tokenizer's "
-                              f"{len(tokenizer)}")
-        for name, tid in (("pad", tokenizer.pad_id), ("eos", tokenizer.eos_id), ("unk", tokenizer.unk_id)):
-            if getattr(cfg, f"{name}_token_id") != tid:
-                raise LowbitError(f"config {name}_token_id {getattr(cfg, f'{name}_token_id')} differs from "
-                                  f"the tokenizer's {tid}")
-        model = Transformer(cfg)
+    model, tokenizer, cfg = _model_and_tokenizer(out_dir, config, opts, init, resume, saved,
+                                                 src_train, tgt_train, dist, log)
     if opts.dropout is not None:  # the layers read it from the config at every forward
         cfg.dropout = opts.dropout
     teacher = _load_teacher(opts.distill, cfg, tokenizer, dev) if opts.distill else None
@@ -279,155 +325,191 @@ def train(data_dir: Path, out_dir: Path, config: str | TransformerConfig | None 
         model = transform_model(model)
     model.to(dev)
     model.train()
-    pad, start = cfg.pad_token_id, cfg.decoder_start_token_id
 
-    def encode_pairs(srcs, tgts, max_len):
-        out = []
-        for s, t in zip(srcs, tgts):
-            si, ti = tokenizer.encode(s, "source"), tokenizer.encode(t, "target")
-            if max_len is None or (len(si) <= max_len and len(ti) <= max_len):
-                out.append((si, ti))
-        return out
-
-    train_ex = encode_pairs(src_train, tgt_train, min(opts.max_train_tokens, cfg.max_position_embeddings))
-    val_ex = encode_pairs(src_val, tgt_val, cfg.max_position_embeddings)
-    lengths = [max(len(s), len(t)) for s, t in train_ex]
+    train_ex = _encode_pairs(tokenizer, src_train, tgt_train,
+                             min(opts.max_train_tokens, cfg.max_position_embeddings))
+    val_ex = _encode_pairs(tokenizer, src_val, tgt_val, cfg.max_position_embeddings)
     log(f"model: {model.num_parameters() / 1e6:.2f}M parameters, {json.dumps(cfg.to_dict())}")
     log(f"data: {len(train_ex)} training pairs ({len(src_train) - len(train_ex)} dropped as too long), "
         f"{len(val_ex)} validation pairs; device {dev}{' (bf16 autocast)' if amp else ''}")
+    run = _Run(opts=opts, dist=dist, dev=dev, amp=amp, log=log, out_dir=out_dir, model=model,
+               tokenizer=tokenizer, cfg=cfg, teacher=teacher, train_ex=train_ex, val_ex=val_ex,
+               src_val=src_val, tgt_val=tgt_val)
+    return run, saved
 
+
+def _model_and_tokenizer(out_dir: Path, config, opts: TrainOptions, init, resume: bool,
+                         saved: dict | None, src_train: list, tgt_train: list, dist, log):
+    """The ``init`` model and its tokenizer, or a new tokenizer (trained on the training
+    sentences unless resumed) and a new model of the config (the saved run's when resuming)."""
+    if init is not None:
+        model, tokenizer, _ = load_model(init)
+        if dist.is_main:
+            tokenizer.save(out_dir)
+        dist.barrier()
+        return model, Tokenizer.from_dir(out_dir), model.config
+    spm_path = out_dir / "spm.model"
+    if not (resume and spm_path.is_file()) and dist.is_main:
+        log(f"training SentencePiece ({opts.spm_type}, {opts.vocab_size} pieces) on "
+            f"{len(src_train)} + {len(tgt_train)} sentences")
+        train_sentencepiece(src_train + tgt_train, spm_path, opts.vocab_size, opts.spm_type)
+    dist.barrier()
+    tokenizer = Tokenizer(spm_path)
+    if saved is not None:
+        cfg = TransformerConfig.from_dict(saved["config"])
+    elif isinstance(config, TransformerConfig):
+        cfg = config
+    else:
+        cfg = resolve_config(config, len(tokenizer))
+    if cfg.vocab_size < len(tokenizer):
+        raise LowbitError(f"config vocab_size {cfg.vocab_size} is smaller than the tokenizer's "
+                          f"{len(tokenizer)}")
+    for name, tid in (("pad", tokenizer.pad_id), ("eos", tokenizer.eos_id), ("unk", tokenizer.unk_id)):
+        if getattr(cfg, f"{name}_token_id") != tid:
+            raise LowbitError(f"config {name}_token_id {getattr(cfg, f'{name}_token_id')} differs from "
+                              f"the tokenizer's {tid}")
+    return Transformer(cfg), tokenizer, cfg
+
+
+def _encode_pairs(tokenizer: Tokenizer, srcs, tgts, max_len) -> list:
+    out = []
+    for s, t in zip(srcs, tgts):
+        si, ti = tokenizer.encode(s, "source"), tokenizer.encode(t, "target")
+        if max_len is None or (len(si) <= max_len and len(ti) <= max_len):
+            out.append((si, ti))
+    return out
+
+
+def _restore(run: _Run, saved: dict | None) -> int:
+    """The optimizer and schedule, the saved state restored when resuming, the data-parallel
+    wrapper; returns the first epoch to train."""
+    opts, model = run.opts, run.model
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.dim() >= 2 and "shared" not in name else no_decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=opts.lr, betas=(0.9, 0.98), eps=1e-8)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: inverse_sqrt(s + 1, opts.warmup))
-    step, first_epoch = 0, 1
-    snapshots_dir = out_dir / "snapshots"
-    if dist.is_main:
-        snapshots_dir.mkdir(exist_ok=True)
+    run.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=opts.lr, betas=(0.9, 0.98), eps=1e-8)
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        run.optimizer, lambda s: inverse_sqrt(s + 1, opts.warmup))
+    first_epoch = 1
+    if run.dist.is_main:
+        run.snapshots_dir.mkdir(exist_ok=True)
     if saved is not None:
         model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        step, first_epoch = saved["step"], saved["epoch"] + 1
+        run.optimizer.load_state_dict(saved["optimizer"])
+        run.scheduler.load_state_dict(saved["scheduler"])
+        run.step, first_epoch = saved["step"], saved["epoch"] + 1
         torch.set_rng_state(saved["rng_cpu"])
-        if dev.type == "cuda" and saved.get("rng_cuda") is not None:
+        if run.dev.type == "cuda" and saved.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(saved["rng_cuda"])
-        log(f"resumed after epoch {saved['epoch']} (step {step})")
-    net = dist.wrap(model)          # runs the forward pass; hooks and saving use `model`
-    if dist.active:
-        torch.manual_seed(opts.seed * 1000 + dist.rank)     # dropout differs between ranks
-        log(f"data parallel: {dist.world} ranks ({dist.backend}), each step takes "
-            f"{dist.world} batches")
-    t0 = time.time()
-    log_path = out_dir / "train_log.jsonl"
-    val_bleu = None
-    stopped_early = False
-    last_epoch = first_epoch - 1
+        run.log(f"resumed after epoch {saved['epoch']} (step {run.step})")
+    run.net = run.dist.wrap(model)      # runs the forward pass; hooks and saving use `model`
+    if run.dist.active:
+        torch.manual_seed(opts.seed * 1000 + run.dist.rank)     # dropout differs between ranks
+        run.log(f"data parallel: {run.dist.world} ranks ({run.dist.backend}), each step takes "
+                f"{run.dist.world} batches")
+    return first_epoch
+
+
+def _train_epoch(run: _Run, epoch: int, after_step) -> tuple[float, int]:
+    """One pass over the training pairs; the loss and target tokens summed over every rank."""
     from tqdm import tqdm
 
-    for epoch in range(first_epoch, opts.epochs + 1):
-        rng = random.Random(opts.seed * 100003 + epoch)  # the epoch's batches do not depend on resuming
-        batches = dist.shard(make_batches(lengths, opts.max_tokens, rng))
-        total_loss, total_tokens = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{opts.epochs}", unit="batch",
-                   disable=None if dist.is_main else True,
-                   file=sys.stderr, leave=False)
-        for batch in bar:
-            tensors = make_tensors(train_ex, batch, pad, start)
-            ntok = int((tensors[2] != pad).sum())  # counted on the CPU: no GPU sync per step
-            src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in tensors)
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                logits = net(src, tgt_in)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=pad,
-                                   label_smoothing=opts.label_smoothing, reduction="sum")
-            if teacher is not None:
-                loss = ((1 - opts.distill_weight) * loss
-                        + opts.distill_weight * _distill_loss(teacher, src, tgt_in, labels, logits, pad, amp))
-            optimizer.zero_grad(set_to_none=True)
-            # DDP averages gradients over ranks: scaled by world / all ranks' tokens, the
-            # average is the gradient of the summed loss over every token of the step
-            (loss * dist.world / dist.global_tokens(ntok, dev)).backward()
-            if opts.clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), opts.clip_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if after_step is not None:
-                after_step(model, step)
-            total_loss += loss.detach()
-            total_tokens += ntok
-        last_epoch = epoch
-        total_loss = dist.sum(float(total_loss), dev)
-        total_tokens = int(dist.sum(total_tokens, dev))
-        stop = (opts.max_minutes is not None and time.time() - t0 > 60 * opts.max_minutes
-                and epoch < opts.epochs)
-        if dist.active:
-            stop = dist.agree(stop, dev)
-            if not dist.is_main:        # rank 0 evaluates and writes; the others wait
-                dist.barrier()
-                if stop:
-                    stopped_early = True
-                    break
-                continue
-        record = {"epoch": epoch, "step": step, "lr": scheduler.get_last_lr()[0],
-                  "train_loss": float(total_loss) / max(total_tokens, 1),
-                  "val_loss": evaluate_loss(model, val_ex, pad, start, opts.max_tokens, dev, amp),
-                  "seconds": round(time.time() - t0, 1)}
-        if epoch % opts.eval_every == 0:
-            record["val_bleu_greedy"] = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
-        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        with open(log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-        # Snapshot for averaging, and the resumable state.
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                   snapshots_dir / f"epoch{epoch:04d}.pt")
-        for old in sorted(snapshots_dir.glob("epoch*.pt"))[:-opts.avg_last]:
-            old.unlink()
-        _torch_save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
-                            "config": cfg.to_dict(), "options": dataclasses.asdict(opts),
-                            "rng_cpu": torch.get_rng_state(),
-                            "rng_cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None},
-                           state_path)
-        dist.barrier()
-        if stop:
-            log(f"stopping after epoch {epoch}: --max-minutes {opts.max_minutes} reached")
-            stopped_early = True
-            break
+    opts, dist, dev, pad = run.opts, run.dist, run.dev, run.pad
+    lengths = [max(len(s), len(t)) for s, t in run.train_ex]
+    rng = random.Random(opts.seed * 100003 + epoch)  # the epoch's batches do not depend on resuming
+    batches = dist.shard(make_batches(lengths, opts.max_tokens, rng))
+    total_loss, total_tokens = 0.0, 0
+    bar = tqdm(batches, desc=f"epoch {epoch}/{opts.epochs}", unit="batch",
+               disable=None if dist.is_main else True, file=sys.stderr, leave=False)
+    for batch in bar:
+        tensors = make_tensors(run.train_ex, batch, pad, run.start)
+        ntok = int((tensors[2] != pad).sum())  # counted on the CPU: no GPU sync per step
+        src, tgt_in, labels = (t.to(dev, non_blocking=True) for t in tensors)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=run.amp):
+            logits = run.net(src, tgt_in)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=pad,
+                               label_smoothing=opts.label_smoothing, reduction="sum")
+        if run.teacher is not None:
+            loss = ((1 - opts.distill_weight) * loss
+                    + opts.distill_weight * _distill_loss(run.teacher, src, tgt_in, labels, logits,
+                                                          pad, run.amp))
+        run.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks: scaled by world / all ranks' tokens, the
+        # average is the gradient of the summed loss over every token of the step
+        (loss * dist.world / dist.global_tokens(ntok, dev)).backward()
+        if opts.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), opts.clip_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.step += 1
+        if after_step is not None:
+            after_step(run.model, run.step)
+        total_loss += loss.detach()
+        total_tokens += ntok
+    return dist.sum(float(total_loss), dev), int(dist.sum(total_tokens, dev))
 
-    if not dist.is_main:
-        dist.close()
-        return {}
-    # Average the last snapshots; keep the average only if it is not worse on validation.
-    snaps = sorted(snapshots_dir.glob("epoch*.pt"))[-opts.avg_last:]
-    last_bleu = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
+
+def _end_epoch(run: _Run, epoch: int, total_loss: float, total_tokens: int, t0: float) -> None:
+    """Rank 0 after an epoch: validation, the log line, a snapshot for averaging and the
+    resumable state."""
+    opts, model, dev = run.opts, run.model, run.dev
+    record = {"epoch": epoch, "step": run.step, "lr": run.scheduler.get_last_lr()[0],
+              "train_loss": float(total_loss) / max(total_tokens, 1),
+              "val_loss": evaluate_loss(model, run.val_ex, run.pad, run.start, opts.max_tokens,
+                                        dev, run.amp),
+              "seconds": round(time.time() - t0, 1)}
+    if epoch % opts.eval_every == 0:
+        record["val_bleu_greedy"] = _val_bleu(model, run.tokenizer, run.src_val, run.tgt_val, dev)
+    run.log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in record.items()))
+    with open(run.out_dir / "train_log.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+               run.snapshots_dir / f"epoch{epoch:04d}.pt")
+    for old in sorted(run.snapshots_dir.glob("epoch*.pt"))[:-opts.avg_last]:
+        old.unlink()
+    _torch_save_atomic({"model": model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                        "scheduler": run.scheduler.state_dict(), "step": run.step,
+                        "epoch": epoch, "config": run.cfg.to_dict(),
+                        "options": dataclasses.asdict(opts), "rng_cpu": torch.get_rng_state(),
+                        "rng_cuda": torch.cuda.get_rng_state() if dev.type == "cuda" else None},
+                       run.state_path)
+    run.dist.barrier()
+
+
+def _finish(run: _Run, init, finalize, last_epoch: int, stopped_early: bool, t0: float) -> dict:
+    """Average the last snapshots (kept only if not worse on validation) and write the
+    checkpoint; returns the summary."""
+    opts, model, dev = run.opts, run.model, run.dev
+    snaps = sorted(run.snapshots_dir.glob("epoch*.pt"))[-opts.avg_last:]
+    last_bleu = _val_bleu(model, run.tokenizer, run.src_val, run.tgt_val, dev)
     chosen, val_bleu = "last", last_bleu
     if len(snaps) > 1:
         last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(average_states(snaps))
-        avg_bleu = _val_bleu(model, tokenizer, src_val, tgt_val, dev)
-        log(f"val greedy BLEU: last epoch {last_bleu:.2f}, average of {len(snaps)} epochs {avg_bleu:.2f}")
+        avg_bleu = _val_bleu(model, run.tokenizer, run.src_val, run.tgt_val, dev)
+        run.log(f"val greedy BLEU: last epoch {last_bleu:.2f}, average of {len(snaps)} epochs "
+                f"{avg_bleu:.2f}")
         if avg_bleu >= last_bleu:
             chosen, val_bleu = f"average of epochs {snaps[0].stem[5:]}..{snaps[-1].stem[5:]}", avg_bleu
         else:
             model.load_state_dict(last_state)
-    val_loss = evaluate_loss(model, val_ex, pad, start, opts.max_tokens, dev, amp)
-    summary = {"epochs": last_epoch, "steps": step, "seconds": round(time.time() - t0, 1),
+    val_loss = evaluate_loss(model, run.val_ex, run.pad, run.start, opts.max_tokens, dev, run.amp)
+    summary = {"epochs": last_epoch, "steps": run.step, "seconds": round(time.time() - t0, 1),
                "weights": chosen, "val_bleu_greedy": round(val_bleu, 2), "val_loss": round(val_loss, 4),
                "stopped_early": stopped_early}
     meta = {"trained_with": {"options": dataclasses.asdict(opts), "init": init, "device": str(dev),
-                             "ranks": dist.world},
+                             "ranks": run.dist.world},
             "train_summary": summary}
     model.eval()
     if finalize is not None:
-        finalize(model, tokenizer, out_dir, meta)
+        finalize(model, run.tokenizer, run.out_dir, meta)
     else:
-        save_checkpoint(model.cpu(), tokenizer, out_dir, meta, dtype=getattr(torch, opts.save_dtype))
-    log(f"done: {json.dumps(summary)}; checkpoint in {out_dir}")
-    dist.close()
+        save_checkpoint(model.cpu(), run.tokenizer, run.out_dir, meta,
+                        dtype=getattr(torch, opts.save_dtype))
+    run.log(f"done: {json.dumps(summary)}; checkpoint in {run.out_dir}")
     return summary
 
 
