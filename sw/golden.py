@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
+import time
 
 import torch
 
@@ -589,6 +590,40 @@ def int8_matmul_is_exact(device) -> bool:
     return _int8_exact["cpu"]
 
 
+_int8_fast: dict = {}
+
+
+def int8_matmul_is_fast() -> bool:
+    """Whether ``torch._int_mm`` on the CPU beats a float64 product of the same shape (checked
+    once per process, on a 64 x 512 x 256 product, best of three each).
+
+    Where the CPU has an int8 dot product (VNNI, AMX) the int8 plan is the fastest exact one;
+    without one PyTorch's int8 kernel can be slower than even float64 (about 50 times slower
+    than float32 on an AVX2-only AMD EPYC), and :class:`PreparedMatmul` does not choose it by
+    default. Either way the sums are the same exact integers: only the speed depends on this.
+    """
+    if "cpu" not in _int8_fast:
+        fast = int8_matmul_is_exact("cpu")
+        if fast:
+            gen = torch.Generator().manual_seed(0)
+            a = torch.randint(-128, 128, (64, 512), generator=gen, dtype=torch.int8)
+            b = torch.randint(-128, 128, (512, 256), generator=gen, dtype=torch.int8)
+            af, bf = a.to(torch.float64), b.to(torch.float64)
+
+            def best(product) -> float:
+                product()
+                times = []
+                for _ in range(3):
+                    start = time.perf_counter()
+                    product()
+                    times.append(time.perf_counter() - start)
+                return min(times)
+
+            fast = best(lambda: torch._int_mm(a, b)) < best(lambda: af @ bf)
+        _int8_fast["cpu"] = fast
+    return _int8_fast["cpu"]
+
+
 class PreparedMatmul:
     """The constant weights of one unit matmul, prepared once for many exact products.
 
@@ -599,7 +634,8 @@ class PreparedMatmul:
     INT and log units); everything that depends on them alone is done here once, including a
     bound on every partial sum, ``max_n (a_max * sum_k |W[n, k]| + |bias[n]|)``. The product:
 
-    * ``"int8"`` (CPU, :func:`int8_matmul_is_exact`): when the planes and the activations are
+    * ``"int8"`` (CPU, :func:`int8_matmul_is_exact`; by default only where
+      :func:`int8_matmul_is_fast`): when the planes and the activations are
       8-bit integers -- or the activations are the XNOR unit's odd 8-plane values ``a = 2q+1``,
       multiplied as ``q`` (``a . b = 2 q . b + sum_k b``) -- one int8 product of all planes
       into exact int32 sums (``|sum| <= 128 * max|b| * K < 2**31``), combined as
@@ -643,8 +679,9 @@ class PreparedMatmul:
                  "float32": self.bound <= FLOAT32_EXACT,
                  "planes": p == 1 and a_max * b_max * k <= FLOAT32_EXACT,
                  "float64": True}
-        if plan is None:
-            plan = next(name for name in self.PLANS if exact[name])
+        if plan is None:    # the first exact plan; int8 only where it is fast
+            plan = next(name for name in self.PLANS
+                        if exact[name] and (name != "int8" or int8_matmul_is_fast()))
         elif plan not in self.PLANS:
             raise ValueError(f"plan must be one of {', '.join(self.PLANS)}, not {plan!r}")
         elif not exact[plan]:

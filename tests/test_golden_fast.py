@@ -397,6 +397,23 @@ def test_int8_products_are_checked_once():
     assert ("int8" in plans_for(lambda plan: g.prepare_int(w, plan=plan))) == exact
 
 
+def test_the_default_plan_takes_int8_only_where_it_is_fast():
+    """int8 is the first plan where it is exact and faster than float64 (checked once per
+    process); elsewhere the default is the next exact plan, with the same integers."""
+    fast = g.int8_matmul_is_fast()
+    assert isinstance(fast, bool) and g.int8_matmul_is_fast() is fast
+    assert not fast or g.int8_matmul_is_exact("cpu")
+    gen = torch.Generator().manual_seed(9)
+    w = signed(gen, 8, 24, 40)
+    default = g.prepare_int(w)
+    assert default.plan == ("int8" if fast else "float32")
+    a = signed(gen, 8, 5, 40)
+    for prep in plans_for(lambda plan: g.prepare_int(w, plan=plan)).values():
+        assert torch.equal(prep(a.to(torch.float64)).to(torch.int64),
+                           default(a.to(torch.float64)).to(torch.int64))
+    assert torch.equal(default(a.to(torch.float64)).to(torch.int64), g.int_matmul(a, w))
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules: the fast path against the kernel path
 
@@ -540,8 +557,8 @@ def test_int8_products_share_a_scratch_buffer_but_not_their_results():
     gen = torch.Generator().manual_seed(5)
     if not g.int8_matmul_is_exact("cpu"):
         pytest.skip("no exact int8 product on this CPU")
-    small = g.prepare_int(signed(gen, 8, 3, 16))
-    large = g.prepare_int(signed(gen, 8, 300, 64))
+    small = g.prepare_int(signed(gen, 8, 3, 16), plan="int8")
+    large = g.prepare_int(signed(gen, 8, 300, 64), plan="int8")
     assert small.plan == large.plan == "int8"
     a, b = signed(gen, 8, 2, 16), signed(gen, 8, 50, 64)
     first = small(a.to(torch.float64))
