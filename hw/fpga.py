@@ -9,7 +9,8 @@ utilisation (LUT, FF, DSP, BRAM) and the achieved clock frequency from nextpnr's
 
 The flow, the wrapper and how its own cost is separated from the unit's are documented in
 docs/fpga.md. :func:`build_unit` is the Python entry point; :mod:`lowbit.hw.fpga_bench` builds
-the table of every unit at several sizes.
+every unit at several sizes, :mod:`lowbit.hw.fpga_fit` fits their cost and
+:mod:`lowbit.hw.fpga_render` writes the tables.
 """
 
 from __future__ import annotations
