@@ -457,8 +457,8 @@ class Accelerator(wiring.Component):
     def _counters(self, m, s) -> None:
         """The performance counters (and TILES_DONE), cleared by CLEAR_COUNTERS."""
         counted = {
-            "CYCLES": Const(1), "BUSY_CYCLES": s.gate.busy, "X_BEATS": s.do_x, "CFG_BEATS": s.do_cfg,
-            "Y_BEATS": s.do_y, "X_STALLS": self.x.valid & ~self.x.ready,
+            "CYCLES": Const(1), "BUSY_CYCLES": s.gate.busy, "X_BEATS": s.do_x,
+            "CFG_BEATS": s.do_cfg, "Y_BEATS": s.do_y, "X_STALLS": self.x.valid & ~self.x.ready,
             "Y_STALLS": self.y.valid & ~self.y.ready, "X_IDLE": s.gate.busy & ~self.x.valid,
             "TILES_DONE": s.tile_done,
         }

@@ -26,7 +26,7 @@ def verilog_arguments(v) -> None:
 
 def run_verilog(args) -> int:
     from .accel import Accelerator, accel_verilog
-    from .verilog import lint_verilog, unit_source
+    from .verilog import flat_verilog, lint_verilog
 
     unit, params = unit_params(args)
     try:    # the accelerator's own limits (MAX_K register) too
@@ -41,7 +41,7 @@ def run_verilog(args) -> int:
     if args.top:
         source = accel_verilog(Accelerator(unit=unit, **params), name)
     else:
-        source = unit_source(desc, desc.build(), name)
+        source = flat_verilog(desc.build(), name)
     if args.lint:
         lint_verilog(source, name)
     summary = (f"{name}: {desc.summary()}"

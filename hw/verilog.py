@@ -15,7 +15,7 @@ from lowbit.toolenv import verilator_env
 
 from .units import describe
 
-__all__ = ["LINT_WAIVERS", "generate_verilog", "unit_source", "flat_verilog", "lint_verilog"]
+__all__ = ["LINT_WAIVERS", "generate_verilog", "flat_verilog", "lint_verilog"]
 
 # Why each warning is waived (docs/hardware.md): Amaranth's netlist relies on Verilog's implicit
 # zero/sign extension of narrower operands (WIDTHEXPAND); it keeps unused slices of payload
@@ -38,25 +38,16 @@ def generate_verilog(unit: str, *, name: str | None = None, **params) -> str:
         name = desc.module_name
     if not isinstance(name, str) or not name.isidentifier():
         raise ValueError(f"module name must be a Verilog identifier, not {name!r}")
-    return unit_source(desc, desc.build(), name)
-
-
-def unit_source(desc, top, name: str) -> str:
-    """Verilog of ``top``, a unit built from the description ``desc``, as module ``name``.
-
-    Every unit is made of submodules (the matmul scaffold's accumulation, cfg buffer and drain;
-    the vector units' divider and row buffer): :func:`flat_verilog`, so that every unit's file
-    holds one module and passes the same lint.
-    """
-    return flat_verilog(top, name)
+    return flat_verilog(desc.build(), name)
 
 
 def flat_verilog(top, name: str) -> str:
-    """Verilog of ``top`` as ONE flat module ``name``.
+    """Verilog of ``top`` as ONE flat module ``name``: every unit's file and the accelerator top.
 
-    Amaranth writes each submodule as its own Verilog module (``\\name.matmul``); a SoC
-    integrator gets a single self-contained module instead, and the file passes the documented
-    lint (``-Wall`` with :data:`LINT_WAIVERS`) without Verilator's one-module-per-file rule
+    Every unit is made of submodules (the matmul scaffold's accumulation, cfg buffer and drain;
+    the vector units' divider and row buffer), and Amaranth writes each submodule as its own
+    Verilog module (``\\name.matmul``); a SoC integrator gets a single self-contained module
+    instead, and the file passes the documented lint (``-Wall`` with :data:`LINT_WAIVERS`) without Verilator's one-module-per-file rule
     (DECLFILENAME). Same steps as ``amaranth.back.verilog.convert`` (and the same Yosys it
     finds), plus ``flatten``.
     """

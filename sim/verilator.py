@@ -76,7 +76,7 @@ def unit_verilog(unit: str, **params) -> tuple[str, str]:
     """
     from lowbit.hw.faults import make_faulty_unit
     from lowbit.hw.units import describe
-    from lowbit.hw.verilog import unit_source
+    from lowbit.hw.verilog import flat_verilog
 
     fault = params.pop("fault", None)
     try:
@@ -85,7 +85,7 @@ def unit_verilog(unit: str, **params) -> tuple[str, str]:
         top = desc.build() if fault is None else make_faulty_unit(unit, fault, **params)
     except (TypeError, ValueError) as e:
         raise LowbitError(str(e)) from None
-    return desc.module_name, unit_source(desc, top, desc.module_name)
+    return desc.module_name, flat_verilog(top, desc.module_name)
 
 
 def build_key(kind: str, top: str, verilog: str, params: dict, flags: list[str]) -> str:

@@ -160,6 +160,19 @@ def test_registered_like_a_shipped_kind():
         describe("ternary", a_bits=9)
 
 
+def test_the_fpga_bench_refuses_a_bare_pe_the_kind_does_not_have():
+    """The bare reference PE comes from the kind's processing elements: a kind without a bare
+    form, and a kind that is no matmul unit, are refused with one message each."""
+    from lowbit import LowbitError
+    from lowbit.hw.fpga_bare import BarePE
+
+    with pytest.raises(LowbitError, match="^--design bare: unit ternary has no bare reference"):
+        BarePE("ternary")
+    with pytest.raises(LowbitError, match="^--design bare takes a matmul unit kind .*ternary.*, "
+                                          "not softmax$"):
+        BarePE("softmax")
+
+
 def test_golden_kernel_against_numpy():
     rng = np.random.default_rng(1)
     d = describe("ternary", rows=2, cols=2)
